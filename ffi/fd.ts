@@ -1,0 +1,78 @@
+import { libc } from "./libc.ts";
+import { check, EAGAIN, errno, SysError } from "./errno.ts";
+
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+const EFD_NONBLOCK = 0o4000;
+
+export function closeFd(fd: number): void {
+  if (fd >= 0) libc.close(fd);
+}
+
+export function setNonblocking(fd: number): void {
+  const flags = check("fcntl", libc.fcntl(fd, F_GETFL, 0), "F_GETFL");
+  if ((flags & O_NONBLOCK) === 0) check("fcntl", libc.fcntl(fd, F_SETFL, flags | O_NONBLOCK));
+}
+
+const S_IFMT = 0o170000;
+export const S_IFREG = 0o100000;
+export const S_IFSOCK = 0o140000;
+
+export interface FdStat {
+  mode: number;
+  size: number;
+}
+
+/** fstat: the file type bits and size (struct stat on x86_64: st_mode at 24, st_size at 48). */
+export function fstat(fd: number): FdStat {
+  const buf = new Uint8Array(144);
+  check("fstat", libc.fstat(fd, buf), `fd ${fd}`);
+  const view = new DataView(buf.buffer);
+  return { mode: view.getUint32(24, true) & S_IFMT, size: Number(view.getBigInt64(48, true)) };
+}
+
+/** What the kernel says the fd is, e.g. "anon_inode:[eventfd]" or "/memfd:guest (deleted)". */
+export function fdTarget(fd: number): string {
+  try {
+    return Deno.readLinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return "";
+  }
+}
+
+export function isEventFd(fd: number): boolean {
+  return fdTarget(fd) === "anon_inode:[eventfd]";
+}
+
+/** Counts open fds of this process (for leak checks). */
+export function openFdCount(): number {
+  let n = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
+  return n;
+}
+
+export function eventfdCreate(nonblocking = true): number {
+  return check("eventfd", libc.eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0)));
+}
+
+const counter = new BigUint64Array(1);
+const counterBytes = new Uint8Array(counter.buffer);
+
+/** Adds `value` to an eventfd counter; a full counter (EAGAIN) is already a pending signal. */
+export function eventfdWrite(fd: number, value = 1n): void {
+  counter[0] = value;
+  const n = Number(libc.write(fd, counterBytes, 8n));
+  if (n < 0 && errno() !== EAGAIN) throw new SysError("write", errno(), `eventfd ${fd}`);
+}
+
+/** Reads and resets an eventfd counter; 0 when nothing was pending (nonblocking fd). */
+export function eventfdRead(fd: number): bigint {
+  const n = Number(libc.read(fd, counterBytes, 8n));
+  if (n < 0) {
+    if (errno() === EAGAIN) return 0n;
+    throw new SysError("read", errno(), `eventfd ${fd}`);
+  }
+  return counter[0];
+}
