@@ -1,0 +1,85 @@
+// The command line: `deno task start <topology.json>` starts the switch and its HTTP endpoint.
+import { parseArgs } from "node:util";
+import { createApp } from "./http/app.ts";
+import { Switch, VERSION } from "./switch/switch.ts";
+import { loadTopology, TopologyError } from "./switch/topology.ts";
+
+const USAGE = `vswitch ${VERSION}: a userspace virtual switch (vhost-user ports, MAC learning)
+
+Usage:
+  deno task start <topology.json>     start the switch described by the topology file
+  deno task start --help              show this help
+
+The topology file lists the ports (vhost-user sockets, AF_PACKET interfaces), the datapath
+threads, FDB settings and the HTTP listen address; see examples/ and README.md.`;
+
+function fail(message: string): never {
+  console.error(message);
+  Deno.exit(1);
+}
+
+async function main(args: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: { help: { type: "boolean", short: "h" }, version: { type: "boolean" } },
+      allowPositionals: true,
+    });
+  } catch (err) {
+    fail(`${(err as Error).message}\n\n${USAGE}`);
+  }
+  if (parsed.values.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (parsed.values.version) {
+    console.log(VERSION);
+    return;
+  }
+  if (parsed.positionals.length !== 1) fail(`expected one topology file\n\n${USAGE}`);
+
+  let topology;
+  try {
+    topology = loadTopology(parsed.positionals[0]);
+  } catch (err) {
+    if (err instanceof TopologyError) fail(err.message);
+    throw err;
+  }
+
+  const log = (msg: string) => console.log(`${new Date().toISOString()} ${msg}`);
+  let sw: Switch;
+  try {
+    sw = await Switch.start(topology, log);
+  } catch (err) {
+    fail(`${topology.name}: cannot start: ${(err as Error).message}`);
+  }
+  const app = createApp(sw, { token: topology.http.token, readOnly: topology.http.readOnly });
+  const abort = new AbortController();
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({
+      hostname: topology.http.hostname,
+      port: topology.http.port,
+      signal: abort.signal,
+      onListen: ({ hostname, port }) =>
+        log(`${topology.name}: HTTP on http://${hostname}:${port}/`),
+    }, app.fetch);
+  } catch (err) {
+    await sw.stop();
+    fail(`${topology.name}: cannot listen on ${topology.http.listen}: ${(err as Error).message}`);
+  }
+  log(`${topology.name}: ${topology.ports.length} ports, ${topology.threads} datapath thread(s)`);
+
+  const shutdown = async (signal: string) => {
+    log(`${signal}: shutting down`);
+    abort.abort();
+    await Promise.allSettled([server.finished, sw.stop()]);
+    log("stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => shutdown("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => shutdown("SIGTERM"));
+}
+
+if (import.meta.main) await main(Deno.args);

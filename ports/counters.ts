@@ -1,0 +1,63 @@
+// Per-port counters, one block of float64 fields per (worker, port) inside a SharedArrayBuffer:
+// each worker writes only its own blocks (no atomics needed), the main thread sums them.
+
+export const RX_PACKETS = 0;
+export const RX_BYTES = 1;
+export const TX_PACKETS = 2;
+export const TX_BYTES = 3;
+/** The peer had no free buffer for a frame we were to transmit. */
+export const DROP_NO_BUFFER = 4;
+/** A descriptor chain was malformed: bad index, loop, too long, outside guest memory. */
+export const DROP_BAD_DESCRIPTOR = 5;
+/** A frame longer than the port's MTU allows, or than the peer's buffers hold. */
+export const DROP_TOO_BIG = 6;
+/** A received frame shorter than an Ethernet header. */
+export const DROP_RUNT = 7;
+/** Guest notifications (call eventfd writes) and kicks seen. */
+export const NOTIFICATIONS = 8;
+export const COUNTER_FIELDS = 16;
+
+export const COUNTER_NAMES: Record<number, string> = {
+  [RX_PACKETS]: "rx_packets",
+  [RX_BYTES]: "rx_bytes",
+  [TX_PACKETS]: "tx_packets",
+  [TX_BYTES]: "tx_bytes",
+  [DROP_NO_BUFFER]: "drop_no_buffer",
+  [DROP_BAD_DESCRIPTOR]: "drop_bad_descriptor",
+  [DROP_TOO_BIG]: "drop_too_big",
+  [DROP_RUNT]: "drop_runt",
+  [NOTIFICATIONS]: "notifications",
+};
+
+export class CounterTable {
+  readonly values: Float64Array;
+  constructor(
+    readonly buffer: SharedArrayBuffer,
+    readonly workers: number,
+    readonly ports: number,
+  ) {
+    this.values = new Float64Array(buffer);
+  }
+
+  static create(workers: number, ports: number): CounterTable {
+    const sab = new SharedArrayBuffer(workers * ports * COUNTER_FIELDS * 8);
+    return new CounterTable(sab, workers, ports);
+  }
+
+  /** The block one worker writes for one port. */
+  block(worker: number, port: number): Float64Array {
+    const start = (worker * this.ports + port) * COUNTER_FIELDS;
+    return this.values.subarray(start, start + COUNTER_FIELDS);
+  }
+
+  /** A port's counters summed over all workers, by name. */
+  port(port: number): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [field, name] of Object.entries(COUNTER_NAMES)) {
+      let sum = 0;
+      for (let w = 0; w < this.workers; w++) sum += this.block(w, port)[Number(field)];
+      out[name] = sum;
+    }
+    return out;
+  }
+}

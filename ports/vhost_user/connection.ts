@@ -1,0 +1,135 @@
+// One vhost-user control connection: reads the socket (through the Reactor), reassembles
+// messages with their fds, hands them one at a time to the device and writes the replies.
+// Whatever the front-end sends, the worst outcome is this connection being closed.
+import { closeFd } from "../../ffi/fd.ts";
+import type { Reactor } from "../../ffi/epoll.ts";
+import { MAX_FDS, recvWithFds, sendWithFds } from "../../ffi/unix.ts";
+import * as P from "./protocol.ts";
+import type { VhostUserDevice } from "./device.ts";
+
+/** Requests whose reply carries a payload (REPLY_ACK does not apply to them). */
+const HAS_REPLY = new Set([
+  P.VHOST_USER_GET_FEATURES,
+  P.VHOST_USER_GET_PROTOCOL_FEATURES,
+  P.VHOST_USER_GET_VRING_BASE,
+  P.VHOST_USER_GET_QUEUE_NUM,
+  P.VHOST_USER_GET_MAX_MEM_SLOTS,
+  P.VHOST_USER_GET_STATUS,
+  P.VHOST_USER_GET_CONFIG,
+  P.VHOST_USER_SET_LOG_BASE,
+]);
+
+export interface ConnectionStats {
+  messages: number;
+  errors: number;
+  lastError: string;
+}
+
+export class VhostUserConnection {
+  readonly #reader = new P.MessageReader();
+  readonly #buf = new Uint8Array(new ArrayBuffer(64 * 1024));
+  #chain: Promise<void> = Promise.resolve();
+  #closed = false;
+  readonly stats: ConnectionStats = { messages: 0, errors: 0, lastError: "" };
+  readonly closed: Promise<void>;
+  #resolveClosed!: () => void;
+
+  constructor(
+    readonly fd: number,
+    readonly device: VhostUserDevice,
+    readonly reactor: Reactor,
+    readonly log: (msg: string) => void,
+  ) {
+    this.closed = new Promise((r) => (this.#resolveClosed = r));
+    reactor.watch(fd, () => this.#onReadable());
+  }
+
+  #onReadable(): void {
+    if (this.#closed) return;
+    try {
+      for (;;) {
+        const fds: number[] = [];
+        const n = recvWithFds(this.fd, this.#buf, fds);
+        if (n < 0) return;
+        if (n === 0) {
+          for (const fd of fds) closeFd(fd);
+          this.close("front-end disconnected");
+          return;
+        }
+        this.#reader.push(this.#buf.subarray(0, n), fds);
+        for (const msg of this.#reader.ready.splice(0)) {
+          this.#chain = this.#chain.then(() => this.#process(msg));
+        }
+        if (this.#reader.pendingFdCount > MAX_FDS) {
+          throw new P.ProtocolError(`more than ${MAX_FDS} fds sent with one message`);
+        }
+      }
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  async #process(msg: P.Message): Promise<void> {
+    if (this.#closed) {
+      for (const fd of msg.fds) closeFd(fd);
+      return;
+    }
+    this.stats.messages++;
+    const name = P.requestName(msg.request);
+    try {
+      if ((msg.flags & P.VHOST_USER_VERSION_MASK) !== P.VHOST_USER_VERSION) {
+        for (const fd of msg.fds) closeFd(fd);
+        throw new P.ProtocolError(
+          `${name}: unsupported version in flags 0x${msg.flags.toString(16)}`,
+        );
+      }
+      const reply = await this.device.handle(msg);
+      if (reply !== null) this.#send(msg.request, reply);
+      else if (this.#wantsAck(msg)) this.#send(msg.request, P.u64Payload(0n));
+    } catch (err) {
+      if (!(err instanceof Error)) throw err;
+      this.stats.errors++;
+      this.stats.lastError = `${name}: ${err.message}`;
+      this.log(`rejected ${name}: ${err.message}`);
+      if (HAS_REPLY.has(msg.request)) {
+        // No meaningful reply exists; the front-end would wait forever. Hang up instead.
+        this.close(`cannot answer ${name}`);
+      } else if (this.#wantsAck(msg)) {
+        this.#send(msg.request, P.u64Payload(1n));
+      }
+    }
+  }
+
+  #wantsAck(msg: P.Message): boolean {
+    return (msg.flags & P.VHOST_USER_NEED_REPLY_MASK) !== 0 && this.device.replyAck &&
+      !HAS_REPLY.has(msg.request);
+  }
+
+  #send(request: number, payload: Uint8Array): void {
+    if (this.#closed) return;
+    const bytes = P.encodeMessage(request, P.VHOST_USER_VERSION | P.VHOST_USER_REPLY_MASK, payload);
+    const n = sendWithFds(this.fd, bytes);
+    if (n !== bytes.length) this.close("front-end is not reading its replies");
+  }
+
+  #fail(err: unknown): void {
+    const text = err instanceof Error ? err.message : String(err);
+    this.stats.errors++;
+    this.stats.lastError = text;
+    this.close(`protocol error: ${text}`);
+  }
+
+  /** Closes the socket; the device is reset (datapath stopped, memory freed) in order. */
+  close(reason: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.log(`connection closed: ${reason}`);
+    this.reactor.unwatch(this.fd);
+    closeFd(this.fd);
+    for (const fd of this.#reader.takeStrayFds()) closeFd(fd);
+    this.#chain = this.#chain
+      .then(() => this.device.reset())
+      .catch((err) => this.log(`reset failed: ${err}`))
+      .then(() => this.#resolveClosed());
+  }
+}

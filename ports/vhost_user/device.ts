@@ -1,0 +1,366 @@
+// The vhost-user virtio-net device: feature negotiation and the ring/memory state machine.
+// It never touches the wire format (connection.ts does) nor frames (virtio_net.ts does): it
+// turns requests into a DatapathState snapshot that the workers apply, and it frees memory
+// and fds only after the workers acknowledged they let go of them.
+import { closeFd, isEventFd, setNonblocking } from "../../ffi/fd.ts";
+import type { RegionSpec } from "./memory.ts";
+import { MemoryTable } from "./memory.ts";
+import * as P from "./protocol.ts";
+import type { QueueSpec } from "./split_queue.ts";
+import { VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN_LEGACY } from "./virtio_net.ts";
+
+// virtio-net feature bits offered (virtio 1.x 5.1.3); offloads we do not implement are not offered.
+export const VIRTIO_NET_F_MTU = 3;
+export const VIRTIO_NET_F_MAC = 5;
+export const VIRTIO_NET_F_MRG_RXBUF = 15;
+export const VIRTIO_NET_F_STATUS = 16;
+export const VIRTIO_NET_F_CTRL_VQ = 17;
+export const VIRTIO_NET_F_MQ = 22;
+export const VIRTIO_F_ANY_LAYOUT = 27;
+export const VIRTIO_RING_F_INDIRECT_DESC = 28;
+export const VIRTIO_RING_F_EVENT_IDX = 29;
+export const VIRTIO_F_VERSION_1 = 32;
+
+const bit = (n: number) => 1n << BigInt(n);
+const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
+
+/** What the workers need to run this port's datapath; null = not running. */
+export interface DatapathState {
+  regions: RegionSpec[];
+  hdrLen: number;
+  mergeable: boolean;
+  maxFrame: number;
+  queues: QueueSpec[];
+}
+
+/** The switch side of a device: applies snapshots on every worker polling the port. */
+export interface DeviceDatapath {
+  /** Resolves once every worker runs `state`; returns the last avail index of each ring dropped. */
+  apply(state: DatapathState | null): Promise<Map<number, number>>;
+}
+
+interface Ring {
+  num: number;
+  addr: P.VringAddr | null;
+  base: number;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  started: boolean;
+  enabled: boolean;
+}
+
+function newRing(): Ring {
+  return {
+    num: 0,
+    addr: null,
+    base: 0,
+    kickFd: -1,
+    callFd: -1,
+    errFd: -1,
+    started: false,
+    enabled: false,
+  };
+}
+
+export interface DeviceConfig {
+  name: string;
+  queuePairs: number;
+  mtu: number;
+}
+
+export class VhostUserDevice {
+  readonly offeredFeatures: bigint;
+  readonly offeredProtocolFeatures: bigint;
+  features = 0n;
+  protocolFeatures = 0n;
+  status = 0;
+  frontendMtu = 0;
+  #memory: MemoryTable | null = null;
+  readonly rings: Ring[];
+  #running: DatapathState | null = null;
+
+  constructor(
+    readonly config: DeviceConfig,
+    readonly datapath: DeviceDatapath,
+    readonly log: (msg: string) => void,
+  ) {
+    let f = [
+      VIRTIO_F_VERSION_1,
+      VIRTIO_NET_F_MRG_RXBUF,
+      VIRTIO_NET_F_MTU,
+      VIRTIO_NET_F_MAC,
+      VIRTIO_NET_F_STATUS,
+      VIRTIO_F_ANY_LAYOUT,
+      VIRTIO_RING_F_INDIRECT_DESC,
+      VIRTIO_RING_F_EVENT_IDX,
+      P.VHOST_USER_F_PROTOCOL_FEATURES,
+    ].reduce((acc, n) => acc | bit(n), 0n);
+    if (config.queuePairs > 1) f |= bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ);
+    this.offeredFeatures = f;
+    this.offeredProtocolFeatures = [
+      P.VHOST_USER_PROTOCOL_F_MQ,
+      P.VHOST_USER_PROTOCOL_F_REPLY_ACK,
+      P.VHOST_USER_PROTOCOL_F_NET_MTU,
+      P.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
+      P.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+      P.VHOST_USER_PROTOCOL_F_STATUS,
+    ].reduce((acc, n) => acc | bit(n), 0n);
+    this.rings = Array.from({ length: 2 * config.queuePairs }, newRing);
+  }
+
+  get running(): DatapathState | null {
+    return this.#running;
+  }
+
+  get replyAck(): boolean {
+    return has(this.protocolFeatures, P.VHOST_USER_PROTOCOL_F_REPLY_ACK);
+  }
+
+  /**
+   * Handles one request. Returns the reply payload for requests that have one, null otherwise.
+   * Throws ProtocolError for malformed or impossible requests (the fds are closed here).
+   */
+  async handle(msg: P.Message): Promise<Uint8Array | null> {
+    try {
+      return await this.#dispatch(msg);
+    } finally {
+      // Any fd a handler did not take ownership of (marked -1) is closed.
+      for (const fd of msg.fds) if (fd >= 0) closeFd(fd);
+    }
+  }
+
+  async #dispatch(msg: P.Message): Promise<Uint8Array | null> {
+    switch (msg.request) {
+      case P.VHOST_USER_GET_FEATURES:
+        return P.u64Payload(this.offeredFeatures);
+      case P.VHOST_USER_SET_FEATURES: {
+        const f = P.decodeU64(msg);
+        if ((f & ~this.offeredFeatures) !== 0n) {
+          throw new P.ProtocolError(`SET_FEATURES: 0x${f.toString(16)} has bits not offered`);
+        }
+        this.features = f;
+        await this.#sync();
+        return null;
+      }
+      case P.VHOST_USER_GET_PROTOCOL_FEATURES:
+        return P.u64Payload(this.offeredProtocolFeatures);
+      case P.VHOST_USER_SET_PROTOCOL_FEATURES:
+        this.protocolFeatures = P.decodeU64(msg) & this.offeredProtocolFeatures;
+        return null;
+      case P.VHOST_USER_SET_OWNER:
+        return null;
+      case P.VHOST_USER_RESET_OWNER:
+      case P.VHOST_USER_RESET_DEVICE:
+        await this.reset();
+        return null;
+      case P.VHOST_USER_GET_QUEUE_NUM:
+        return P.u64Payload(BigInt(this.config.queuePairs));
+      case P.VHOST_USER_GET_MAX_MEM_SLOTS:
+        return P.u64Payload(BigInt(P.MAX_MEM_SLOTS));
+      case P.VHOST_USER_SET_MEM_TABLE:
+        return await this.#setMemTable(msg);
+      case P.VHOST_USER_ADD_MEM_REG: {
+        const desc = P.decodeSingleRegion(msg);
+        if (msg.fds.length !== 1) throw new P.ProtocolError("ADD_MEM_REG: expected 1 fd");
+        const table = this.#memory ?? new MemoryTable();
+        if (table.count >= P.MAX_MEM_SLOTS) throw new P.ProtocolError("ADD_MEM_REG: no free slot");
+        const fd = msg.fds[0];
+        msg.fds[0] = -1;
+        table.add(desc, fd);
+        this.#memory = table;
+        await this.#sync();
+        return null;
+      }
+      case P.VHOST_USER_REM_MEM_REG: {
+        if (!this.#memory) throw new P.ProtocolError("REM_MEM_REG: no memory table");
+        const removed = this.#memory.remove(P.decodeSingleRegion(msg));
+        await this.#sync(); // the workers stop using the region before it is unmapped
+        removed.release();
+        return null;
+      }
+      case P.VHOST_USER_SET_VRING_NUM: {
+        const { index, num } = P.decodeVringState(msg);
+        if (num < 1 || num > 32768 || (num & (num - 1)) !== 0) {
+          throw new P.ProtocolError(`SET_VRING_NUM: ring size ${num} is not a power of 2 <= 32768`);
+        }
+        this.#ring(index, msg).num = num;
+        return null;
+      }
+      case P.VHOST_USER_SET_VRING_ADDR: {
+        const addr = P.decodeVringAddr(msg);
+        this.#ring(addr.index, msg).addr = addr;
+        await this.#sync();
+        return null;
+      }
+      case P.VHOST_USER_SET_VRING_BASE: {
+        const { index, num } = P.decodeVringState(msg);
+        if (num > 0xffff) throw new P.ProtocolError(`SET_VRING_BASE: base ${num} > 65535`);
+        this.#ring(index, msg).base = num;
+        return null;
+      }
+      case P.VHOST_USER_GET_VRING_BASE: {
+        const { index } = P.decodeVringState(msg);
+        const ring = this.#ring(index, msg);
+        ring.started = false;
+        await this.#sync();
+        closeFd(ring.kickFd);
+        ring.kickFd = -1;
+        return P.vringStatePayload(index, ring.base);
+      }
+      case P.VHOST_USER_SET_VRING_KICK:
+      case P.VHOST_USER_SET_VRING_CALL:
+      case P.VHOST_USER_SET_VRING_ERR:
+        return await this.#setVringFile(msg);
+      case P.VHOST_USER_SET_VRING_ENABLE: {
+        const { index, num } = P.decodeVringState(msg);
+        this.#ring(index, msg).enabled = num !== 0;
+        await this.#sync();
+        return null;
+      }
+      case P.VHOST_USER_NET_SET_MTU: {
+        const mtu = Number(P.decodeU64(msg));
+        if (mtu < 68 || mtu > 9000) {
+          throw new P.ProtocolError(`NET_SET_MTU: ${mtu} not in 68..9000`);
+        }
+        this.frontendMtu = mtu;
+        if (mtu > this.config.mtu) {
+          this.log(
+            `front-end MTU ${mtu} exceeds the port's ${this.config.mtu}: longer frames drop`,
+          );
+        }
+        return null;
+      }
+      case P.VHOST_USER_SET_STATUS:
+        this.status = Number(P.decodeU64(msg) & 0xffn);
+        return null;
+      case P.VHOST_USER_GET_STATUS:
+        return P.u64Payload(BigInt(this.status));
+      default:
+        throw new P.ProtocolError(`unsupported request ${P.requestName(msg.request)}`);
+    }
+  }
+
+  #ring(index: number, msg: P.Message): Ring {
+    const ring = this.rings[index];
+    if (!ring) {
+      throw new P.ProtocolError(
+        `${P.requestName(msg.request)}: ring ${index} out of range (${this.rings.length} rings)`,
+      );
+    }
+    return ring;
+  }
+
+  async #setMemTable(msg: P.Message): Promise<null> {
+    const descs = P.decodeMemoryTable(msg);
+    const fds = msg.fds.splice(0); // MemoryTable.build owns them now, even on failure
+    const table = MemoryTable.build(descs, fds);
+    const old = this.#memory;
+    this.#memory = table;
+    await this.#sync();
+    old?.release();
+    return null;
+  }
+
+  async #setVringFile(msg: P.Message): Promise<null> {
+    const { index, fd } = P.decodeVringFile(msg);
+    const ring = this.#ring(index, msg);
+    if (fd >= 0) {
+      // Only an eventfd is acceptable: anything else could block the thread that writes it.
+      if (!isEventFd(fd)) {
+        throw new P.ProtocolError(`${P.requestName(msg.request)}: fd is not an eventfd`);
+      }
+      setNonblocking(fd);
+      msg.fds[0] = -1;
+    }
+    if (msg.request === P.VHOST_USER_SET_VRING_KICK) {
+      closeFd(ring.kickFd);
+      ring.kickFd = fd;
+      ring.started = true;
+      await this.#sync();
+    } else if (msg.request === P.VHOST_USER_SET_VRING_CALL) {
+      const old = ring.callFd;
+      ring.callFd = fd;
+      await this.#sync(); // the worker writes the new fd before the old one is closed
+      closeFd(old);
+    } else {
+      closeFd(ring.errFd);
+      ring.errFd = fd;
+    }
+    return null;
+  }
+
+  /** Rings start once the front-end kicked them up; with protocol features, once enabled too. */
+  #live(ring: Ring): boolean {
+    const needEnable = has(this.features, P.VHOST_USER_F_PROTOCOL_FEATURES);
+    return ring.started && ring.num > 0 && ring.addr !== null && (ring.enabled || !needEnable);
+  }
+
+  #snapshot(): DatapathState | null {
+    const mem = this.#memory;
+    if (!mem || mem.count === 0) return null;
+    const eventIdx = has(this.features, VIRTIO_RING_F_EVENT_IDX);
+    const modern = has(this.features, VIRTIO_F_VERSION_1);
+    const mergeable = has(this.features, VIRTIO_NET_F_MRG_RXBUF);
+    const queues: QueueSpec[] = [];
+    this.rings.forEach((ring, index) => {
+      if (!this.#live(ring)) return;
+      const n = ring.num;
+      const a = ring.addr!;
+      const desc = mem.translateUser(Number(a.desc), 16 * n);
+      const avail = mem.translateUser(Number(a.avail), 6 + 2 * n);
+      const used = mem.translateUser(Number(a.used), 6 + 8 * n);
+      if (!desc || !avail || !used) {
+        this.log(`ring ${index}: addresses outside guest memory, ring not started`);
+        return;
+      }
+      if ((desc.offset & 15) || (avail.offset & 1) || (used.offset & 3)) {
+        this.log(`ring ${index}: misaligned ring addresses, ring not started`);
+        return;
+      }
+      queues.push({
+        index,
+        size: n,
+        desc,
+        avail,
+        used,
+        lastAvail: ring.base,
+        eventIdx,
+        callFd: ring.callFd,
+      });
+    });
+    return {
+      regions: mem.specs,
+      hdrLen: modern || mergeable ? VIRTIO_NET_HDR_LEN : VIRTIO_NET_HDR_LEN_LEGACY,
+      mergeable,
+      maxFrame: this.config.mtu + 14 + 4,
+      queues,
+    };
+  }
+
+  /** Brings the workers in line with the current state; records where stopped rings were. */
+  async #sync(): Promise<void> {
+    const next = this.#snapshot();
+    if (next === null && this.#running === null) return;
+    const stopped = await this.datapath.apply(next);
+    this.#running = next;
+    for (const [index, lastAvail] of stopped) {
+      if (this.rings[index]) this.rings[index].base = lastAvail;
+    }
+  }
+
+  /** Stops the datapath and frees everything (RESET_OWNER, or the connection went away). */
+  async reset(): Promise<void> {
+    for (const ring of this.rings) ring.started = false;
+    await this.#sync();
+    for (const ring of this.rings) {
+      for (const fd of [ring.kickFd, ring.callFd, ring.errFd]) closeFd(fd);
+      Object.assign(ring, newRing());
+    }
+    this.#memory?.release();
+    this.#memory = null;
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.status = 0;
+  }
+}

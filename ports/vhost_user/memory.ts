@@ -1,0 +1,198 @@
+// Guest memory: the control plane maps the front-end's regions (MemoryTable), the datapath
+// views them (GuestMemory) and translates every guest address with a bounds check.
+import { libc } from "../../ffi/libc.ts";
+import { closeFd, fdTarget, fstat, S_IFREG } from "../../ffi/fd.ts";
+import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
+import { type MemoryRegionDesc, ProtocolError } from "./protocol.ts";
+
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+const F_SEAL_SHRINK = 0x2;
+const PAGE = 4096;
+/** Largest single region we map (an ArrayBuffer has to span it). */
+const MAX_REGION_BYTES = 64 * 2 ** 30;
+const MAX_ADDRESS = 2 ** 52;
+
+/** What a Worker needs to view one mapped region (structured-clone friendly). */
+export interface RegionSpec {
+  guestPhys: number;
+  size: number;
+  userAddr: number;
+  /** The mapping (page aligned), and where the region's first byte sits inside it. */
+  mapAddress: bigint;
+  mapLength: number;
+  dataOffset: number;
+}
+
+interface MappedRegion {
+  spec: RegionSpec;
+  mapping: Mapping;
+  fd: number;
+}
+
+function toSafeNumber(v: bigint, what: string): number {
+  if (v >= BigInt(MAX_ADDRESS)) throw new ProtocolError(`memory region: ${what} ${v} too large`);
+  return Number(v);
+}
+
+/**
+ * Maps one region from a front-end's fd after checking the fd is what a guest RAM fd must be:
+ * a regular file (memfd, hugetlbfs, tmpfs file) at least mmap_offset + size long. Shrinking is
+ * sealed where the fd allows it, so the front-end cannot truncate it under us (SIGBUS).
+ */
+export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
+  const size = toSafeNumber(desc.memorySize, "memory_size");
+  const guestPhys = toSafeNumber(desc.guestPhysAddr, "guest_phys_addr");
+  const userAddr = toSafeNumber(desc.userspaceAddr, "userspace_addr");
+  const mmapOffset = toSafeNumber(desc.mmapOffset, "mmap_offset");
+  if (size === 0 || size > MAX_REGION_BYTES) {
+    throw new ProtocolError(`memory region: size ${size} not in 1..${MAX_REGION_BYTES}`);
+  }
+  if (guestPhys + size > MAX_ADDRESS || userAddr + size > MAX_ADDRESS) {
+    throw new ProtocolError("memory region: address range overflows");
+  }
+  const st = fstat(fd);
+  if (st.mode !== S_IFREG) {
+    throw new ProtocolError(`memory region: fd is not a regular file (${fdTarget(fd)})`);
+  }
+  if (st.size < mmapOffset + size) {
+    throw new ProtocolError(
+      `memory region: fd holds ${st.size} bytes, region needs ${mmapOffset + size}`,
+    );
+  }
+  const seals = libc.fcntl(fd, F_GET_SEALS, 0);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK) === 0) libc.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK);
+  const fileOffset = mmapOffset - (mmapOffset % PAGE);
+  const dataOffset = mmapOffset - fileOffset;
+  const mapping = mmap(dataOffset + size, { fd, offset: fileOffset });
+  return {
+    spec: {
+      guestPhys,
+      size,
+      userAddr,
+      mapAddress: mapping.address,
+      mapLength: mapping.length,
+      dataOffset,
+    },
+    mapping,
+    fd,
+  };
+}
+
+/** The control plane's table of mapped regions for one device. */
+export class MemoryTable {
+  #regions: MappedRegion[] = [];
+
+  get specs(): RegionSpec[] {
+    return this.#regions.map((r) => r.spec);
+  }
+
+  get count(): number {
+    return this.#regions.length;
+  }
+
+  /** Maps a whole new table (SET_MEM_TABLE); on any failure nothing stays mapped or open. */
+  static build(descs: MemoryRegionDesc[], fds: number[]): MemoryTable {
+    if (fds.length !== descs.length) {
+      throw new ProtocolError(`SET_MEM_TABLE: ${descs.length} regions but ${fds.length} fds`);
+    }
+    const table = new MemoryTable();
+    try {
+      descs.forEach((d, i) => table.add(d, fds[i]));
+    } catch (err) {
+      table.release();
+      for (let i = table.count; i < fds.length; i++) closeFd(fds[i]);
+      throw err;
+    }
+    return table;
+  }
+
+  /** Adds one region (ADD_MEM_REG); takes ownership of `fd` even when it throws. */
+  add(desc: MemoryRegionDesc, fd: number): void {
+    let region: MappedRegion;
+    try {
+      region = mapRegion(desc, fd);
+    } catch (err) {
+      closeFd(fd);
+      throw err;
+    }
+    const s = region.spec;
+    const overlap = this.#regions.find((r) =>
+      s.guestPhys < r.spec.guestPhys + r.spec.size && r.spec.guestPhys < s.guestPhys + s.size
+    );
+    if (overlap) {
+      munmap(region.mapping);
+      closeFd(fd);
+      throw new ProtocolError(
+        `memory region at 0x${s.guestPhys.toString(16)} overlaps one at 0x${
+          overlap.spec.guestPhys.toString(16)
+        }`,
+      );
+    }
+    this.#regions.push(region);
+  }
+
+  /** Takes out the region matching (REM_MEM_REG); the caller unmaps it once the datapath let go. */
+  remove(desc: MemoryRegionDesc): MemoryTable {
+    const gpa = Number(desc.guestPhysAddr);
+    const size = Number(desc.memorySize);
+    const i = this.#regions.findIndex((r) => r.spec.guestPhys === gpa && r.spec.size === size);
+    if (i < 0) throw new ProtocolError(`REM_MEM_REG: no region at 0x${gpa.toString(16)}`);
+    const removed = new MemoryTable();
+    removed.#regions = this.#regions.splice(i, 1);
+    return removed;
+  }
+
+  /** Translates a front-end virtual address range (ring addresses) to a region and offset. */
+  translateUser(uva: number, len: number): { region: number; offset: number } | null {
+    for (let i = 0; i < this.#regions.length; i++) {
+      const s = this.#regions[i].spec;
+      if (uva >= s.userAddr && uva + len <= s.userAddr + s.size) {
+        return { region: i, offset: s.dataOffset + (uva - s.userAddr) };
+      }
+    }
+    return null;
+  }
+
+  /** Unmaps and closes everything (only once no datapath view is in use). */
+  release(): void {
+    for (const r of this.#regions) {
+      munmap(r.mapping);
+      closeFd(r.fd);
+    }
+    this.#regions = [];
+  }
+}
+
+/**
+ * The datapath's view of one device's memory. `translate` returns the byte offset of a guest
+ * physical range inside `bytes[region]` (setting `region`), or -1 when the range is not wholly
+ * inside one region: the caller drops that frame.
+ */
+export class GuestMemory {
+  readonly count: number;
+  readonly bytes: Uint8Array[];
+  readonly #start: Float64Array;
+  readonly #end: Float64Array;
+  readonly #base: Float64Array;
+  region = 0;
+
+  constructor(readonly specs: RegionSpec[]) {
+    this.count = specs.length;
+    this.bytes = specs.map((s) => new Uint8Array(viewMapping(s.mapAddress, s.mapLength)));
+    this.#start = Float64Array.from(specs, (s) => s.guestPhys);
+    this.#end = Float64Array.from(specs, (s) => s.guestPhys + s.size);
+    this.#base = Float64Array.from(specs, (s) => s.dataOffset - s.guestPhys);
+  }
+
+  translate(addr: number, len: number): number {
+    const end = addr + len;
+    for (let i = 0; i < this.count; i++) {
+      if (addr >= this.#start[i] && end <= this.#end[i]) {
+        this.region = i;
+        return addr + this.#base[i];
+      }
+    }
+    return -1;
+  }
+}

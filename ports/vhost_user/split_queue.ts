@@ -1,0 +1,196 @@
+// Split virtqueue operations (virtio 1.x, 2.7): the datapath's view of one ring in guest
+// memory. Only ring mechanics live here: walk a descriptor chain into segments, put used
+// elements, publish the used index and decide whether the guest wants an interrupt.
+// Every chain is bounded by the queue size and every address is translated with a bounds check.
+import { eventfdWrite } from "../../ffi/fd.ts";
+import type { GuestMemory } from "./memory.ts";
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+export const VRING_USED_F_NO_NOTIFY = 1;
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+
+/** Why a chain was refused (the frame is dropped and counted under this reason). */
+export const CHAIN_BAD_INDEX = -1;
+export const CHAIN_TOO_LONG = -2;
+export const CHAIN_BAD_ADDRESS = -3;
+export const CHAIN_BAD_DIRECTION = -4;
+export const CHAIN_BAD_INDIRECT = -5;
+
+/** Where the control plane found the ring's three parts (region index + byte offset). */
+export interface QueueSpec {
+  index: number;
+  size: number;
+  desc: { region: number; offset: number };
+  avail: { region: number; offset: number };
+  used: { region: number; offset: number };
+  lastAvail: number;
+  eventIdx: boolean;
+  callFd: number;
+}
+
+export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+export class SplitQueue {
+  readonly size: number;
+  readonly mask: number;
+  readonly eventIdx: boolean;
+  callFd: number;
+  /** 4 words per descriptor: addr low, addr high, len, flags | next << 16. */
+  readonly #desc: Uint32Array;
+  /** flags, idx, ring[size], used_event. */
+  readonly #avail: Uint16Array;
+  /** flags, idx, then (at 2 + 4 * size) avail_event. */
+  readonly #used16: Uint16Array;
+  /** used ring elements: id at 1 + 2i, len at 2 + 2i. */
+  readonly #used32: Uint32Array;
+  readonly #words: Uint32Array[];
+  lastAvail: number;
+  usedIdx: number;
+  #signalled: number;
+  /** Set when the guest put an impossible avail index: the ring is not serviced any more. */
+  broken = false;
+
+  /** Segments of the last walked chain: region bytes, offset in them, length. */
+  readonly segBytes: Uint8Array[];
+  readonly segOffset: Float64Array;
+  readonly segLength: Float64Array;
+  segCount = 0;
+
+  constructor(readonly mem: GuestMemory, spec: QueueSpec) {
+    const { size } = spec;
+    this.size = size;
+    this.mask = size - 1;
+    this.eventIdx = spec.eventIdx;
+    this.callFd = spec.callFd;
+    const buf = (p: { region: number }) => mem.bytes[p.region].buffer;
+    this.#desc = new Uint32Array(buf(spec.desc), spec.desc.offset, 4 * size);
+    this.#avail = new Uint16Array(buf(spec.avail), spec.avail.offset, 3 + size);
+    this.#used16 = new Uint16Array(buf(spec.used), spec.used.offset, 3 + 4 * size);
+    this.#used32 = new Uint32Array(buf(spec.used), spec.used.offset, 1 + 2 * size);
+    this.#words = mem.bytes.map((b) => new Uint32Array(b.buffer, 0, b.byteLength >>> 2));
+    this.lastAvail = spec.lastAvail & 0xffff;
+    this.usedIdx = this.lastAvail;
+    this.#signalled = this.usedIdx;
+    this.segBytes = new Array(size).fill(mem.bytes[0]);
+    this.segOffset = new Float64Array(size);
+    this.segLength = new Float64Array(size);
+  }
+
+  /** Chains the guest made available and we have not taken yet. */
+  availCount(): number {
+    if (this.broken) return 0;
+    const n = (Atomics.load(this.#avail, 1) - this.lastAvail) & 0xffff;
+    if (n > this.size) {
+      this.broken = true;
+      return 0;
+    }
+    return n;
+  }
+
+  /** Takes the next available chain head (call only after availCount() said one is there). */
+  popAvail(): number {
+    const head = this.#avail[2 + (this.lastAvail & this.mask)];
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    return head;
+  }
+
+  /** Gives back the last `n` chains taken with popAvail (a frame that found too little room). */
+  unpopAvail(n: number): void {
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  }
+
+  /**
+   * Walks the chain at `head` into segBytes/segOffset/segLength. `writable` says which
+   * direction every descriptor must have (device-writable for RX, device-readable for TX).
+   * Returns the number of segments, or a CHAIN_* reason (< 0).
+   */
+  walkChain(head: number, writable: boolean): number {
+    if (head >= this.size) return CHAIN_BAD_INDEX;
+    const want = writable ? VRING_DESC_F_WRITE : 0;
+    const mem = this.mem;
+    let table = this.#desc;
+    let tableBase = 0;
+    let tableSize = this.size;
+    let i = head;
+    let n = 0;
+    let indirect = false;
+    for (let steps = 0;; steps++) {
+      if (steps >= tableSize || n >= this.size) return CHAIN_TOO_LONG;
+      const w = tableBase + 4 * i;
+      const addr = table[w] + table[w + 1] * 4294967296;
+      const len = table[w + 2];
+      const fl = table[w + 3] & 0xffff;
+      if (fl & VRING_DESC_F_INDIRECT) {
+        // An indirect table replaces the rest of the chain; it may not nest or be chained.
+        if (indirect || (fl & VRING_DESC_F_NEXT) || len === 0 || (len & 15) !== 0) {
+          return CHAIN_BAD_INDIRECT;
+        }
+        const off = mem.translate(addr, len);
+        if (off < 0 || (off & 3) !== 0) return CHAIN_BAD_ADDRESS;
+        indirect = true;
+        table = this.#words[mem.region];
+        tableBase = off / 4;
+        tableSize = len / 16;
+        i = 0;
+        steps = -1; // the indirect table is bounded by its own length
+        continue;
+      }
+      if ((fl & VRING_DESC_F_WRITE) !== want) return CHAIN_BAD_DIRECTION;
+      const off = mem.translate(addr, len);
+      if (off < 0) return CHAIN_BAD_ADDRESS;
+      this.segBytes[n] = mem.bytes[mem.region];
+      this.segOffset[n] = off;
+      this.segLength[n] = len;
+      n++;
+      if ((fl & VRING_DESC_F_NEXT) === 0) break;
+      i = table[w + 3] >>> 16;
+      if (i >= tableSize) return CHAIN_BAD_INDEX;
+    }
+    this.segCount = n;
+    return n;
+  }
+
+  /** Writes a used element; the guest sees it once publishUsed() stores the index. */
+  putUsed(head: number, len: number): void {
+    const slot = 1 + 2 * (this.usedIdx & this.mask);
+    this.#used32[slot] = head;
+    this.#used32[slot + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  /** Publishes used elements; signals the call eventfd if the guest asked (returns true then). */
+  publishUsed(): boolean {
+    const newIdx = this.usedIdx;
+    const old = this.#signalled;
+    if (newIdx === old) return false;
+    // Atomics.store is a full barrier on x86: the used elements are visible before the index,
+    // and the guest's used_event / flags are read after it.
+    Atomics.store(this.#used16, 1, newIdx);
+    this.#signalled = newIdx;
+    let notify: boolean;
+    if (this.eventIdx) {
+      notify = vringNeedEvent(Atomics.load(this.#avail, 2 + this.size), newIdx, old);
+    } else {
+      notify = (Atomics.load(this.#avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    if (!notify || this.callFd < 0) return false;
+    eventfdWrite(this.callFd);
+    return true;
+  }
+
+  /**
+   * Asks the guest to kick (or not) when it adds buffers. While we busy-poll, kicks are
+   * wasted work for the guest; before sleeping on the kick fd we turn them back on.
+   */
+  setGuestKicks(on: boolean): void {
+    if (this.eventIdx) {
+      if (on) Atomics.store(this.#used16, 2 + 4 * this.size, this.lastAvail);
+    } else {
+      Atomics.store(this.#used16, 0, on ? 0 : VRING_USED_F_NO_NOTIFY);
+    }
+  }
+}

@@ -1,0 +1,130 @@
+// A vhost-user port's control side: owns the socket in server mode (the switch listens and
+// one front-end connects) or client mode (the switch connects, retrying until the front-end
+// listens), and gives every new connection a fresh device.
+import { dirname } from "node:path";
+import type { Reactor } from "../../ffi/epoll.ts";
+import { closeFd } from "../../ffi/fd.ts";
+import { unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
+import { VhostUserConnection } from "./connection.ts";
+import { type DeviceDatapath, VhostUserDevice } from "./device.ts";
+
+export interface VhostUserPortConfig {
+  name: string;
+  socket: string;
+  mode: "server" | "client";
+  queues: number;
+  mtu: number;
+}
+
+export type VhostUserPortState = "listening" | "connecting" | "connected" | "running" | "stopped";
+
+const RECONNECT_MS = 1000;
+
+export class VhostUserPort {
+  #listenFd = -1;
+  #conn: VhostUserConnection | null = null;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
+  connections = 0;
+  rejected = 0;
+  #lastConnectError = "";
+
+  constructor(
+    readonly config: VhostUserPortConfig,
+    readonly reactor: Reactor,
+    readonly datapath: DeviceDatapath,
+    readonly log: (msg: string) => void,
+  ) {}
+
+  start(): void {
+    if (this.config.mode === "server") {
+      Deno.mkdirSync(dirname(this.config.socket), { recursive: true });
+      this.#listenFd = unixListen(this.config.socket);
+      this.reactor.watch(this.#listenFd, () => this.#accept());
+      this.log(`listening on ${this.config.socket}`);
+    } else {
+      this.#connect();
+    }
+  }
+
+  get connection(): VhostUserConnection | null {
+    return this.#conn;
+  }
+
+  get state(): VhostUserPortState {
+    if (this.#stopped) return "stopped";
+    if (this.#conn) return this.#conn.device.running?.queues.length ? "running" : "connected";
+    return this.config.mode === "server" ? "listening" : "connecting";
+  }
+
+  #accept(): void {
+    for (;;) {
+      const fd = unixAccept(this.#listenFd);
+      if (fd < 0) return;
+      if (this.#conn || this.#stopped) {
+        // One front-end per port: a second one is turned away, the first keeps working.
+        this.rejected++;
+        this.log("refused a second front-end connection (port already connected)");
+        closeFd(fd);
+        continue;
+      }
+      this.#attach(fd);
+    }
+  }
+
+  #connect(): void {
+    this.#retry = undefined;
+    if (this.#stopped || this.#conn) return;
+    let fd: number;
+    try {
+      fd = unixConnect(this.config.socket);
+    } catch (err) {
+      const text = err instanceof Error ? err.message : String(err);
+      if (text !== this.#lastConnectError) {
+        this.log(`waiting for the front-end to listen on ${this.config.socket} (${text})`);
+        this.#lastConnectError = text;
+      }
+      this.#retry = setTimeout(() => this.#connect(), RECONNECT_MS);
+      return;
+    }
+    this.#lastConnectError = "";
+    this.#attach(fd);
+  }
+
+  #attach(fd: number): void {
+    this.connections++;
+    const device = new VhostUserDevice(
+      { name: this.config.name, queuePairs: this.config.queues, mtu: this.config.mtu },
+      this.datapath,
+      this.log,
+    );
+    const conn = new VhostUserConnection(fd, device, this.reactor, this.log);
+    this.#conn = conn;
+    this.log("front-end connected");
+    conn.closed.then(() => {
+      if (this.#conn === conn) this.#conn = null;
+      if (this.config.mode === "client" && !this.#stopped) {
+        this.#retry = setTimeout(() => this.#connect(), RECONNECT_MS);
+      }
+    });
+  }
+
+  /** Closes the connection (stopping its rings and freeing its memory) and the socket. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retry);
+    const conn = this.#conn;
+    if (conn) {
+      conn.close("switch shutting down");
+      await conn.closed;
+    }
+    if (this.#listenFd >= 0) {
+      this.reactor.unwatch(this.#listenFd);
+      closeFd(this.#listenFd);
+      this.#listenFd = -1;
+      try {
+        Deno.removeSync(this.config.socket);
+      } catch { /* already gone */ }
+    }
+  }
+}

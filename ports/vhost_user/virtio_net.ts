@@ -1,0 +1,227 @@
+// virtio-net on top of the split ring ops: the 12-byte virtio_net_hdr (10 bytes for a legacy
+// driver without MRG_RXBUF), mergeable RX buffers (num_buffers), and frame size limits.
+// This is the datapath side of a vhost-user port, living in a Worker.
+import {
+  DROP_BAD_DESCRIPTOR,
+  DROP_NO_BUFFER,
+  DROP_RUNT,
+  DROP_TOO_BIG,
+  NOTIFICATIONS,
+  RX_BYTES,
+  RX_PACKETS,
+  TX_BYTES,
+  TX_PACKETS,
+} from "../counters.ts";
+import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
+import type { SplitQueue } from "./split_queue.ts";
+
+export const VIRTIO_NET_HDR_LEN = 12;
+export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
+const ETH_HLEN = 14;
+
+export class VirtioNetDatapath implements DatapathPort {
+  /** Guest TX queues this worker polls (frames the guest sends: our receive). */
+  txQueues: SplitQueue[] = [];
+  /** The guest RX queue this worker fills (our transmit), or null while it is not running. */
+  rxQueue: SplitQueue | null = null;
+  #cursor = 0;
+  #relQueue: SplitQueue | null = null;
+  readonly #relHeads = new Int32Array(BURST);
+  #relCount = 0;
+
+  constructor(
+    readonly hdrLen: number,
+    readonly mergeable: boolean,
+    /** Largest frame accepted or delivered (MTU + Ethernet header + one VLAN tag). */
+    readonly maxFrame: number,
+    readonly counters: Float64Array,
+  ) {}
+
+  receive(batch: FrameBatch): number {
+    batch.count = 0;
+    const nq = this.txQueues.length;
+    if (nq === 0) return 0;
+    const q = this.txQueues[this.#cursor++ % nq];
+    let avail = q.availCount();
+    if (avail === 0) return 0;
+    if (avail > BURST) avail = BURST;
+    const c = this.counters;
+    const hdr = this.hdrLen;
+    let n = 0;
+    for (let k = 0; k < avail; k++) {
+      const head = q.popAvail();
+      this.#relHeads[k] = head;
+      const segs = q.walkChain(head, false);
+      if (segs < 0) {
+        c[DROP_BAD_DESCRIPTOR]++;
+        continue;
+      }
+      let total = 0;
+      for (let s = 0; s < segs; s++) total += q.segLength[s];
+      const len = total - hdr;
+      if (len < ETH_HLEN) {
+        c[DROP_RUNT]++;
+        continue;
+      }
+      if (len > this.maxFrame) {
+        c[DROP_TOO_BIG]++;
+        continue;
+      }
+      if (segs === 1) {
+        batch.bytes[n] = q.segBytes[0];
+        batch.offset[n] = q.segOffset[0] + hdr;
+      } else if (segs === 2 && q.segLength[0] === hdr) {
+        batch.bytes[n] = q.segBytes[1];
+        batch.offset[n] = q.segOffset[1];
+      } else {
+        gather(q, hdr, batch.scratch[n]);
+        batch.bytes[n] = batch.scratch[n];
+        batch.offset[n] = 0;
+      }
+      batch.length[n] = len;
+      c[RX_BYTES] += len;
+      n++;
+    }
+    c[RX_PACKETS] += n;
+    this.#relQueue = q;
+    this.#relCount = avail;
+    batch.count = n;
+    return n;
+  }
+
+  release(): void {
+    const q = this.#relQueue;
+    if (q === null) return;
+    for (let k = 0; k < this.#relCount; k++) q.putUsed(this.#relHeads[k], 0);
+    this.#relQueue = null;
+    this.#relCount = 0;
+    this.#publish(q);
+  }
+
+  transmit(src: Uint8Array, f: EgressFrame): boolean {
+    const q = this.rxQueue;
+    const c = this.counters;
+    if (q === null) {
+      c[DROP_NO_BUFFER]++;
+      return false;
+    }
+    const frameLen = f.length;
+    if (frameLen > this.maxFrame) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    const hdr = this.hdrLen;
+    const firstUsed = q.usedIdx;
+    let remaining = hdr + frameLen;
+    let pos = 0; // position in (virtio header ++ frame) written so far
+    let buffers = 0;
+    let firstBytes: Uint8Array | null = null;
+    let firstOffset = 0;
+    while (remaining > 0) {
+      if (q.availCount() === 0 || (buffers > 0 && !this.mergeable)) {
+        q.unpopAvail(buffers);
+        q.usedIdx = firstUsed;
+        c[buffers > 0 ? DROP_TOO_BIG : DROP_NO_BUFFER]++;
+        return false;
+      }
+      const head = q.popAvail();
+      buffers++;
+      const segs = q.walkChain(head, true);
+      if (segs < 0 || (buffers === 1 && q.segLength[0] < hdr)) {
+        // A guest that hands us broken RX buffers only hurts itself: stop filling its ring.
+        q.unpopAvail(buffers);
+        q.usedIdx = firstUsed;
+        q.broken = true;
+        c[DROP_BAD_DESCRIPTOR]++;
+        return false;
+      }
+      if (buffers === 1) {
+        firstBytes = q.segBytes[0];
+        firstOffset = q.segOffset[0];
+      }
+      let put = 0;
+      for (let s = 0; s < segs && remaining > 0; s++) {
+        const dst = q.segBytes[s];
+        let dOff = q.segOffset[s];
+        let room = q.segLength[s];
+        while (room > 0 && remaining > 0) {
+          const n = this.#copyPiece(dst, dOff, room, pos, src, f);
+          dOff += n;
+          room -= n;
+          pos += n;
+          remaining -= n;
+          put += n;
+        }
+      }
+      q.putUsed(head, put);
+    }
+    // num_buffers sits in the last two bytes of the 12-byte header.
+    if (hdr === VIRTIO_NET_HDR_LEN) {
+      firstBytes![firstOffset + 10] = buffers & 0xff;
+      firstBytes![firstOffset + 11] = buffers >>> 8;
+    }
+    c[TX_PACKETS]++;
+    c[TX_BYTES] += frameLen;
+    return true;
+  }
+
+  /**
+   * Copies the piece of (virtio header ++ frame) that starts at output position `pos` into
+   * dst, at most `room` bytes of it; returns the bytes copied.
+   */
+  #copyPiece(
+    dst: Uint8Array,
+    dOff: number,
+    room: number,
+    pos: number,
+    src: Uint8Array,
+    f: EgressFrame,
+  ): number {
+    const hdr = this.hdrLen;
+    if (pos < hdr) {
+      const n = Math.min(room, hdr - pos);
+      dst.fill(0, dOff, dOff + n);
+      return n;
+    }
+    let p = pos - hdr;
+    const headLen = f.headEnd - f.headStart;
+    if (p < headLen) return copy(dst, dOff, src, f.headStart + p, Math.min(room, headLen - p));
+    p -= headLen;
+    if (p < f.tagLength) return copy(dst, dOff, f.tag, p, Math.min(room, f.tagLength - p));
+    p -= f.tagLength;
+    return copy(dst, dOff, src, f.tailStart + p, Math.min(room, f.tailEnd - f.tailStart - p));
+  }
+
+  flush(): void {
+    const q = this.rxQueue;
+    if (q !== null) this.#publish(q);
+  }
+
+  #publish(q: SplitQueue): void {
+    if (q.publishUsed()) this.counters[NOTIFICATIONS]++;
+  }
+}
+
+function copy(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): number {
+  dst.set(src.subarray(sOff, sOff + n), dOff);
+  return n;
+}
+
+/** Gathers a frame scattered over several descriptors (after skipping the header) into `out`. */
+function gather(q: SplitQueue, skip: number, out: Uint8Array): void {
+  let w = 0;
+  for (let s = 0; s < q.segCount; s++) {
+    let off = q.segOffset[s];
+    let len = q.segLength[s];
+    if (skip > 0) {
+      const k = Math.min(skip, len);
+      off += k;
+      len -= k;
+      skip -= k;
+    }
+    if (len > 0) {
+      out.set(q.segBytes[s].subarray(off, off + len), w);
+      w += len;
+    }
+  }
+}

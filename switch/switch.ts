@@ -1,0 +1,199 @@
+// The running switch: the bridge's shared state, the datapath Workers, every port's control
+// side, and the periodic FDB aging. It is also the SwitchView the HTTP endpoint reads.
+import { Reactor } from "../ffi/epoll.ts";
+import {
+  type FdbEntry,
+  type FdbFilter,
+  matchesFdbFilter,
+  type PortStatus,
+  type SwitchInfo,
+  type SwitchView,
+} from "../http/app.ts";
+import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
+import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
+import { featureNames } from "../ports/vhost_user/features.ts";
+import { Bridge, type PortVlanConfig } from "./bridge.ts";
+import { Datapath } from "./datapath.ts";
+import { parseMac } from "./ethernet.ts";
+import type { PortConfig, Topology, VlanConfig } from "./topology.ts";
+
+export const VERSION = "0.1.0";
+
+function bridgeVlan(v: VlanConfig): PortVlanConfig {
+  if (v.mode === "access") return { mode: "access", tag: v.tag };
+  return { mode: "trunk", allowed: v.allowed === "all" ? undefined : v.allowed, native: v.native };
+}
+
+const nowSeconds = () => Math.floor(Date.now() / 1000);
+
+export class Switch implements SwitchView {
+  readonly #started = Date.now();
+  readonly #ports: VhostUserPort[] = [];
+  #agingTimer: ReturnType<typeof setInterval> | undefined;
+  #stopping: Promise<void> | null = null;
+
+  private constructor(
+    readonly topology: Topology,
+    readonly bridge: Bridge,
+    readonly datapath: Datapath,
+    readonly reactor: Reactor,
+    readonly log: (msg: string) => void,
+  ) {}
+
+  static async start(
+    topology: Topology,
+    log: (msg: string) => void = console.log,
+  ): Promise<Switch> {
+    const unsupported = topology.ports.find((p) => p.type !== "vhost-user");
+    if (unsupported) {
+      throw new Error(
+        `port ${unsupported.name}: type ${unsupported.type} is not available in this build`,
+      );
+    }
+    const nameOf = (port: string) => topology.ports.findIndex((p) => p.name === port);
+    const vlans = topology.ports.map((p) => bridgeVlan(p.vlan));
+    const bridge = new Bridge({
+      vlans,
+      statics: topology.fdb.static.map((s) => ({ mac: s.mac, vlan: s.vlan, port: nameOf(s.port) })),
+      fdbCapacity: topology.fdb.maxEntries,
+      writers: topology.threads,
+    });
+    const datapath = await Datapath.start({
+      threads: topology.threads,
+      portCount: topology.ports.length,
+      bridge: { vlans, fdb: bridge.fdb.buffer, state: bridge.state },
+      busyPoll: topology.poll.mode === "busy",
+      idleAfterMs: topology.poll.idleAfterMs,
+      affinity: topology.ports.map((p) => p.rxqAffinity),
+    });
+    const sw = new Switch(topology, bridge, datapath, new Reactor(), log);
+    try {
+      topology.ports.forEach((cfg, index) => sw.#startPort(cfg, index));
+    } catch (err) {
+      await sw.stop();
+      throw err;
+    }
+    const agingEvery = Math.max(1, Math.min(10, Math.floor(topology.fdb.agingSeconds / 10))) * 1000;
+    sw.#agingTimer = setInterval(
+      () => bridge.fdb.age(nowSeconds(), topology.fdb.agingSeconds),
+      agingEvery,
+    );
+    return sw;
+  }
+
+  #startPort(cfg: PortConfig, index: number): void {
+    if (cfg.type !== "vhost-user") return;
+    const log = (msg: string) => this.log(`[${cfg.name}] ${msg}`);
+    const inner = this.datapath.forPort(index);
+    // Link state follows the guest's RX ring: up while we can deliver frames to it. When it
+    // goes down, what was learned on the port is forgotten.
+    const datapath: DeviceDatapath = {
+      apply: async (state: DatapathState | null) => {
+        const stopped = await inner.apply(state);
+        const up = state?.queues.some((q) => (q.index & 1) === 0) ?? false;
+        if (this.bridge.isLinkUp(index) !== up) {
+          this.bridge.setLinkUp(index, up);
+          if (!up) this.bridge.fdb.flush({ port: index });
+          log(`link ${up ? "up" : "down"}`);
+        }
+        return stopped;
+      },
+    };
+    const port = new VhostUserPort(
+      { name: cfg.name, socket: cfg.socket, mode: cfg.mode, queues: cfg.queues, mtu: cfg.mtu },
+      this.reactor,
+      datapath,
+      log,
+    );
+    port.start();
+    this.#ports.push(port);
+  }
+
+  info(): SwitchInfo {
+    return {
+      name: this.topology.name,
+      version: VERSION,
+      uptimeSeconds: Math.floor((Date.now() - this.#started) / 1000),
+      threads: this.topology.threads,
+    };
+  }
+
+  ports(): PortStatus[] {
+    return this.topology.ports.map((_, i) => this.#status(i));
+  }
+
+  port(name: string): PortStatus | undefined {
+    const i = this.topology.ports.findIndex((p) => p.name === name);
+    return i < 0 ? undefined : this.#status(i);
+  }
+
+  #status(i: number): PortStatus {
+    const cfg = this.topology.ports[i];
+    const counters = { ...this.datapath.counters.port(i), ...this.bridge.portCounters(i) };
+    const port = this.#ports.find((p) => p.config.name === cfg.name);
+    const conn = port?.connection ?? null;
+    const device = conn?.device;
+    const state = port?.state ?? "down";
+    const queues = (device?.running?.queues ?? [])
+      .filter((q) => q.index & 1)
+      .map((q) => ({ index: q.index >> 1, worker: this.datapath.pollerOf(i, q.index >> 1) }));
+    if (cfg.type !== "vhost-user") {
+      return {
+        name: cfg.name,
+        type: "af-packet",
+        interface: cfg.interface,
+        state: "down",
+        mtu: cfg.mtu,
+        features: [],
+        queues,
+        counters,
+      };
+    }
+    return {
+      name: cfg.name,
+      type: "vhost-user",
+      socket: cfg.socket,
+      mode: cfg.mode,
+      state: state === "running" ? "connected" : state === "stopped" ? "down" : state,
+      mtu: cfg.mtu,
+      features: device ? featureNames(device.features) : [],
+      queues,
+      counters: {
+        ...counters,
+        connections: port?.connections ?? 0,
+        protocol_errors: conn?.stats.errors ?? 0,
+      },
+    };
+  }
+
+  fdb(): FdbEntry[] {
+    return this.bridge.fdb.entries(nowSeconds()).map((e) => ({
+      mac: e.mac,
+      vlan: e.vlan,
+      port: this.topology.ports[e.port]?.name ?? String(e.port),
+      ageSeconds: e.static ? 0 : e.age,
+      static: e.static,
+    }));
+  }
+
+  flushFdb(filter: FdbFilter): number {
+    let removed = 0;
+    for (const e of this.fdb()) {
+      if (e.static || !matchesFdbFilter(e, filter)) continue;
+      const { hi, lo } = parseMac(e.mac);
+      if (this.bridge.fdb.delete(hi, lo, e.vlan)) removed++;
+    }
+    return removed;
+  }
+
+  /** Stops every port (rings stopped, memory unmapped, sockets unlinked), then the workers. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      clearInterval(this.#agingTimer);
+      await Promise.all(this.#ports.map((p) => p.stop()));
+      await this.datapath.stop();
+      await this.reactor.close();
+    })();
+    return this.#stopping;
+  }
+}

@@ -1,0 +1,68 @@
+// Messages between the main thread (control plane) and the datapath Workers. Every request
+// that changes what a worker touches is acknowledged: the control plane frees memory or closes
+// fds only after the ack, so a worker never reads an unmapped region or writes a reused fd.
+import type { DatapathState } from "../ports/vhost_user/device.ts";
+import type { PortVlanConfig } from "./bridge.ts";
+
+/** What a worker needs to attach to the shared bridge: FDB, link state and counters. */
+export interface BridgeShare {
+  vlans: (PortVlanConfig | undefined)[];
+  fdb: SharedArrayBuffer;
+  state: SharedArrayBuffer;
+}
+
+export interface WorkerInit {
+  type: "init";
+  worker: number;
+  workers: number;
+  /** Shared between all workers and the main thread. */
+  counters: SharedArrayBuffer;
+  /** The learning table, VLAN config, link state and bridge counters, shared by all. */
+  bridge: BridgeShare;
+  /** Raised by the main thread when a message waits, so a busy-polling worker yields to it. */
+  mailbox: SharedArrayBuffer;
+  portCount: number;
+  busyPoll: boolean;
+  idleAfterMs: number;
+}
+
+/** Install (or, with state null, remove) a vhost-user port's datapath on this worker. */
+export interface WorkerApplyPort {
+  type: "apply";
+  id: number;
+  port: number;
+  state: DatapathState | null;
+  /** Guest TX rings (odd ring indexes) this worker polls. */
+  pollRings: number[];
+  /** The guest RX ring this worker fills when it transmits to the port, -1 for none. */
+  fillRing: number;
+}
+
+export interface WorkerLink {
+  type: "link";
+  id: number;
+  port: number;
+  up: boolean;
+}
+
+export interface WorkerStop {
+  type: "stop";
+  id: number;
+}
+
+export type ToWorker = WorkerInit | WorkerApplyPort | WorkerLink | WorkerStop;
+
+export interface WorkerAck {
+  type: "ack";
+  id: number;
+  /** Rings this worker stopped, with their last avail index: [ring, lastAvail]. */
+  stopped: [number, number][];
+  error?: string;
+}
+
+export interface WorkerReady {
+  type: "ready";
+  worker: number;
+}
+
+export type FromWorker = WorkerAck | WorkerReady;
