@@ -3,7 +3,7 @@
 // guest) and hands the burst back to the sender. Control messages arrive between bursts.
 /// <reference lib="deno.worker" />
 import { CounterTable } from "../ports/counters.ts";
-import { BURST, type DatapathPort, FrameBatch } from "../ports/port.ts";
+import { type DatapathPort, FrameBatch } from "../ports/port.ts";
 import { GuestMemory } from "../ports/vhost_user/memory.ts";
 import { SplitQueue } from "../ports/vhost_user/split_queue.ts";
 import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";

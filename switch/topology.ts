@@ -1,0 +1,492 @@
+// Loads the topology file. One pass collects every problem, so an operator fixes them all at once,
+// and the result is fully defaulted: the rest of the switch never re-applies a default.
+import { dirname, resolve } from "node:path";
+
+/** `native` 0 means untagged frames on the trunk stay untagged (the VLAN 0 domain). */
+export type VlanConfig =
+  | { mode: "access"; tag: number }
+  | { mode: "trunk"; allowed: number[] | "all"; native: number };
+
+interface PortCommon {
+  name: string;
+  mtu: number;
+  vlan: VlanConfig;
+  /** Queue pairs; an af-packet port always has one. */
+  queues: number;
+  /** Worker index polling each queue pair (explicit, or assigned round-robin). */
+  rxqAffinity: number[];
+}
+export interface VhostUserPortConfig extends PortCommon {
+  type: "vhost-user";
+  /** Absolute path (relative paths are resolved against the topology file's directory). */
+  socket: string;
+  mode: "server" | "client";
+}
+export interface AfPacketPortConfig extends PortCommon {
+  type: "af-packet";
+  interface: string;
+  queues: 1;
+}
+export type PortConfig = VhostUserPortConfig | AfPacketPortConfig;
+
+export interface HttpConfig {
+  listen: string;
+  /** `listen` split for Deno.serve; IPv6 without brackets. */
+  hostname: string;
+  port: number;
+  token: string | null;
+  readOnly: boolean;
+}
+export interface PollConfig {
+  mode: "adaptive" | "busy";
+  idleAfterMs: number;
+}
+export interface StaticFdbEntry {
+  /** Lower-case, colon separated. */
+  mac: string;
+  vlan: number;
+  port: string;
+}
+export interface FdbConfig {
+  agingSeconds: number;
+  maxEntries: number;
+  static: StaticFdbEntry[];
+}
+export interface Topology {
+  name: string;
+  http: HttpConfig;
+  threads: number;
+  poll: PollConfig;
+  fdb: FdbConfig;
+  ports: PortConfig[];
+}
+
+/** Every problem found, one per line: `file: json.path: what is wrong`. */
+export class TopologyError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join("\n"));
+    this.name = "TopologyError";
+  }
+}
+
+export function loadTopology(path: string): Topology {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (e) {
+    throw new TopologyError([`${path}: cannot read the topology file: ${(e as Error).message}`]);
+  }
+  return parseTopology(text, path);
+}
+
+/** "52-54-00-AB-00-01" → "52:54:00:ab:00:01"; null when not six hex pairs with one separator. */
+export function normalizeMac(text: string): string | null {
+  if (!/^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$/.test(text)) return null;
+  return text.toLowerCase().replaceAll("-", ":");
+}
+
+const NAME_RE = /^[a-zA-Z0-9_.-]{1,32}$/;
+const NAME_RULE = "use 1 to 32 letters, digits, '_', '.' or '-'";
+const TOKEN_RULE = "use letters, digits and ._~+/- (a Bearer token)";
+const IFNAME_RULE = "use a Linux interface name (1 to 15 characters, no '/', ':' or spaces)";
+// RFC 6750 b64token: the only tokens a Bearer header can carry.
+const TOKEN_RE = /^[A-Za-z0-9._~+/-]+=*$/;
+const IFNAME_RE = /^(?!\.\.?$)[^\s/:]{1,15}$/;
+const LISTEN_RE = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/;
+// sun_path is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH = 107;
+
+const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports"];
+const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity"];
+const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues"];
+const AF_PACKET_KEYS = [...COMMON_KEYS, "interface"];
+const ANY_PORT_KEYS = [...VHOST_KEYS, "interface"];
+
+/** `fileName` prefixes every problem and anchors relative socket paths; nothing is read from it. */
+export function parseTopology(text: string, fileName: string): Topology {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // V8 names the position for only some syntax errors, so find it ourselves.
+    const { at, message } = jsonSyntaxError(text);
+    const lines = text.slice(0, at).split("\n");
+    const where = `${lines.length}:${lines[lines.length - 1].length + 1}`;
+    throw new TopologyError([`${fileName}:${where}: invalid JSON: ${message}`]);
+  }
+  const c = new Checker(fileName);
+  const root = c.object(json, "", ROOT_KEYS);
+  if (!root) throw new TopologyError(c.list);
+  const name = c.str(root.name, "name", undefined, NAME_RE, NAME_RULE) ?? "";
+  const http = parseHttp(c, root.http);
+  const threads = c.int(root.threads, "threads", 1, 64, 1);
+  const poll = c.section(root.poll, "poll", ["mode", "idleAfterMs"]);
+  const pollMode = c.oneOf(poll.mode, "poll.mode", ["adaptive", "busy"] as const, "adaptive");
+  const idleAfterMs = c.int(poll.idleAfterMs, "poll.idleAfterMs", 0, 60_000, 200) ?? 200;
+  const ports = parsePorts(c, root.ports, dirname(resolve(fileName)), threads);
+  const fdb = parseFdb(c, root.fdb, ports);
+  if (c.list.length) throw new TopologyError(c.list);
+  return {
+    name,
+    http,
+    threads: threads ?? 1,
+    poll: { mode: pollMode ?? "adaptive", idleAfterMs },
+    fdb,
+    ports,
+  };
+}
+
+function parseHttp(c: Checker, v: unknown): HttpConfig {
+  const o = c.section(v, "http", ["listen", "token", "readOnly"]);
+  const listen = c.str(o.listen, "http.listen", "127.0.0.1:8080") ?? "";
+  const m = LISTEN_RE.exec(listen);
+  if (!m || Number(m[3]) > 65535) {
+    c.add("http.listen", `expected host:port or [ipv6]:port, got ${JSON.stringify(listen)}`);
+  }
+  return {
+    listen,
+    hostname: m?.[1] ?? m?.[2] ?? "",
+    port: Number(m?.[3] ?? 0),
+    token: c.str(o.token, "http.token", null, TOKEN_RE, TOKEN_RULE) ?? null,
+    readOnly: c.bool(o.readOnly, "http.readOnly", false),
+  };
+}
+
+function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): PortConfig[] {
+  if (v === undefined) return c.add("ports", "required key is missing") ?? [];
+  if (!Array.isArray(v)) return c.add("ports", `expected an array, got ${describe(v)}`) ?? [];
+  if (v.length < 1 || v.length > 64) c.add("ports", `expected 1 to 64 ports, got ${v.length}`);
+  const seen = new Map<string, string>(); // "socket /x" → "ports[0]"
+  const unique = (kind: string, value: string, path: string, key: string) => {
+    const first = seen.get(`${kind} ${value}`);
+    if (first) c.add(`${path}.${key}`, `duplicate ${kind} ${JSON.stringify(value)} (${first})`);
+    else seen.set(`${kind} ${value}`, `also used by ${path}`);
+  };
+  let nextWorker = 0; // round-robin for queues without rxqAffinity, like OVS
+  const ports: PortConfig[] = [];
+  v.forEach((item, i) => {
+    const path = `ports[${i}]`;
+    if (!isObject(item)) return c.add(path, `expected an object, got ${describe(item)}`);
+    const type = c.oneOf(item.type, `${path}.type`, ["vhost-user", "af-packet"] as const);
+    c.object(item, path, type === "af-packet" ? AF_PACKET_KEYS : type ? VHOST_KEYS : ANY_PORT_KEYS);
+    const name = c.str(item.name, `${path}.name`, undefined, NAME_RE, NAME_RULE) ?? "";
+    if (name) unique("port name", name, path, "name");
+    const mtu = c.int(item.mtu, `${path}.mtu`, 68, 9000, 1500) ?? 1500;
+    const vlan = parseVlan(c, item.vlan, `${path}.vlan`);
+    const queues = type === "af-packet" ? 1 : c.int(item.queues, `${path}.queues`, 1, 8, 1) ?? 1;
+    const rxqAffinity =
+      parseAffinity(c, item.rxqAffinity, `${path}.rxqAffinity`, queues, threads) ??
+        Array.from({ length: queues }, () => nextWorker++ % (threads ?? 1));
+    const common = { name, mtu, vlan, queues, rxqAffinity };
+    if (type === "vhost-user") {
+      const mode = c.oneOf(item.mode, `${path}.mode`, ["server", "client"] as const, "server");
+      const given = c.str(item.socket, `${path}.socket`, undefined, /./, "must not be empty");
+      const socket = given ? resolve(baseDir, given) : "";
+      if (socket && checkSocket(c, `${path}.socket`, socket, mode)) {
+        unique("socket", socket, path, "socket");
+      }
+      ports.push({ type, ...common, socket, mode: mode ?? "server" });
+    } else {
+      // With an unknown type this is a placeholder that keeps the name findable for fdb.static;
+      // the result is discarded anyway.
+      const ifname = type &&
+        c.str(item.interface, `${path}.interface`, undefined, IFNAME_RE, IFNAME_RULE);
+      if (ifname) unique("interface", ifname, path, "interface");
+      ports.push({ type: "af-packet", ...common, interface: ifname ?? "", queues: 1 });
+    }
+  });
+  return ports;
+}
+
+function checkSocket(c: Checker, at: string, socket: string, mode?: string): boolean {
+  const bytes = new TextEncoder().encode(socket).length;
+  if (bytes > MAX_SOCKET_PATH) {
+    return !c.add(at, `${socket} is ${bytes} bytes; a unix socket path holds ${MAX_SOCKET_PATH}`);
+  }
+  const dir = dirname(socket);
+  const dirInfo = stat(dir);
+  if (dirInfo && !dirInfo.isDirectory) return !c.add(at, `${dir} is not a directory`);
+  if (!dirInfo && mode === "client") return !c.add(at, `directory ${dir} does not exist`);
+  if (!dirInfo && !stat(dirname(dir))?.isDirectory) {
+    // Server mode: the port creates a missing socket directory when it starts listening; one
+    // missing level is accepted, deeper is more likely a typo than a plan.
+    return !c.add(at, `directory ${dir} does not exist and ${dirname(dir)} does not either`);
+  }
+  const info = stat(socket, true);
+  if (info && !info.isSocket) return !c.add(at, `${socket} exists and is not a socket`);
+  return true;
+}
+
+function stat(path: string, link = false): Deno.FileInfo | null {
+  try {
+    return link ? Deno.lstatSync(path) : Deno.statSync(path);
+  } catch {
+    return null;
+  }
+}
+
+function parseVlan(c: Checker, v: unknown, path: string): VlanConfig {
+  // No vlan key: the port carries every VLAN as-is (OVS's default).
+  if (v === undefined) return { mode: "trunk", allowed: "all", native: 0 };
+  const o = c.object(v, path, ["mode", "tag", "allowed", "native"]) ?? {};
+  const mode = c.oneOf(o.mode, `${path}.mode`, ["access", "trunk"] as const);
+  const misplaced = mode === "access" ? ["allowed", "native"] : mode ? ["tag"] : [];
+  for (const key of misplaced.filter((k) => o[k] !== undefined)) {
+    c.add(`${path}.${key}`, `not used by ${mode} ports`);
+  }
+  if (mode === undefined) return { mode: "access", tag: 1 }; // reported; a placeholder
+  if (mode === "access") return { mode, tag: vlanId(c, o.tag, `${path}.tag`) ?? 1 };
+  let allowed: number[] | "all" = "all";
+  if (Array.isArray(o.allowed)) {
+    if (!o.allowed.length) c.add(`${path}.allowed`, "is empty: omit it to allow every VLAN");
+    const ids = o.allowed.map((id, i) => vlanId(c, id, `${path}.allowed[${i}]`) ?? 1);
+    allowed = [...new Set(ids)].sort((a, b) => a - b);
+  } else if (o.allowed !== undefined) {
+    c.add(`${path}.allowed`, `expected an array of VLAN ids, got ${describe(o.allowed)}`);
+  }
+  const native = o.native === undefined ? 0 : vlanId(c, o.native, `${path}.native`, true) ?? 0;
+  if (native && allowed !== "all" && !allowed.includes(native)) {
+    c.add(`${path}.native`, `native VLAN ${native} is not in allowed [${allowed.join(", ")}]`);
+  }
+  return { mode: "trunk", allowed, native };
+}
+
+function vlanId(c: Checker, v: unknown, at: string, native = false): number | undefined {
+  if (v === undefined) return c.add(at, "required key is missing");
+  const id = v as number;
+  if (Number.isInteger(id) && id <= 4094 && (id >= 1 || (native && id === 0))) return id;
+  const zero = native ? " (or 0 for untagged)" : "";
+  c.add(at, `expected a VLAN id from 1 to 4094${zero}, got ${describe(v)}`);
+}
+
+function parseAffinity(c: Checker, v: unknown, at: string, queues: number, threads?: number) {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v)) {
+    return c.add(at, `expected an array of worker indexes, got ${describe(v)}`);
+  }
+  if (v.length !== queues) {
+    c.add(at, `has ${v.length} entries but the port has ${queues} queue pair(s): one per queue`);
+  }
+  return v.map((w, i): number => {
+    if (!Number.isInteger(w) || w < 0) {
+      c.add(`${at}[${i}]`, `expected a worker index, got ${describe(w)}`);
+    } else if (threads !== undefined && w >= threads) {
+      c.add(`${at}[${i}]`, `worker ${w} does not exist: threads is ${threads}`);
+    }
+    return w;
+  });
+}
+
+function parseFdb(c: Checker, v: unknown, ports: PortConfig[]): FdbConfig {
+  const o = c.section(v, "fdb", ["agingSeconds", "maxEntries", "static"]);
+  const agingSeconds = c.int(o.agingSeconds, "fdb.agingSeconds", 10, 1_000_000, 300) ?? 300;
+  const maxEntries = c.int(o.maxEntries, "fdb.maxEntries", 16, 1_048_576, 8192) ?? 8192;
+  const list = Array.isArray(o.static) ? o.static : [];
+  if (o.static !== undefined && !Array.isArray(o.static)) {
+    c.add("fdb.static", `expected an array, got ${describe(o.static)}`);
+  }
+  if (list.length > maxEntries) c.add("fdb.static", `${list.length} entries exceed fdb.maxEntries`);
+  const seen = new Map<string, string>();
+  const entries = list.map((item, i): StaticFdbEntry => {
+    const path = `fdb.static[${i}]`;
+    const e = c.object(item, path, ["mac", "vlan", "port"]) ?? {};
+    const mac = parseStaticMac(c, e.mac, `${path}.mac`);
+    const vlan = c.int(e.vlan, `${path}.vlan`, 0, 4094, 0);
+    const portName = c.str(e.port, `${path}.port`);
+    const port = ports.find((x) => x.name === portName);
+    if (portName !== undefined && !port) {
+      const hint = closest(portName, ports.map((x) => x.name));
+      c.add(`${path}.port`, `no port named ${JSON.stringify(portName)}${hint}`);
+    } else if (port && vlan !== undefined && !carries(port.vlan, vlan)) {
+      c.add(`${path}.vlan`, `port ${port.name} does not carry VLAN ${vlan}`);
+    }
+    const key = `${mac} on VLAN ${vlan}`;
+    if (mac && seen.has(key)) c.add(path, `duplicate entry for ${key} (${seen.get(key)})`);
+    seen.set(key, `also ${path}`);
+    return { mac: mac ?? "", vlan: vlan ?? 0, port: portName ?? "" };
+  });
+  return { agingSeconds, maxEntries, static: entries };
+}
+
+function parseStaticMac(c: Checker, v: unknown, at: string): string | undefined {
+  const given = c.str(v, at);
+  if (given === undefined) return;
+  const mac = normalizeMac(given);
+  if (!mac) {
+    return c.add(at, `${JSON.stringify(given)} is not a MAC address like 52:54:00:00:00:01`);
+  }
+  if (parseInt(mac, 16) & 1) {
+    return c.add(at, `${mac} is multicast: static entries must be unicast`);
+  }
+  if (mac === "00:00:00:00:00:00") return c.add(at, "the all-zero MAC is not a station address");
+  return mac;
+}
+
+function carries(vlan: VlanConfig, id: number): boolean {
+  if (vlan.mode === "access") return id === vlan.tag;
+  return id === vlan.native || (id > 0 && (vlan.allowed === "all" || vlan.allowed.includes(id)));
+}
+
+type Obj = Record<string, unknown>;
+
+/** Collects problems; each reader reports into it and returns undefined when the value is unusable. */
+class Checker {
+  list: string[] = [];
+  constructor(readonly file: string) {}
+  add(at: string, message: string): undefined {
+    this.list.push(`${this.file}: ${at || "$"}: ${message}`);
+  }
+  /** Checks v is an object whose keys are all known; reports each unknown key. */
+  object(v: unknown, at: string, keys: string[]): Obj | undefined {
+    if (!isObject(v)) return this.add(at, `expected an object, got ${describe(v)}`);
+    for (const key of Object.keys(v).filter((k) => !keys.includes(k))) {
+      this.add(join(at, key), `unknown key ${JSON.stringify(key)}${closest(key, keys)}`);
+    }
+    return v;
+  }
+  /** An optional section: absent means all defaults. */
+  section(v: unknown, at: string, keys: string[]): Obj {
+    return v === undefined ? {} : this.object(v, at, keys) ?? {};
+  }
+  /** No default means required. */
+  present(v: unknown, at: string, dflt: unknown): boolean {
+    if (v === undefined && dflt === undefined) this.add(at, "required key is missing");
+    return v !== undefined;
+  }
+  int(v: unknown, at: string, min: number, max: number, dflt?: number): number | undefined {
+    if (!this.present(v, at, dflt)) return dflt;
+    if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return v as number;
+    this.add(at, `expected an integer from ${min} to ${max}, got ${describe(v)}`);
+  }
+  str<D extends string | null = never>(
+    v: unknown,
+    at: string,
+    dflt?: D,
+    re?: RegExp,
+    rule?: string,
+  ) {
+    if (!this.present(v, at, dflt)) return dflt;
+    if (typeof v !== "string") return this.add(at, `expected a string, got ${describe(v)}`);
+    if (re && !re.test(v)) return this.add(at, `${JSON.stringify(v)} is not valid: ${rule}`);
+    return v;
+  }
+  bool(v: unknown, at: string, dflt: boolean): boolean {
+    if (v === undefined || typeof v === "boolean") return v ?? dflt;
+    this.add(at, `expected true or false, got ${describe(v)}`);
+    return dflt;
+  }
+  oneOf<T extends string>(v: unknown, at: string, choices: readonly T[], dflt?: T): T | undefined {
+    if (!this.present(v, at, dflt)) return dflt;
+    if (choices.includes(v as T)) return v as T;
+    const hint = typeof v === "string" ? closest(v, choices) : "";
+    const list = choices.map((c) => `"${c}"`).join(", ");
+    this.add(at, `expected one of ${list}, got ${describe(v)}${hint}`);
+  }
+}
+
+function join(path: string, key: string): string {
+  return path ? `${path}.${key}` : key;
+}
+
+function isObject(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return "an array";
+  if (isObject(v)) return "an object";
+  return v === undefined ? "nothing" : JSON.stringify(v);
+}
+
+/** ` (did you mean "x"?)` when a known name is within a typo's reach (Levenshtein). */
+function closest(word: string, known: readonly string[]): string {
+  let best = "", bestD = Infinity;
+  for (const k of known) {
+    const d = distance(word.toLowerCase(), k.toLowerCase());
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  const reach = Math.max(1, Math.floor(Math.max(word.length, best.length) / 3));
+  return best && bestD <= reach ? ` (did you mean ${JSON.stringify(best)}?)` : "";
+}
+
+/** Edit distance counting a swap of two neighbours as one edit ("vlna" → "vlan"). */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** Where and why JSON.parse failed: a minimal JSON syntax walk that stops at the first error. */
+function jsonSyntaxError(text: string): { at: number; message: string } {
+  let i = 0;
+  const fail = (what: string): never => {
+    throw {
+      at: i,
+      message: i < text.length
+        ? `${what}, found ${JSON.stringify(text[i])}`
+        : `${what}, found end of file`,
+    };
+  };
+  const ws = () => {
+    while (" \t\n\r".includes(text[i] ?? "x")) i++;
+  };
+  const string = () => {
+    for (i++; text[i] !== '"'; i++) {
+      if (i >= text.length || text[i] < " ") fail("unterminated string");
+      if (text[i] === "\\" && !/^(["\\/bfnrt]|u[0-9a-fA-F]{4})/.test(text.slice(++i, i + 5))) {
+        fail("bad escape");
+      }
+    }
+    i++;
+  };
+  const value = (): void => {
+    ws();
+    const open = text[i];
+    if (open === "{" || open === "[") {
+      const close = open === "{" ? "}" : "]";
+      i++;
+      ws();
+      if (text[i] === close) return void i++;
+      for (;;) {
+        ws();
+        if (open === "{") {
+          if (text[i] !== '"') fail("expected a double-quoted key");
+          string();
+          ws();
+          if (text[i] !== ":") fail("expected ':'");
+          i++;
+        }
+        value();
+        ws();
+        if (text[i] === close) return void i++;
+        if (text[i] !== ",") fail(`expected ',' or '${close}'`);
+        i++;
+      }
+    }
+    if (open === '"') return string();
+    const m = /-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?|true|false|null/y;
+    m.lastIndex = i;
+    if (!m.test(text)) fail("expected a value");
+    i = m.lastIndex;
+  };
+  try {
+    value();
+    ws();
+    if (i < text.length) fail("expected end of file after the value");
+  } catch (e) {
+    if (typeof e === "object" && e !== null && "at" in e) {
+      return e as { at: number; message: string };
+    }
+    throw e;
+  }
+  return { at: i, message: "not valid JSON" };
+}
