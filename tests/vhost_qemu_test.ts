@@ -1,0 +1,71 @@
+// Two real QEMU guests (Debian kernel, virtio-net driver) on the switch: one on a server-mode
+// port (QEMU connects), one on a client-mode port (QEMU listens, the switch connects).
+import assert from "node:assert/strict";
+import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
+import { startSwitch } from "./helpers/switch.ts";
+
+const missing = guestToolsAvailable();
+if (missing) console.warn(`SKIPPING QEMU tests: ${missing}`);
+
+const MAC1 = "52:54:00:00:00:01";
+const MAC2 = "52:54:00:00:00:02";
+
+Deno.test({
+  name: "two QEMU guests ping each other through the switch (server and client mode ports)",
+  ignore: missing !== null,
+  sanitizeOps: false, // QEMU's console reader and the harness' timers span the test
+  sanitizeResources: false,
+  async fn() {
+    await using ts = await startSwitch({
+      name: "qemu",
+      http: { listen: "127.0.0.1:0" },
+      ports: [
+        { name: "vm1", type: "vhost-user", socket: "$DIR/vm1.sock", mode: "server" },
+        { name: "vm2", type: "vhost-user", socket: "$DIR/vm2.sock", mode: "client" },
+      ],
+    });
+    const guests: Guest[] = [];
+    try {
+      guests.push(
+        ...await Promise.all([
+          bootGuest({
+            name: "g1",
+            nics: [{ socket: `${ts.dir}/vm1.sock`, mac: MAC1 }],
+            ip: "10.0.0.1/24",
+          }),
+          bootGuest({
+            name: "g2",
+            nics: [{ socket: `${ts.dir}/vm2.sock`, mac: MAC2, server: true }],
+            ip: "10.0.0.2/24",
+          }),
+        ]),
+      );
+      const [g1, g2] = guests;
+      const p12 = await g1.run("ping -c 3 -W 5 10.0.0.2", 60_000);
+      assert.equal(p12.code, 0, `g1 -> g2 ping failed:\n${p12.output}\n${ts.logs.join("\n")}`);
+      assert.match(p12.output, /3 packets received/);
+      const p21 = await g2.run("ping -c 3 -W 5 10.0.0.1", 60_000);
+      assert.equal(p21.code, 0, `g2 -> g1 ping failed:\n${p21.output}`);
+
+      for (const g of guests) {
+        const dmesg = await g.dmesg();
+        assert.match(dmesg, /eth0 operstate up/, `${g.name}: link not up`);
+        assert.doesNotMatch(dmesg, /virtio.*(error|broken|failed)|id \d+ is not a head/i, dmesg);
+      }
+      const fdb = ts.sw.fdb();
+      assert.deepEqual(
+        fdb.filter((e) => e.mac === MAC1 || e.mac === MAC2).map((e) => [e.mac, e.port, e.vlan])
+          .sort(),
+        [[MAC1, "vm1", 0], [MAC2, "vm2", 0]],
+      );
+      const [vm1, vm2] = ts.sw.ports();
+      assert.equal(vm1.state, "connected");
+      assert.equal(vm2.state, "connected");
+      assert.ok(vm1.features.includes("VERSION_1"), vm1.features.join(","));
+      assert.ok(vm1.counters.rx_packets >= 3 && vm2.counters.rx_packets >= 3);
+      assert.equal(vm1.counters.drop_bad_descriptor + vm2.counters.drop_bad_descriptor, 0);
+    } finally {
+      await Promise.allSettled(guests.map((g) => g.shutdown()));
+    }
+  },
+});
