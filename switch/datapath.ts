@@ -3,7 +3,14 @@
 // datapath state on every worker, resolving only when all of them acknowledged.
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
-import type { BridgeShare, FromWorker, ToWorker, WorkerAck } from "./worker_protocol.ts";
+import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queue.ts";
+import type {
+  BridgeShare,
+  FromWorker,
+  ToWorker,
+  WorkerAck,
+  WorkerApplyPort,
+} from "./worker_protocol.ts";
 
 export interface DatapathOptions {
   threads: number;
@@ -20,6 +27,8 @@ export class Datapath {
   readonly #workers: Worker[] = [];
   readonly #mailboxes: Int32Array[] = [];
   readonly #pending = new Map<number, (ack: WorkerAck) => void>();
+  /** Per port: the shared state of guest RX rings that several workers fill. */
+  readonly #shared = new Map<number, Map<number, SharedArrayBuffer>>();
   #nextId = 1;
 
   private constructor(readonly options: DatapathOptions) {
@@ -91,33 +100,61 @@ export class Datapath {
     return { apply: (state) => this.applyPort(port, state) };
   }
 
+  /**
+   * Two phases, so no two workers ever touch a ring without agreeing on its position: first
+   * every worker lets go of the port and reports where its rings stand; then all get the new
+   * state, with those positions. Returns the positions of the rings that stopped.
+   */
   async applyPort(port: number, state: DatapathState | null): Promise<Map<number, number>> {
-    const acks = await Promise.all(
-      this.#workers.map((_, w) => {
-        const pollRings: number[] = [];
-        for (const q of state?.queues ?? []) {
-          if (q.index & 1 && this.pollerOf(port, q.index >> 1) === w) pollRings.push(q.index);
-        }
-        // Each worker fills its own guest RX ring. Until rings can be shared under a lock, a
-        // worker beyond the guest's ring count does not transmit to it (counted as drops).
-        const rxRings = (state?.queues ?? []).filter((q) => (q.index & 1) === 0);
-        const fillRing = w < rxRings.length ? rxRings[w].index : -1;
-        return this.#request(w, {
-          type: "apply",
-          id: this.#nextId++,
-          port,
-          state,
-          pollRings,
-          fillRing,
-        });
-      }),
+    const positions = new Map<number, number>();
+    const released = await this.#applyAll(
+      port,
+      () => ({ state: null, pollRings: [], fillRing: -1 }),
     );
-    const stopped = new Map<number, number>();
-    for (const ack of acks) {
-      if (ack.error) throw new Error(`datapath worker: ${ack.error}`);
-      for (const [ring, lastAvail] of ack.stopped) stopped.set(ring, lastAvail);
+    for (const ack of released) for (const [ring, last] of ack.stopped) positions.set(ring, last);
+    for (const [ring, sab] of this.#shared.get(port) ?? []) {
+      positions.set(ring, sharedLastAvail(sab));
     }
-    return stopped;
+    this.#shared.delete(port);
+    if (state === null) return positions;
+
+    const threads = this.options.threads;
+    const rxRings = state.queues.filter((q) => (q.index & 1) === 0).map((q) => q.index);
+    // Worker w fills guest RX ring w mod n, like OVS's per-PMD transmit queues; when the guest
+    // has fewer RX rings than there are workers, the workers sharing one take its lock per frame.
+    const shared = new Map<number, SharedArrayBuffer>();
+    const queues = state.queues.map((q) => {
+      const lastAvail = positions.get(q.index) ?? q.lastAvail;
+      const sab = rxRings.includes(q.index) && rxRings.length < threads
+        ? sharedRingState(lastAvail)
+        : null;
+      if (sab) shared.set(q.index, sab);
+      return { ...q, lastAvail, shared: sab };
+    });
+    if (shared.size) this.#shared.set(port, shared);
+    const next = { ...state, queues };
+    await this.#applyAll(port, (w) => ({
+      state: next,
+      pollRings: queues.filter((q) => q.index & 1 && this.pollerOf(port, q.index >> 1) === w)
+        .map((q) => q.index),
+      fillRing: rxRings.length ? rxRings[w % rxRings.length] : -1,
+    }));
+    for (const q of queues) positions.delete(q.index);
+    return positions;
+  }
+
+  async #applyAll(
+    port: number,
+    what: (w: number) => Pick<WorkerApplyPort, "state" | "pollRings" | "fillRing">,
+  ): Promise<WorkerAck[]> {
+    const acks = await Promise.all(
+      this.#workers.map((_, w) =>
+        this.#request(w, { type: "apply", id: this.#nextId++, port, ...what(w) })
+      ),
+    );
+    const failed = acks.find((a) => a.error);
+    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+    return acks;
   }
 
   async stop(): Promise<void> {

@@ -45,10 +45,11 @@ class DatapathWorker {
     this.mailbox = new Int32Array(init.mailbox);
   }
 
+  /** Replaces what this worker runs of one port; returns the rings it let go, with positions. */
   apply(msg: WorkerApplyPort): [number, number][] {
     const old = this.ports[msg.port];
-    const carried = new Map<number, number>();
-    for (const [ring, q] of old?.rings ?? []) carried.set(ring, q.lastAvail);
+    const stopped: [number, number][] = [];
+    for (const [ring, q] of old?.rings ?? []) stopped.push([ring, q.lastAvail]);
     let next: PortRuntime | null = null;
     const state = msg.state;
     if (state !== null) {
@@ -57,12 +58,9 @@ class DatapathWorker {
       const datapath = new VirtioNetDatapath(state.hdrLen, state.mergeable, state.maxFrame, block);
       const rings = new Map<number, SplitQueue>();
       for (const spec of state.queues) {
-        const mine = msg.pollRings.includes(spec.index) || spec.index === msg.fillRing;
-        if (!mine) continue;
-        const lastAvail = carried.get(spec.index) ?? spec.lastAvail;
-        const q = new SplitQueue(mem, { ...spec, lastAvail });
-        // While we busy-poll, the guest need not kick us.
-        q.setGuestKicks(false);
+        if (!msg.pollRings.includes(spec.index) && spec.index !== msg.fillRing) continue;
+        const q = new SplitQueue(mem, spec);
+        q.setGuestKicks(false); // while we busy-poll, the guest need not kick us
         rings.set(spec.index, q);
         if (spec.index & 1) datapath.txQueues.push(q);
         else datapath.rxQueue = q;
@@ -75,10 +73,6 @@ class DatapathWorker {
     this.ports.forEach((p, index) => {
       if (p && p.datapath.txQueues.length) this.polled.push({ index, port: p.datapath });
     });
-    const stopped: [number, number][] = [];
-    for (const [ring, lastAvail] of carried) {
-      if (!next?.rings.has(ring)) stopped.push([ring, lastAvail]);
-    }
     return stopped;
   }
 

@@ -274,10 +274,11 @@ export class VhostUserDevice {
       msg.fds[0] = -1;
     }
     if (msg.request === P.VHOST_USER_SET_VRING_KICK) {
-      closeFd(ring.kickFd);
+      const old = ring.kickFd;
       ring.kickFd = fd;
       ring.started = true;
-      await this.#sync();
+      await this.#sync(); // a sleeping worker waits on the new fd before the old one closes
+      closeFd(old);
     } else if (msg.request === P.VHOST_USER_SET_VRING_CALL) {
       const old = ring.callFd;
       ring.callFd = fd;
@@ -327,6 +328,8 @@ export class VhostUserDevice {
         lastAvail: ring.base,
         eventIdx,
         callFd: ring.callFd,
+        kickFd: ring.kickFd,
+        shared: null, // the datapath decides which rings its workers share
       });
     });
     return {

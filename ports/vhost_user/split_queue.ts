@@ -28,6 +28,32 @@ export interface QueueSpec {
   lastAvail: number;
   eventIdx: boolean;
   callFd: number;
+  /** The guest's kick eventfd (-1 in polling-only mode): slept on when the worker is idle. */
+  kickFd: number;
+  /**
+   * For a ring that several workers transmit into: [lock, lastAvail, usedIdx, signalled] as
+   * Int32 in shared memory, so every worker continues where the previous one left off.
+   */
+  shared: SharedArrayBuffer | null;
+}
+
+const SHARED_LOCK = 0;
+const SHARED_LAST_AVAIL = 1;
+const SHARED_USED_IDX = 2;
+const SHARED_SIGNALLED = 3;
+export const SHARED_RING_WORDS = 4;
+
+/** Shared state for a ring whose avail/used positions start at `base`. */
+export function sharedRingState(base: number): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(4 * SHARED_RING_WORDS);
+  const s = new Int32Array(sab);
+  s[SHARED_LAST_AVAIL] = s[SHARED_USED_IDX] = s[SHARED_SIGNALLED] = base & 0xffff;
+  return sab;
+}
+
+/** Where a shared ring's avail position stands (read by the control plane once it stopped). */
+export function sharedLastAvail(sab: SharedArrayBuffer): number {
+  return Atomics.load(new Int32Array(sab), SHARED_LAST_AVAIL);
 }
 
 export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
@@ -38,6 +64,8 @@ export class SplitQueue {
   readonly size: number;
   readonly mask: number;
   readonly eventIdx: boolean;
+  readonly kickFd: number;
+  readonly shared: Int32Array | null;
   callFd: number;
   /** 4 words per descriptor: addr low, addr high, len, flags | next << 16. */
   readonly #desc: Uint32Array;
@@ -50,6 +78,8 @@ export class SplitQueue {
   readonly #words: Uint32Array[];
   lastAvail: number;
   usedIdx: number;
+  /** The used index last stored in the ring, and the one last signalled to the guest. */
+  #stored: number;
   #signalled: number;
   /** Set when the guest put an impossible avail index: the ring is not serviced any more. */
   broken = false;
@@ -66,6 +96,8 @@ export class SplitQueue {
     this.mask = size - 1;
     this.eventIdx = spec.eventIdx;
     this.callFd = spec.callFd;
+    this.kickFd = spec.kickFd;
+    this.shared = spec.shared ? new Int32Array(spec.shared) : null;
     const buf = (p: { region: number }) => mem.bytes[p.region].buffer;
     this.#desc = new Uint32Array(buf(spec.desc), spec.desc.offset, 4 * size);
     this.#avail = new Uint16Array(buf(spec.avail), spec.avail.offset, 3 + size);
@@ -74,6 +106,7 @@ export class SplitQueue {
     this.#words = mem.bytes.map((b) => new Uint32Array(b.buffer, 0, b.byteLength >>> 2));
     this.lastAvail = spec.lastAvail & 0xffff;
     this.usedIdx = this.lastAvail;
+    this.#stored = this.usedIdx;
     this.#signalled = this.usedIdx;
     this.segBytes = new Array(size).fill(mem.bytes[0]);
     this.segOffset = new Float64Array(size);
@@ -162,14 +195,19 @@ export class SplitQueue {
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
   }
 
-  /** Publishes used elements; signals the call eventfd if the guest asked (returns true then). */
-  publishUsed(): boolean {
-    const newIdx = this.usedIdx;
+  /** Makes the used elements put so far visible to the guest (no interrupt yet). */
+  storeUsed(): void {
+    if (this.usedIdx === this.#stored) return;
+    // Atomics.store is a full barrier on x86: the used elements are visible before the index.
+    Atomics.store(this.#used16, 1, this.usedIdx);
+    this.#stored = this.usedIdx;
+  }
+
+  /** Signals the call eventfd if the guest asked to hear of what was stored since last time. */
+  signal(): boolean {
+    const newIdx = this.#stored;
     const old = this.#signalled;
     if (newIdx === old) return false;
-    // Atomics.store is a full barrier on x86: the used elements are visible before the index,
-    // and the guest's used_event / flags are read after it.
-    Atomics.store(this.#used16, 1, newIdx);
     this.#signalled = newIdx;
     let notify: boolean;
     if (this.eventIdx) {
@@ -182,12 +220,39 @@ export class SplitQueue {
     return true;
   }
 
+  /** Publishes used elements and signals if needed (returns true when it signalled). */
+  publishUsed(): boolean {
+    this.storeUsed();
+    return this.signal();
+  }
+
+  /** Takes a shared ring's lock and its current positions. */
+  acquire(): void {
+    const s = this.shared!;
+    while (Atomics.compareExchange(s, SHARED_LOCK, 0, 1) !== 0) { /* held briefly: spin */ }
+    this.lastAvail = s[SHARED_LAST_AVAIL];
+    this.usedIdx = this.#stored = s[SHARED_USED_IDX];
+    this.#signalled = s[SHARED_SIGNALLED];
+  }
+
+  /** Stores the used index, hands the positions back and releases the lock. */
+  releaseShared(): void {
+    const s = this.shared!;
+    this.storeUsed();
+    s[SHARED_LAST_AVAIL] = this.lastAvail;
+    s[SHARED_USED_IDX] = this.#stored;
+    s[SHARED_SIGNALLED] = this.#signalled;
+    Atomics.store(s, SHARED_LOCK, 0);
+  }
+
   /**
    * Asks the guest to kick (or not) when it adds buffers. While we busy-poll, kicks are
    * wasted work for the guest; before sleeping on the kick fd we turn them back on.
    */
   setGuestKicks(on: boolean): void {
     if (this.eventIdx) {
+      // With EVENT_IDX the guest kicks when its avail index passes avail_event: point it at
+      // the next chain to hear of it, or leave it behind so the guest kicks only on wrap.
       if (on) Atomics.store(this.#used16, 2 + 4 * this.size, this.lastAvail);
     } else {
       Atomics.store(this.#used16, 0, on ? 0 : VRING_USED_F_NO_NOTIFY);

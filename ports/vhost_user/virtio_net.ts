@@ -100,11 +100,21 @@ export class VirtioNetDatapath implements DatapathPort {
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     const q = this.rxQueue;
-    const c = this.counters;
     if (q === null) {
-      c[DROP_NO_BUFFER]++;
+      this.counters[DROP_NO_BUFFER]++;
       return false;
     }
+    if (q.shared === null) return this.#transmit(q, src, f);
+    // A ring other workers fill too: hold its lock for this one frame only, so no worker
+    // ever waits for one lock while holding another.
+    q.acquire();
+    const sent = this.#transmit(q, src, f);
+    q.releaseShared();
+    return sent;
+  }
+
+  #transmit(q: SplitQueue, src: Uint8Array, f: EgressFrame): boolean {
+    const c = this.counters;
     const frameLen = f.length;
     if (frameLen > this.maxFrame) {
       c[DROP_TOO_BIG]++;
@@ -194,7 +204,14 @@ export class VirtioNetDatapath implements DatapathPort {
 
   flush(): void {
     const q = this.rxQueue;
-    if (q !== null) this.#publish(q);
+    if (q === null) return;
+    if (q.shared === null) {
+      this.#publish(q);
+      return;
+    }
+    q.acquire();
+    if (q.signal()) this.counters[NOTIFICATIONS]++;
+    q.releaseShared();
   }
 
   #publish(q: SplitQueue): void {
