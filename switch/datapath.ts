@@ -4,12 +4,18 @@
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queue.ts";
-import type {
-  BridgeShare,
-  FromWorker,
-  ToWorker,
-  WorkerAck,
-  WorkerApplyPort,
+import { eventfdWrite } from "../ffi/fd.ts";
+import {
+  type BridgeShare,
+  type FromWorker,
+  STAT_BUSY_ROUNDS,
+  STAT_FRAMES,
+  STAT_IDLE_ROUNDS,
+  STAT_SLEEPS,
+  type ToWorker,
+  WORKER_STATS,
+  type WorkerAck,
+  type WorkerApplyPort,
 } from "./worker_protocol.ts";
 
 export interface DatapathOptions {
@@ -26,6 +32,8 @@ export class Datapath {
   readonly counters: CounterTable;
   readonly #workers: Worker[] = [];
   readonly #mailboxes: Int32Array[] = [];
+  readonly #wakeFds: number[] = [];
+  readonly #stats: Float64Array[] = [];
   readonly #pending = new Map<number, (ack: WorkerAck) => void>();
   /** Per port: the shared state of guest RX rings that several workers fill. */
   readonly #shared = new Map<number, Map<number, SharedArrayBuffer>>();
@@ -41,8 +49,10 @@ export class Datapath {
     for (let w = 0; w < options.threads; w++) {
       const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
       const mailbox = new SharedArrayBuffer(4);
+      const stats = new SharedArrayBuffer(8 * WORKER_STATS);
       dp.#workers.push(worker);
       dp.#mailboxes.push(new Int32Array(mailbox));
+      dp.#stats.push(new Float64Array(stats));
       ready.push(
         new Promise((resolve, reject) => {
           worker.onerror = (e) => {
@@ -50,8 +60,10 @@ export class Datapath {
             reject(new Error(`datapath worker ${w} failed: ${e.message}`));
           };
           worker.onmessage = (e: MessageEvent<FromWorker>) => {
-            if (e.data.type === "ready") resolve();
-            else dp.#onAck(e.data);
+            if (e.data.type === "ready") {
+              dp.#wakeFds[w] = e.data.wakeFd;
+              resolve();
+            } else dp.#onAck(e.data);
           };
         }),
       );
@@ -63,6 +75,7 @@ export class Datapath {
           counters: dp.counters.buffer,
           bridge: options.bridge,
           mailbox,
+          stats,
           portCount: options.portCount,
           busyPoll: options.busyPoll,
           idleAfterMs: options.idleAfterMs,
@@ -83,8 +96,11 @@ export class Datapath {
   #request(w: number, msg: ToWorker & { id: number }): Promise<WorkerAck> {
     return new Promise((resolve) => {
       this.#pending.set(msg.id, resolve);
-      this.#workers[w].postMessage(msg);
+      // Raise the mailbox and wake a sleeping worker before posting: once posted, the worker
+      // may handle the message (even "stop", which closes the wake fd) at once.
       Atomics.add(this.#mailboxes[w], 0, 1);
+      eventfdWrite(this.#wakeFds[w]);
+      this.#workers[w].postMessage(msg);
     });
   }
 
@@ -155,6 +171,23 @@ export class Datapath {
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);
     return acks;
+  }
+
+  /** Per-worker statistics (busy/idle poll rounds, sleeps, frames), read while it runs. */
+  workerStats(): {
+    worker: number;
+    busyRounds: number;
+    idleRounds: number;
+    sleeps: number;
+    frames: number;
+  }[] {
+    return this.#stats.map((s, worker) => ({
+      worker,
+      busyRounds: s[STAT_BUSY_ROUNDS],
+      idleRounds: s[STAT_IDLE_ROUNDS],
+      sleeps: s[STAT_SLEEPS],
+      frames: s[STAT_FRAMES],
+    }));
   }
 
   async stop(): Promise<void> {

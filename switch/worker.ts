@@ -9,7 +9,20 @@ import { SplitQueue } from "../ports/vhost_user/split_queue.ts";
 import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
-import type { FromWorker, ToWorker, WorkerApplyPort, WorkerInit } from "./worker_protocol.ts";
+import { IdleSleeper } from "./idle.ts";
+import {
+  type FromWorker,
+  STAT_BUSY_ROUNDS,
+  STAT_FRAMES,
+  STAT_IDLE_ROUNDS,
+  STAT_SLEEPS,
+  type ToWorker,
+  type WorkerApplyPort,
+  type WorkerInit,
+} from "./worker_protocol.ts";
+
+/** Longest sleep without a wake-up, so a lost kick costs at most this much latency. */
+const IDLE_HOUSEKEEPING_MS = 100;
 
 interface PortRuntime {
   datapath: VirtioNetDatapath;
@@ -29,6 +42,10 @@ class DatapathWorker {
   readonly out: Int32Array;
   readonly touched: Uint8Array;
   stopping = false;
+  readonly sleeper = new IdleSleeper();
+  readonly stats: Float64Array;
+  readonly busyPoll: boolean;
+  readonly idleAfterMs: number;
 
   constructor(readonly init: WorkerInit) {
     this.counters = new CounterTable(init.counters, init.workers, init.portCount);
@@ -43,6 +60,25 @@ class DatapathWorker {
     this.touched = new Uint8Array(init.portCount);
     this.out = new Int32Array(init.portCount);
     this.mailbox = new Int32Array(init.mailbox);
+    this.stats = new Float64Array(init.stats);
+    this.busyPoll = init.busyPoll;
+    this.idleAfterMs = init.idleAfterMs;
+  }
+
+  /** Sleeps until a guest kicks one of our rings or the control plane wakes us. */
+  idle(): void {
+    const rings: SplitQueue[] = [];
+    for (const { index } of this.polled) {
+      for (const q of this.ports[index]!.datapath.txQueues) rings.push(q);
+    }
+    for (const q of rings) q.setGuestKicks(true);
+    // Rings without a kick fd (polling-only front-ends) cannot wake us: nap briefly instead.
+    const nap = rings.some((q) => q.kickFd < 0) ? 1 : IDLE_HOUSEKEEPING_MS;
+    if (rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0) {
+      this.stats[STAT_SLEEPS]++;
+      this.sleeper.sleep(nap);
+    }
+    for (const q of rings) q.setGuestKicks(false);
   }
 
   /** Replaces what this worker runs of one port; returns the rings it let go, with positions. */
@@ -70,9 +106,13 @@ class DatapathWorker {
     this.ports[msg.port] = next;
     this.targets[msg.port] = next?.datapath ?? null;
     this.polled = [];
+    const kicks: number[] = [];
     this.ports.forEach((p, index) => {
-      if (p && p.datapath.txQueues.length) this.polled.push({ index, port: p.datapath });
+      if (!p || p.datapath.txQueues.length === 0) return;
+      this.polled.push({ index, port: p.datapath });
+      for (const q of p.datapath.txQueues) kicks.push(q.kickFd);
     });
+    this.sleeper.watch(kicks);
     return stopped;
   }
 
@@ -128,17 +168,16 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   try {
     if (msg.type === "init") {
       worker = new DatapathWorker(msg);
-      post({ type: "ready", worker: msg.worker });
+      post({ type: "ready", worker: msg.worker, wakeFd: worker.sleeper.wakeFd });
       run(worker);
       return;
     }
     if (!worker) throw new Error("datapath worker not initialised");
     if (msg.type === "apply") {
       post({ type: "ack", id: msg.id, stopped: worker.apply(msg) });
-    } else if (msg.type === "stop") {
-      worker.stopping = true;
-      post({ type: "ack", id: msg.id, stopped: [] });
     } else {
+      worker.stopping = true;
+      worker.sleeper.close();
       post({ type: "ack", id: msg.id, stopped: [] });
     }
   } catch (err) {
@@ -149,23 +188,30 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
 };
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const nowSeconds = () => Math.floor((performance.timeOrigin + performance.now()) / 1000);
 
 async function run(w: DatapathWorker): Promise<void> {
-  let quiet = 0;
+  const stats = w.stats;
+  let lastWork = performance.now();
+  let rounds = 0;
   while (!w.stopping) {
-    const now = Math.floor(performance.timeOrigin / 1000 + performance.now() / 1000);
-    let moved = 0;
-    for (let i = 0; i < 256 && Atomics.load(w.mailbox, 0) === 0; i++) moved += w.poll(now);
     if (Atomics.load(w.mailbox, 0) > 0) {
       await sleep(0); // a control message waits: let it in
       continue;
     }
-    if (w.polled.length === 0) {
-      await sleep(5); // nothing to poll: messages still arrive while we wait
-      continue;
+    const now = nowSeconds();
+    let moved = 0;
+    for (let i = 0; i < 64; i++) moved += w.poll(now);
+    stats[moved ? STAT_BUSY_ROUNDS : STAT_IDLE_ROUNDS]++;
+    stats[STAT_FRAMES] += moved;
+    const t = performance.now();
+    if (moved) lastWork = t;
+    else if (!w.busyPoll && t - lastWork >= w.idleAfterMs) {
+      w.idle(); // blocks until a kick, a control message, or the housekeeping timeout
+      lastWork = performance.now();
     }
-    // Let the event loop run now and then even under load.
-    quiet = moved === 0 ? quiet + 1 : 0;
-    if ((quiet & 1023) === 1023) await sleep(0);
+    // Let the event loop (timers, messages) run now and then even under load.
+    if ((++rounds & 1023) === 0) await sleep(0);
   }
+  w.sleeper.close();
 }

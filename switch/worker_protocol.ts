@@ -21,6 +21,8 @@ export interface WorkerInit {
   bridge: BridgeShare;
   /** Raised by the main thread when a message waits, so a busy-polling worker yields to it. */
   mailbox: SharedArrayBuffer;
+  /** WORKER_STATS float64 fields this worker writes. */
+  stats: SharedArrayBuffer;
   portCount: number;
   busyPoll: boolean;
   idleAfterMs: number;
@@ -38,19 +40,12 @@ export interface WorkerApplyPort {
   fillRing: number;
 }
 
-export interface WorkerLink {
-  type: "link";
-  id: number;
-  port: number;
-  up: boolean;
-}
-
 export interface WorkerStop {
   type: "stop";
   id: number;
 }
 
-export type ToWorker = WorkerInit | WorkerApplyPort | WorkerLink | WorkerStop;
+export type ToWorker = WorkerInit | WorkerApplyPort | WorkerStop;
 
 export interface WorkerAck {
   type: "ack";
@@ -63,6 +58,17 @@ export interface WorkerAck {
 export interface WorkerReady {
   type: "ready";
   worker: number;
+  /** Written by the control plane after each message, so a sleeping worker wakes for it. */
+  wakeFd: number;
 }
+
+// Per-worker statistics, float64 fields of the worker's `stats` buffer (written only by it).
+/** Poll rounds (64 passes over the worker's ports) that moved frames / moved none. */
+export const STAT_BUSY_ROUNDS = 0;
+export const STAT_IDLE_ROUNDS = 1;
+/** Times the worker went to sleep waiting for kicks. */
+export const STAT_SLEEPS = 2;
+export const STAT_FRAMES = 3;
+export const WORKER_STATS = 8;
 
 export type FromWorker = WorkerAck | WorkerReady;

@@ -1,0 +1,41 @@
+// How an idle datapath worker stops burning its core: it asks the guests to kick again, checks
+// the rings once more (a frame may have landed in between), then blocks in epoll_wait on the
+// kick eventfds and on its own wake eventfd, which the control plane writes with every message.
+import { closeFd, eventfdCreate, eventfdRead } from "../ffi/fd.ts";
+import { EPOLL_EVENT_SIZE, epollAdd, epollCreate, epollWait, eventFd } from "../ffi/epoll.ts";
+
+export class IdleSleeper {
+  #wakeFd = eventfdCreate();
+  #epfd = -1;
+  #fds: number[] = [];
+  readonly #events = new Uint8Array(new ArrayBuffer(32 * EPOLL_EVENT_SIZE));
+
+  get wakeFd(): number {
+    return this.#wakeFd;
+  }
+
+  /** The fds to wake on (rings' kick eventfds); a fresh epoll set, as old fds may be closed. */
+  watch(fds: number[]): void {
+    closeFd(this.#epfd);
+    this.#epfd = epollCreate();
+    this.#fds = fds.filter((fd) => fd >= 0);
+    epollAdd(this.#epfd, this.#wakeFd);
+    for (const fd of this.#fds) epollAdd(this.#epfd, fd);
+  }
+
+  /** Blocks up to `timeoutMs`; drains whatever woke it. Returns the number of fds that fired. */
+  sleep(timeoutMs: number): number {
+    if (this.#wakeFd < 0) return 0;
+    if (this.#epfd < 0) this.watch([]);
+    const n = epollWait(this.#epfd, this.#events, timeoutMs);
+    for (let i = 0; i < n; i++) eventfdRead(eventFd(this.#events, i));
+    return n;
+  }
+
+  /** Idempotent: the worker closes it when told to stop, before it may be terminated. */
+  close(): void {
+    closeFd(this.#epfd);
+    closeFd(this.#wakeFd);
+    this.#epfd = this.#wakeFd = -1;
+  }
+}
