@@ -14,6 +14,14 @@ export interface SwitchInfo {
   uptimeSeconds: number;
   /** Datapath worker count. */
   threads: number;
+  /** Per datapath worker: poll rounds that moved frames / none, sleeps, frames moved. */
+  workers?: {
+    worker: number;
+    busyRounds: number;
+    idleRounds: number;
+    sleeps: number;
+    frames: number;
+  }[];
 }
 
 /** vhost-user: "listening" (server, no peer) / "connecting" (client) / "connected";

@@ -115,6 +115,7 @@ export class Switch implements SwitchView {
       version: VERSION,
       uptimeSeconds: Math.floor((Date.now() - this.#started) / 1000),
       threads: this.topology.threads,
+      workers: this.datapath.workerStats(),
     };
   }
 

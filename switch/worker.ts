@@ -65,8 +65,8 @@ class DatapathWorker {
     this.idleAfterMs = init.idleAfterMs;
   }
 
-  /** Sleeps until a guest kicks one of our rings or the control plane wakes us. */
-  idle(): void {
+  /** Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken. */
+  idle(): boolean {
     const rings: SplitQueue[] = [];
     for (const { index } of this.polled) {
       for (const q of this.ports[index]!.datapath.txQueues) rings.push(q);
@@ -74,11 +74,13 @@ class DatapathWorker {
     for (const q of rings) q.setGuestKicks(true);
     // Rings without a kick fd (polling-only front-ends) cannot wake us: nap briefly instead.
     const nap = rings.some((q) => q.kickFd < 0) ? 1 : IDLE_HOUSEKEEPING_MS;
+    let woken = true;
     if (rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0) {
       this.stats[STAT_SLEEPS]++;
-      this.sleeper.sleep(nap);
+      woken = this.sleeper.sleep(nap) > 0;
     }
     for (const q of rings) q.setGuestKicks(false);
+    return woken;
   }
 
   /** Replaces what this worker runs of one port; returns the rings it let go, with positions. */
@@ -194,6 +196,10 @@ async function run(w: DatapathWorker): Promise<void> {
   const stats = w.stats;
   let lastWork = performance.now();
   let rounds = 0;
+  // How long to keep polling an empty ring before sleeping: it doubles whenever a sleep is cut
+  // short by a kick (traffic is flowing) up to idleAfterMs, and halves after each quiet sleep,
+  // so sporadic frames cost ~1 ms of polling each while a steady stream keeps us polling.
+  let linger = 1;
   while (!w.stopping) {
     if (Atomics.load(w.mailbox, 0) > 0) {
       await sleep(0); // a control message waits: let it in
@@ -206,9 +212,10 @@ async function run(w: DatapathWorker): Promise<void> {
     stats[STAT_FRAMES] += moved;
     const t = performance.now();
     if (moved) lastWork = t;
-    else if (!w.busyPoll && t - lastWork >= w.idleAfterMs) {
-      w.idle(); // blocks until a kick, a control message, or the housekeeping timeout
-      lastWork = performance.now();
+    else if (!w.busyPoll && t - lastWork >= linger) {
+      // Blocks until a kick, a control message or the housekeeping timeout.
+      const woken = w.idle();
+      linger = woken ? Math.min(w.idleAfterMs, linger * 2) : Math.max(1, linger / 2);
     }
     // Let the event loop (timers, messages) run now and then even under load.
     if ((++rounds & 1023) === 0) await sleep(0);
