@@ -77,6 +77,7 @@ class DatapathWorker {
     let woken = true;
     if (rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0) {
       this.stats[STAT_SLEEPS]++;
+      this.bridge.offline(); // a sleeping worker must not hold back FDB compaction
       woken = this.sleeper.sleep(nap) > 0;
     }
     for (const q of rings) q.setGuestKicks(false);

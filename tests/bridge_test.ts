@@ -1,0 +1,364 @@
+import assert from "node:assert/strict";
+import {
+  applyEgressTag,
+  Bridge,
+  describeEgress,
+  DROP_DEST_DOWN,
+  DROP_HAIRPIN,
+  DROP_MALFORMED,
+  DROP_MULTICAST_SRC,
+  DROP_VLAN,
+  EGRESS_KEEP,
+  EGRESS_PUSH,
+  EGRESS_SET,
+  EGRESS_STRIP,
+  EgressLayout,
+  NO_DROP,
+  type PortVlanConfig,
+} from "../switch/bridge.ts";
+import { Fdb } from "../switch/fdb.ts";
+import {
+  formatMac,
+  isMulticastAt,
+  macHiAt,
+  macLoAt,
+  parseMac,
+  writeMac,
+} from "../switch/ethernet.ts";
+
+const A = "02:00:00:00:00:0a";
+const B = "02:00:00:00:00:0b";
+const C = "02:00:00:00:00:0c";
+const BCAST = "ff:ff:ff:ff:ff:ff";
+
+/** An Ethernet frame with a recognisable payload; `vid` adds an 802.1Q tag. */
+function frame(o: { dst: string; src: string; vid?: number; pcp?: number; len?: number }) {
+  const len = o.len ?? 64;
+  const f = new Uint8Array(len);
+  const d = parseMac(o.dst);
+  const s = parseMac(o.src);
+  writeMac(f, 0, d.hi, d.lo);
+  writeMac(f, 6, s.hi, s.lo);
+  let at = 12;
+  if (o.vid !== undefined) {
+    const tci = ((o.pcp ?? 0) << 13) | o.vid;
+    f.set([0x81, 0x00, tci >>> 8, tci & 0xff], 12);
+    at = 16;
+  }
+  f.set([0x08, 0x00], at);
+  for (let i = at + 2; i < len; i++) f[i] = (i * 7) & 0xff;
+  return f;
+}
+
+const out = new Int32Array(16);
+
+/** decide() on a whole buffer; output ports sorted. */
+function send(b: Bridge, port: number, f: Uint8Array, now = 0): number[] {
+  const n = b.decide(port, f, 0, f.length, now, out);
+  return Array.from(out.subarray(0, n)).sort((x, y) => x - y);
+}
+
+function bridge(vlans: (PortVlanConfig | undefined)[], opts: { down?: number[] } = {}) {
+  const b = new Bridge({ vlans });
+  for (let p = 0; p < vlans.length; p++) b.setLinkUp(p, !opts.down?.includes(p));
+  return b;
+}
+
+function where(b: Bridge, mac: string, vlan: number): number {
+  const { hi, lo } = parseMac(mac);
+  return b.fdb.lookup(hi, lo, vlan);
+}
+
+Deno.test("learns sources, floods unknown and group destinations, forwards known unicast", () => {
+  const b = bridge([undefined, undefined, undefined, undefined]);
+  assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [1, 2, 3]);
+  assert.equal(b.dropReason, NO_DROP);
+  assert.equal(b.vlan, 0);
+  assert.equal(b.ingressTci, -1);
+  assert.ok(!b.ingressTagged);
+  assert.equal(where(b, A, 0), 0);
+  assert.deepEqual(send(b, 2, frame({ dst: A, src: B })), [0]);
+  assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [2]);
+  assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: C })), [0, 2, 3]);
+  assert.deepEqual(send(b, 1, frame({ dst: "01:00:5e:00:00:01", src: C })), [0, 2, 3]);
+  assert.equal(b.portCounters(0).flooded, 1);
+  assert.equal(b.portCounters(0).unicast, 1);
+  assert.equal(b.portCounters(1).flooded, 2);
+  assert.equal(b.portCounters(2).unicast, 1);
+});
+
+Deno.test("a frame whose destination is on its ingress port is dropped, never sent back", () => {
+  const b = bridge([undefined, undefined]);
+  send(b, 0, frame({ dst: BCAST, src: B }));
+  assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), []);
+  assert.equal(b.dropReason, DROP_HAIRPIN);
+  assert.equal(b.portCounters(0).dropHairpin, 1);
+});
+
+Deno.test("floods reach only the VLAN's member ports whose link is up", () => {
+  const b = bridge([
+    { mode: "access", tag: 10 }, // 0
+    { mode: "access", tag: 10 }, // 1
+    { mode: "access", tag: 20 }, // 2
+    { mode: "trunk", allowed: [10] }, // 3
+    undefined, // 4: all VLANs
+    { mode: "access", tag: 10 }, // 5: down
+    { mode: "trunk", allowed: [20, 30] }, // 6
+  ], { down: [5] });
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A })), [1, 3, 4]);
+  assert.deepEqual(send(b, 2, frame({ dst: BCAST, src: B })), [4, 6]);
+  assert.deepEqual(send(b, 4, frame({ dst: BCAST, src: C, vid: 30 })), [6]);
+  assert.deepEqual(send(b, 4, frame({ dst: BCAST, src: C })), [], "VLAN 0 has no other member");
+  b.setLinkUp(5, true);
+  assert.deepEqual(send(b, 3, frame({ dst: B, src: C, vid: 10 })), [0, 1, 4, 5]);
+});
+
+Deno.test("link down flushes the port's MACs; a static entry behind a down port drops", () => {
+  const b = bridge([undefined, undefined, undefined]);
+  b.addStatic(C, 0, 1);
+  send(b, 1, frame({ dst: BCAST, src: B }));
+  assert.equal(where(b, B, 0), 1);
+  b.setLinkUp(1, false);
+  assert.equal(where(b, B, 0), -1);
+  assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [2]);
+  assert.deepEqual(send(b, 0, frame({ dst: C, src: A })), []);
+  assert.equal(b.dropReason, DROP_DEST_DOWN);
+  assert.equal(b.portCounters(0).dropDestDown, 1);
+  b.setLinkUp(1, true);
+  assert.deepEqual(send(b, 0, frame({ dst: C, src: A })), [1]);
+});
+
+Deno.test("a multicast source is dropped, counted and not learned", () => {
+  const b = bridge([undefined, undefined]);
+  assert.deepEqual(send(b, 0, frame({ dst: B, src: "03:00:00:00:00:01" })), []);
+  assert.equal(b.dropReason, DROP_MULTICAST_SRC);
+  assert.equal(b.fdb.size, 0);
+  assert.equal(b.portCounters(0).dropMulticastSrc, 1);
+});
+
+Deno.test("access port: untagged and priority-tagged frames join its VLAN, tagged ones drop", () => {
+  const b = bridge([{ mode: "access", tag: 10 }, { mode: "access", tag: 10 }, {
+    mode: "trunk",
+    allowed: [10, 20],
+  }]);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A })), [1, 2]);
+  assert.equal(b.vlan, 10);
+  assert.equal(where(b, A, 10), 0);
+  // OVS: any nonzero VID is dropped on an access port, its own VLAN's included.
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 20 })), []);
+  assert.equal(b.dropReason, DROP_VLAN);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 10 })), []);
+  assert.equal(b.portCounters(0).dropVlan, 2);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 0, pcp: 3 })), [1, 2]);
+  assert.equal(b.vlan, 10);
+  assert.equal(b.ingressTci, 3 << 13);
+  assert.ok(b.ingressTagged);
+});
+
+Deno.test("trunk port: allowed list, native VLAN, VLAN 0 and config errors", () => {
+  const b = bridge([
+    { mode: "trunk", allowed: [10, 20] }, // 0: untagged would be VLAN 0, not allowed
+    { mode: "trunk", allowed: [10], native: 5 }, // 1
+    undefined, // 2
+    { mode: "access", tag: 5 }, // 3
+  ]);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A })), []);
+  assert.equal(b.dropReason, DROP_VLAN);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 10 })), [1, 2]);
+  assert.equal(b.vlan, 10);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 30 })), []);
+  assert.equal(b.portCounters(0).dropVlan, 2);
+  assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B })), [2, 3]);
+  assert.equal(b.vlan, 5);
+  assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B, vid: 5 })), [2, 3]);
+  assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B, vid: 20 })), []);
+  assert.deepEqual(send(b, 2, frame({ dst: BCAST, src: C })), [], "VLAN 0 is only on port 2");
+  assert.deepEqual(send(b, 2, frame({ dst: BCAST, src: C, vid: 0 })), []);
+  assert.equal(b.vlan, 0);
+  assert.equal(b.dropReason, NO_DROP);
+
+  assert.throws(
+    () => new Bridge({ vlans: [{ mode: "trunk", allowed: [0, 10], native: 5 }] }),
+    /untagged/,
+  );
+  assert.throws(() => new Bridge({ vlans: [{ mode: "access", tag: 4096 }] }), /port 0: access tag/);
+  assert.throws(() => new Bridge({ vlans: [{ mode: "trunk", allowed: [1, -1] }] }), /allowed VLAN/);
+  assert.throws(() => new Bridge({ vlans: [{ mode: "hybrid" } as unknown as PortVlanConfig] }));
+});
+
+Deno.test("egress ops keep, strip, push or set the tag per output port", () => {
+  const b = bridge([
+    { mode: "access", tag: 10 }, // 0
+    { mode: "trunk", allowed: [10] }, // 1
+    { mode: "trunk", native: 10 }, // 2
+    undefined, // 3
+  ]);
+  send(b, 0, frame({ dst: BCAST, src: A }));
+  assert.deepEqual([1, 2, 3].map((p) => b.egressOp(p)), [EGRESS_PUSH, EGRESS_KEEP, EGRESS_PUSH]);
+  assert.equal(b.egressTci(), 10);
+  send(b, 1, frame({ dst: BCAST, src: B, vid: 10, pcp: 5 }));
+  assert.deepEqual([0, 2, 3].map((p) => b.egressOp(p)), [EGRESS_STRIP, EGRESS_STRIP, EGRESS_KEEP]);
+  send(b, 0, frame({ dst: BCAST, src: A, vid: 0, pcp: 6 }));
+  assert.deepEqual([1, 2].map((p) => b.egressOp(p)), [EGRESS_SET, EGRESS_STRIP]);
+  assert.equal(b.egressTci(), (6 << 13) | 10, "the received priority is kept");
+  send(b, 3, frame({ dst: BCAST, src: C, vid: 0 }));
+  assert.equal(b.vlan, 0);
+  assert.equal(b.egressOp(3), EGRESS_STRIP, "VLAN 0 leaves untagged");
+});
+
+Deno.test("applyEgressTag writes the expected bytes", () => {
+  const untagged = frame({ dst: B, src: A });
+  const tagged = frame({ dst: B, src: A, vid: 10, pcp: 5 });
+  const prio = frame({ dst: B, src: A, vid: 0, pcp: 6 });
+  const dst = new Uint8Array(100).fill(0xee);
+  const cat = (...parts: ArrayLike<number>[]) => parts.flatMap((p) => Array.from(p));
+
+  assert.equal(applyEgressTag(untagged, 0, 64, EGRESS_PUSH, 10, dst, 3), 68);
+  assert.deepEqual(
+    Array.from(dst.subarray(3, 71)),
+    cat(untagged.subarray(0, 12), [0x81, 0, 0, 10], untagged.subarray(12)),
+  );
+  assert.equal(dst[2], 0xee);
+  assert.equal(dst[71], 0xee);
+  assert.equal(applyEgressTag(tagged, 0, 64, EGRESS_STRIP, 0, dst, 0), 60);
+  assert.deepEqual(
+    Array.from(dst.subarray(0, 60)),
+    cat(tagged.subarray(0, 12), tagged.subarray(16)),
+  );
+  assert.equal(applyEgressTag(prio, 0, 64, EGRESS_SET, (6 << 13) | 10, dst, 0), 64);
+  assert.deepEqual(
+    Array.from(dst.subarray(0, 64)),
+    cat(prio.subarray(0, 12), [0x81, 0, 0xc0, 10], prio.subarray(16)),
+  );
+  assert.equal(applyEgressTag(tagged, 0, 64, EGRESS_KEEP, 99, dst, 0), 64);
+  assert.deepEqual(dst.subarray(0, 64), tagged);
+  assert.throws(() => applyEgressTag(tagged, 0, 64, 7, 1, dst, 0), /egress op/);
+});
+
+Deno.test("the three-range egress description matches applyEgressTag", () => {
+  const layout = new EgressLayout();
+  const buf = new Uint8Array(1600);
+  for (let i = 0; i < buf.length; i++) buf[i] = (i * 31 + 7) & 0xff;
+  buf.set([0x81, 0x00, 0xa0, 0x05], 7 + 12); // a tag for the ops that expect one
+  for (const op of [EGRESS_KEEP, EGRESS_STRIP, EGRESS_PUSH, EGRESS_SET]) {
+    for (const len of [18, 60, 1514]) {
+      const expected = new Uint8Array(1600);
+      const n = applyEgressTag(buf, 7, len, op, 0x2123, expected, 0);
+      assert.equal(describeEgress(7, len, op, 0x2123, layout), n);
+      assert.equal(layout.length, n);
+      const built = [
+        ...buf.subarray(layout.headStart, layout.headEnd),
+        ...layout.tag.subarray(0, layout.tagLength),
+        ...buf.subarray(layout.tailStart, layout.tailEnd),
+      ];
+      assert.deepEqual(built, Array.from(expected.subarray(0, n)), `op ${op}, length ${len}`);
+    }
+  }
+  const b = bridge([{ mode: "access", tag: 10 }, { mode: "trunk", allowed: [10] }]);
+  const f = frame({ dst: BCAST, src: A });
+  send(b, 0, f);
+  const l = b.egressFrame(1, 0, 64);
+  assert.deepEqual([l.headEnd, l.tagLength, l.tailStart, l.tailEnd, l.length], [12, 4, 12, 64, 68]);
+  assert.deepEqual(Array.from(l.tag), [0x81, 0, 0, 10]);
+});
+
+Deno.test("a full FDB refuses to learn, counts it, and still forwards the frame", () => {
+  const b = new Bridge({ vlans: [undefined, undefined], fdbCapacity: 16 });
+  b.setLinkUp(0, true);
+  b.setLinkUp(1, true);
+  for (let i = 0; i < 16; i++) {
+    send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, i) }));
+  }
+  assert.equal(b.portCounters(0).learnRefused, 0);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, 16) })), [1]);
+  assert.equal(b.dropReason, NO_DROP);
+  assert.equal(b.portCounters(0).learnRefused, 1);
+  assert.equal(b.fdb.counters().refusedFull, 1);
+  assert.equal(b.fdb.size, 16);
+});
+
+Deno.test("static MACs from the config are used and never moved by traffic", () => {
+  const S = "02:00:00:00:00:99";
+  const vlans: PortVlanConfig[] = [{ mode: "access", tag: 10 }, { mode: "access", tag: 10 }, {
+    mode: "access",
+    tag: 20,
+  }];
+  const b = new Bridge({ vlans, statics: [{ mac: S, vlan: 10, port: 1 }] });
+  for (let p = 0; p < 3; p++) b.setLinkUp(p, true);
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: S })), [1]);
+  assert.equal(where(b, S, 10), 1);
+  assert.deepEqual(send(b, 0, frame({ dst: S, src: A })), [1]);
+  assert.deepEqual(b.fdb.entries(0).find((e) => e.mac === S), {
+    mac: S,
+    vlan: 10,
+    port: 1,
+    age: 0,
+    static: true,
+  });
+  assert.throws(
+    () => new Bridge({ vlans, statics: [{ mac: S, vlan: 10, port: 2 }] }),
+    /port 2 is not a member of VLAN 10/,
+  );
+  assert.throws(() => new Bridge({ vlans, statics: [{ mac: "nope", vlan: 10, port: 1 }] }), /MAC/);
+});
+
+Deno.test("runt frames are dropped as malformed; frames may sit at an offset", () => {
+  const b = bridge([undefined, undefined]);
+  assert.equal(b.decide(0, new Uint8Array(13), 0, 13, 0, out), 0);
+  assert.equal(b.dropReason, DROP_MALFORMED);
+  const tagged = frame({ dst: B, src: A, vid: 5 });
+  assert.equal(b.decide(0, tagged, 0, 17, 0, out), 0);
+  assert.equal(b.dropReason, DROP_MALFORMED);
+  assert.equal(b.portCounters(0).dropMalformed, 2);
+  const buf = new Uint8Array(300);
+  buf.set(tagged, 100);
+  assert.equal(b.decide(0, buf, 100, 64, 0, out), 1);
+  assert.equal(out[0], 1);
+  assert.equal(b.vlan, 5);
+  assert.equal(where(b, A, 5), 0);
+});
+
+Deno.test("threads share link state and the FDB; counters of all writers are summed", () => {
+  const vlans = [undefined, undefined];
+  const main = new Bridge({ vlans, writers: 2 });
+  const other = new Bridge({
+    vlans,
+    fdb: Fdb.attach(main.fdb.buffer),
+    state: main.state,
+    writer: 1,
+  });
+  main.setLinkUp(0, true);
+  main.setLinkUp(1, true);
+  assert.ok(other.isLinkUp(1));
+  send(main, 0, frame({ dst: BCAST, src: A }));
+  assert.deepEqual(send(other, 1, frame({ dst: A, src: B })), [0]);
+  send(other, 0, frame({ dst: BCAST, src: A }));
+  assert.equal(main.portCounters(0).flooded, 2);
+  assert.equal(other.portCounters(1).unicast, 1);
+  assert.throws(() => new Bridge({ vlans, state: main.state, writer: 2 }), /writer/);
+  assert.throws(() => new Bridge({ vlans: [undefined], state: main.state }), /state/);
+});
+
+Deno.test("ethernet helpers: MACs as (hi, lo) numbers", () => {
+  const m = parseMac("02:00:5E:10:00:01");
+  assert.deepEqual(m, { hi: 0x0200, lo: 0x5e100001 });
+  assert.deepEqual(parseMac("fe-dc-ba-98-76-54"), { hi: 0xfedc, lo: 0xba987654 });
+  assert.equal(formatMac(0xfedc, 0xba987654), "fe:dc:ba:98:76:54");
+  assert.equal(formatMac(m.hi, m.lo), "02:00:5e:10:00:01");
+  for (
+    const bad of [
+      "",
+      "02:00:5e:10:00",
+      "02:00:5e:10:00:01:02",
+      "02:00-5e:10:00:01",
+      "0g:00:00:00:00:00",
+    ]
+  ) {
+    assert.throws(() => parseMac(bad), /invalid MAC address/);
+  }
+  const f = frame({ dst: "01:00:5e:7f:ff:fa", src: "fe:dc:ba:98:76:54" });
+  assert.equal(macHiAt(f, 6), 0xfedc);
+  assert.equal(macLoAt(f, 6), 0xba987654);
+  assert.ok(isMulticastAt(f, 0));
+  assert.ok(!isMulticastAt(f, 6));
+});
