@@ -5,6 +5,7 @@ import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
+import { createTapBuffer } from "./tap.ts";
 import {
   type BridgeShare,
   type FromWorker,
@@ -171,6 +172,21 @@ export class Datapath {
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);
     return acks;
+  }
+
+  /** Starts copying the frames passing `port` into one fresh capture ring per worker. */
+  async addTap(port: number): Promise<SharedArrayBuffer[]> {
+    const rings = this.#workers.map(() => createTapBuffer());
+    await Promise.all(
+      rings.map((add, w) => this.#request(w, { type: "tap", id: this.#nextId++, port, add })),
+    );
+    return rings;
+  }
+
+  async removeTap(port: number, rings: SharedArrayBuffer[]): Promise<void> {
+    await Promise.all(
+      rings.map((remove, w) => this.#request(w, { type: "tap", id: this.#nextId++, port, remove })),
+    );
   }
 
   /** Per-worker statistics (busy/idle poll rounds, sleeps, frames), read while it runs. */

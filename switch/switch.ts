@@ -7,6 +7,7 @@ import {
   matchesFdbFilter,
   type PortStatus,
   type SwitchInfo,
+  type SwitchStats,
   type SwitchView,
 } from "../http/app.ts";
 import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
@@ -14,6 +15,7 @@ import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.t
 import { featureNames } from "../ports/vhost_user/features.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
 import { Datapath } from "./datapath.ts";
+import { pcapHeader, pcapRecord, TapReader } from "./tap.ts";
 import { parseMac } from "./ethernet.ts";
 import type { PortConfig, Topology, VlanConfig } from "./topology.ts";
 
@@ -26,10 +28,25 @@ function bridgeVlan(v: VlanConfig): PortVlanConfig {
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
+type WorkerStatsSample = ReturnType<Datapath["workerStats"]>[number];
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
 export class Switch implements SwitchView {
   readonly #started = Date.now();
   readonly #ports: VhostUserPort[] = [];
   #agingTimer: ReturnType<typeof setInterval> | undefined;
+  #sampleTimer: ReturnType<typeof setInterval> | undefined;
+  /** Counters one second ago and now, for rates. */
+  #samples: { time: number; rx: number[]; tx: number[]; workers: WorkerStatsSample[] }[] = [];
   #stopping: Promise<void> | null = null;
 
   private constructor(
@@ -74,6 +91,8 @@ export class Switch implements SwitchView {
       throw err;
     }
     const agingEvery = Math.max(1, Math.min(10, Math.floor(topology.fdb.agingSeconds / 10))) * 1000;
+    sw.#sample();
+    sw.#sampleTimer = setInterval(() => sw.#sample(), 1000);
     sw.#agingTimer = setInterval(
       () => bridge.fdb.age(nowSeconds(), topology.fdb.agingSeconds),
       agingEvery,
@@ -107,6 +126,94 @@ export class Switch implements SwitchView {
     );
     port.start();
     this.#ports.push(port);
+  }
+
+  #sample(): void {
+    const ports = this.topology.ports.map((_, i) => this.datapath.counters.port(i));
+    this.#samples.push({
+      time: performance.now(),
+      rx: ports.map((c) => c.rx_packets),
+      tx: ports.map((c) => c.tx_packets),
+      workers: this.datapath.workerStats(),
+    });
+    if (this.#samples.length > 2) this.#samples.shift();
+  }
+
+  stats(): SwitchStats {
+    const [a, b] = this.#samples.length === 2
+      ? this.#samples
+      : [this.#samples[0], this.#samples[0]];
+    const seconds = Math.max((b.time - a.time) / 1000, 1e-9);
+    const rate = (x: number, y: number) => b.time === a.time ? 0 : (y - x) / seconds;
+    const fdb = this.bridge.fdb.counters();
+    return {
+      uptimeSeconds: Math.floor((Date.now() - this.#started) / 1000),
+      workers: this.datapath.workerStats().map((w, i) => {
+        const busy = b.workers[i].busyRounds - a.workers[i].busyRounds;
+        const rounds = busy + b.workers[i].idleRounds - a.workers[i].idleRounds;
+        return {
+          ...w,
+          framesPerSecond: rate(a.workers[i].frames, b.workers[i].frames),
+          busyFraction: rounds ? busy / rounds : 0,
+        };
+      }),
+      ports: this.topology.ports.map((p, i) => ({
+        name: p.name,
+        counters: this.#status(i).counters,
+        rxPerSecond: rate(a.rx[i], b.rx[i]),
+        txPerSecond: rate(a.tx[i], b.tx[i]),
+      })),
+      fdb: {
+        entries: this.bridge.fdb.size,
+        capacity: this.bridge.fdb.capacity,
+        learned: fdb.learned,
+        moved: fdb.moved,
+        refusedFull: fdb.refusedFull,
+        aged: fdb.aged,
+        flushed: fdb.flushed,
+      },
+    };
+  }
+
+  /**
+   * A live pcap stream of the frames passing `port` in both directions (as received, and as
+   * transmitted, tags included). Workers copy frames only while a capture runs.
+   */
+  capture(
+    port: string,
+    opts: { maxFrames?: number; seconds?: number; signal?: AbortSignal },
+  ): AsyncIterable<Uint8Array> | undefined {
+    const index = this.topology.ports.findIndex((p) => p.name === port);
+    if (index < 0) return undefined;
+    const datapath = this.datapath;
+    const maxFrames = opts.maxFrames ?? Infinity;
+    const deadline = performance.now() + (opts.seconds ?? Infinity) * 1000;
+    const signal = opts.signal;
+    return (async function* () {
+      const rings = await datapath.addTap(index);
+      try {
+        yield pcapHeader();
+        const readers = rings.map((r) => new TapReader(r));
+        let frames = 0;
+        while (frames < maxFrames && performance.now() < deadline && !signal?.aborted) {
+          const records: Uint8Array[] = [];
+          for (const reader of readers) {
+            frames += reader.drain(
+              maxFrames - frames,
+              (ts, data) => records.push(pcapRecord(ts, data)),
+            );
+          }
+          if (records.length) {
+            // Frames from different workers interleave by time, as a capture should read.
+            yield concatBytes(records);
+          } else {
+            await new Promise((r) => setTimeout(r, 20));
+          }
+        }
+      } finally {
+        await datapath.removeTap(index, rings);
+      }
+    })();
   }
 
   info(): SwitchInfo {
@@ -191,6 +298,7 @@ export class Switch implements SwitchView {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#agingTimer);
+      clearInterval(this.#sampleTimer);
       await Promise.all(this.#ports.map((p) => p.stop()));
       await this.datapath.stop();
       await this.reactor.close();

@@ -10,6 +10,7 @@ import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
+import { TapWriter } from "./tap.ts";
 import {
   type FromWorker,
   STAT_BUSY_ROUNDS,
@@ -37,6 +38,8 @@ class DatapathWorker {
   /** Ports with receive queues on this worker (rebuilt on every apply). */
   polled: { index: number; port: DatapathPort }[] = [];
   readonly targets: (DatapathPort | null)[];
+  /** Per port, the captures running on it (usually none). */
+  readonly taps: TapWriter[][];
   readonly mailbox: Int32Array;
   readonly batch = new FrameBatch();
   readonly out: Int32Array;
@@ -57,6 +60,7 @@ class DatapathWorker {
     });
     this.ports = new Array(init.portCount).fill(null);
     this.targets = new Array(init.portCount).fill(null);
+    this.taps = Array.from({ length: init.portCount }, () => []);
     this.touched = new Uint8Array(init.portCount);
     this.out = new Int32Array(init.portCount);
     this.mailbox = new Int32Array(init.mailbox);
@@ -127,6 +131,7 @@ class DatapathWorker {
     const bridge = this.bridge;
     const touched = this.touched;
     const targets = this.targets;
+    const taps = this.taps;
     for (let p = 0; p < this.polled.length; p++) {
       const { index, port } = this.polled[p];
       const n = port.receive(batch);
@@ -134,17 +139,22 @@ class DatapathWorker {
         port.release(); // chains refused as malformed still go back to the guest
         continue;
       }
+      const rxTaps = taps[index];
       for (let i = 0; i < n; i++) {
         const bytes = batch.bytes[i];
         const off = batch.offset[i];
         const len = batch.length[i];
+        for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
         const k = bridge.decide(index, bytes, off, len, now, out);
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];
           if (target === null) continue;
-          target.transmit(bytes, bridge.egressFrame(dst, off, len));
+          const frame = bridge.egressFrame(dst, off, len);
           touched[dst] = 1;
+          if (!target.transmit(bytes, frame)) continue;
+          const txTaps = taps[dst];
+          for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
         }
       }
       moved += n;
@@ -178,6 +188,11 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     if (!worker) throw new Error("datapath worker not initialised");
     if (msg.type === "apply") {
       post({ type: "ack", id: msg.id, stopped: worker.apply(msg) });
+    } else if (msg.type === "tap") {
+      const taps = worker.taps[msg.port];
+      if (msg.add) taps.push(new TapWriter(msg.add));
+      if (msg.remove) taps.splice(taps.findIndex((t) => t.buffer === msg.remove), 1);
+      post({ type: "ack", id: msg.id, stopped: [] });
     } else {
       worker.stopping = true;
       worker.sleeper.close();

@@ -40,12 +40,21 @@ export interface WorkerApplyPort {
   fillRing: number;
 }
 
+/** Start (add) or stop (remove) copying the frames that pass a port into a capture ring. */
+export interface WorkerTap {
+  type: "tap";
+  id: number;
+  port: number;
+  add?: SharedArrayBuffer;
+  remove?: SharedArrayBuffer;
+}
+
 export interface WorkerStop {
   type: "stop";
   id: number;
 }
 
-export type ToWorker = WorkerInit | WorkerApplyPort | WorkerStop;
+export type ToWorker = WorkerInit | WorkerApplyPort | WorkerTap | WorkerStop;
 
 export interface WorkerAck {
   type: "ack";

@@ -1,0 +1,127 @@
+// Packet capture taps: while someone captures a port, each worker copies the frames that pass
+// that port into its own single-producer/single-consumer ring in shared memory, and the main
+// thread turns them into pcap records. With no capture running the datapath only checks an
+// empty list per burst.
+import type { EgressFrame } from "../ports/port.ts";
+import { MAX_FRAME_LEN } from "../ports/port.ts";
+
+const HEAD = 0; // written by the worker
+const TAIL = 1; // written by the reader
+const DROPPED = 2; // frames the ring had no room for
+const HEADER_BYTES = 16;
+/** Slot: float64 timestamp (ms since the epoch), uint32 length, then the frame. */
+const SLOT_HEADER = 16;
+const SLOT_BYTES = SLOT_HEADER + ((MAX_FRAME_LEN + 15) & ~15);
+export const TAP_SLOTS = 512;
+
+export function createTapBuffer(): SharedArrayBuffer {
+  return new SharedArrayBuffer(HEADER_BYTES + TAP_SLOTS * SLOT_BYTES);
+}
+
+/** The worker side: appends frames, dropping (and counting) when the reader lags. */
+export class TapWriter {
+  readonly #h: Int32Array;
+  readonly #bytes: Uint8Array;
+  readonly #view: DataView;
+
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.#h = new Int32Array(buffer, 0, 4);
+    this.#bytes = new Uint8Array(buffer);
+    this.#view = new DataView(buffer);
+  }
+
+  #slot(length: number): number {
+    const head = this.#h[HEAD];
+    if (head - Atomics.load(this.#h, TAIL) >= TAP_SLOTS) {
+      Atomics.add(this.#h, DROPPED, 1);
+      return -1;
+    }
+    const at = HEADER_BYTES + (head % TAP_SLOTS) * SLOT_BYTES;
+    this.#view.setFloat64(at, performance.timeOrigin + performance.now(), true);
+    this.#view.setUint32(at + 8, length, true);
+    return at + SLOT_HEADER;
+  }
+
+  #publish(): void {
+    Atomics.store(this.#h, HEAD, this.#h[HEAD] + 1);
+  }
+
+  write(src: Uint8Array, offset: number, length: number): void {
+    const at = this.#slot(length);
+    if (at < 0) return;
+    this.#bytes.set(src.subarray(offset, offset + length), at);
+    this.#publish();
+  }
+
+  /** A frame as transmitted: head ++ tag ++ tail (see EgressFrame). */
+  writeEgress(src: Uint8Array, f: EgressFrame): void {
+    const at = this.#slot(f.length);
+    if (at < 0) return;
+    const headLen = f.headEnd - f.headStart;
+    this.#bytes.set(src.subarray(f.headStart, f.headEnd), at);
+    this.#bytes.set(f.tag.subarray(0, f.tagLength), at + headLen);
+    this.#bytes.set(src.subarray(f.tailStart, f.tailEnd), at + headLen + f.tagLength);
+    this.#publish();
+  }
+}
+
+/** The main-thread side: takes what the worker wrote, as pcap records. */
+export class TapReader {
+  readonly #h: Int32Array;
+  readonly #bytes: Uint8Array;
+  readonly #view: DataView;
+
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.#h = new Int32Array(buffer, 0, 4);
+    this.#bytes = new Uint8Array(buffer);
+    this.#view = new DataView(buffer);
+  }
+
+  get dropped(): number {
+    return Atomics.load(this.#h, DROPPED);
+  }
+
+  /** Calls `frame` for up to `max` frames waiting, oldest first; returns how many. */
+  drain(max: number, frame: (timestampMs: number, data: Uint8Array) => void): number {
+    const head = Atomics.load(this.#h, HEAD);
+    let tail = this.#h[TAIL];
+    let n = 0;
+    while (tail !== head && n < max) {
+      const at = HEADER_BYTES + (tail % TAP_SLOTS) * SLOT_BYTES;
+      const length = this.#view.getUint32(at + 8, true);
+      frame(
+        this.#view.getFloat64(at, true),
+        this.#bytes.slice(at + SLOT_HEADER, at + SLOT_HEADER + length),
+      );
+      tail++;
+      n++;
+    }
+    Atomics.store(this.#h, TAIL, tail);
+    return n;
+  }
+}
+
+/** A pcap global header (LINKTYPE_ETHERNET, microsecond timestamps). */
+export function pcapHeader(snaplen = MAX_FRAME_LEN): Uint8Array {
+  const b = new Uint8Array(24);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 0xa1b2c3d4, true);
+  v.setUint16(4, 2, true);
+  v.setUint16(6, 4, true);
+  v.setUint32(16, snaplen, true);
+  v.setUint32(20, 1, true);
+  return b;
+}
+
+/** One pcap record: 16-byte record header, then the frame. */
+export function pcapRecord(timestampMs: number, data: Uint8Array): Uint8Array {
+  const b = new Uint8Array(16 + data.length);
+  const v = new DataView(b.buffer);
+  const sec = Math.floor(timestampMs / 1000);
+  v.setUint32(0, sec, true);
+  v.setUint32(4, Math.floor((timestampMs - sec * 1000) * 1000), true);
+  v.setUint32(8, data.length, true);
+  v.setUint32(12, data.length, true);
+  b.set(data, 16);
+  return b;
+}
