@@ -59,6 +59,31 @@ export interface FdbEntry {
   static: boolean;
 }
 
+export interface SwitchStats {
+  uptimeSeconds: number;
+  /** Per datapath worker. busyRounds/idleRounds are poll rounds that moved frames / none. */
+  workers: {
+    worker: number;
+    busyRounds: number;
+    idleRounds: number;
+    sleeps: number;
+    frames: number;
+    framesPerSecond: number;
+    busyFraction: number;
+  }[];
+  /** Per port: counters (as in /ports) and frames per second over the last interval (1 s). */
+  ports: { name: string; counters: Record<string, number>; rxPerSecond: number; txPerSecond: number }[];
+  fdb: {
+    entries: number;
+    capacity: number;
+    learned: number;
+    moved: number;
+    refusedFull: number;
+    aged: number;
+    flushed: number;
+  };
+}
+
 /** Every given field must match; an empty filter matches everything. */
 export interface FdbFilter {
   port?: string;
