@@ -76,6 +76,8 @@ export class VhostUserConnection {
     }
     this.stats.messages++;
     const name = P.requestName(msg.request);
+    // Decided before handling: a reset clears the negotiated REPLY_ACK it was asked under.
+    const ack = this.#wantsAck(msg);
     try {
       if ((msg.flags & P.VHOST_USER_VERSION_MASK) !== P.VHOST_USER_VERSION) {
         for (const fd of msg.fds) closeFd(fd);
@@ -85,7 +87,7 @@ export class VhostUserConnection {
       }
       const reply = await this.device.handle(msg);
       if (reply !== null) this.#send(msg.request, reply);
-      else if (this.#wantsAck(msg)) this.#send(msg.request, P.u64Payload(0n));
+      else if (ack) this.#send(msg.request, P.u64Payload(0n));
     } catch (err) {
       if (!(err instanceof Error)) throw err;
       this.stats.errors++;
@@ -94,7 +96,7 @@ export class VhostUserConnection {
       if (HAS_REPLY.has(msg.request)) {
         // No meaningful reply exists; the front-end would wait forever. Hang up instead.
         this.close(`cannot answer ${name}`);
-      } else if (this.#wantsAck(msg)) {
+      } else if (ack) {
         this.#send(msg.request, P.u64Payload(1n));
       }
     }

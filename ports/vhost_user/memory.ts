@@ -94,14 +94,16 @@ export class MemoryTable {
   /** Maps a whole new table (SET_MEM_TABLE); on any failure nothing stays mapped or open. */
   static build(descs: MemoryRegionDesc[], fds: number[]): MemoryTable {
     if (fds.length !== descs.length) {
+      for (const fd of fds) closeFd(fd);
       throw new ProtocolError(`SET_MEM_TABLE: ${descs.length} regions but ${fds.length} fds`);
     }
     const table = new MemoryTable();
+    let taken = 0; // fds handed to add(), which owns them (and closes them when it throws)
     try {
-      descs.forEach((d, i) => table.add(d, fds[i]));
+      for (; taken < descs.length; taken++) table.add(descs[taken], fds[taken]);
     } catch (err) {
       table.release();
-      for (let i = table.count; i < fds.length; i++) closeFd(fds[i]);
+      for (let i = taken + 1; i < fds.length; i++) closeFd(fds[i]);
       throw err;
     }
     return table;
@@ -195,4 +197,23 @@ export class GuestMemory {
     }
     return -1;
   }
+
+  /**
+   * For a range that starts inside a region but runs past its end: how many bytes of it that
+   * region holds (setting `region` and returning the offset like translate), or -1 if `addr` is
+   * in no region. The caller continues at addr + that many bytes (the next region, if adjacent).
+   */
+  translatePart(addr: number): number {
+    for (let i = 0; i < this.count; i++) {
+      if (addr >= this.#start[i] && addr < this.#end[i]) {
+        this.region = i;
+        this.partLength = this.#end[i] - addr;
+        return addr + this.#base[i];
+      }
+    }
+    return -1;
+  }
+
+  /** Set by translatePart: bytes of the range inside `region`. */
+  partLength = 0;
 }

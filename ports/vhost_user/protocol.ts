@@ -245,6 +245,15 @@ export class MessageReader {
 
   /** Appends bytes (and the fds that came with them). */
   push(bytes: Uint8Array, fds: number[]): void {
+    try {
+      this.#push(bytes, fds);
+    } catch (err) {
+      this.#fds.push(...fds); // a framing error: the owner closes them with takeStrayFds()
+      throw err;
+    }
+  }
+
+  #push(bytes: Uint8Array, fds: number[]): void {
     let off = 0;
     let lastStart = -1; // index in `ready` of the last message that started in this chunk
     let pendingStarted = false;

@@ -174,16 +174,38 @@ export class SplitQueue {
       }
       if ((fl & VRING_DESC_F_WRITE) !== want) return CHAIN_BAD_DIRECTION;
       const off = mem.translate(addr, len);
-      if (off < 0) return CHAIN_BAD_ADDRESS;
-      this.segBytes[n] = mem.bytes[mem.region];
-      this.segOffset[n] = off;
-      this.segLength[n] = len;
-      n++;
+      if (off >= 0) {
+        this.segBytes[n] = mem.bytes[mem.region];
+        this.segOffset[n] = off;
+        this.segLength[n] = len;
+        n++;
+      } else {
+        // Contiguous in guest memory but spread over adjacent regions: one segment per region.
+        n = this.#splitSegments(addr, len, n);
+        if (n < 0) return n;
+      }
       if ((fl & VRING_DESC_F_NEXT) === 0) break;
       i = table[w + 3] >>> 16;
       if (i >= tableSize) return CHAIN_BAD_INDEX;
     }
     this.segCount = n;
+    return n;
+  }
+
+  #splitSegments(addr: number, len: number, n: number): number {
+    const mem = this.mem;
+    while (len > 0) {
+      if (n >= this.size) return CHAIN_TOO_LONG;
+      const off = mem.translatePart(addr);
+      if (off < 0) return CHAIN_BAD_ADDRESS;
+      const part = Math.min(len, mem.partLength);
+      this.segBytes[n] = mem.bytes[mem.region];
+      this.segOffset[n] = off;
+      this.segLength[n] = part;
+      n++;
+      addr += part;
+      len -= part;
+    }
     return n;
   }
 
