@@ -39,6 +39,10 @@ const symbols = {
     nonblocking: true,
   },
   getpid: { parameters: [], result: "i32" },
+  // AF_PACKET uplink: per-frame recv (baseline variant), entering a network namespace (tests).
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  setns: { parameters: ["i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export const libc: Deno.DynamicLibrary<typeof symbols>["symbols"] =

@@ -15,6 +15,13 @@ export const DROP_TOO_BIG = 6;
 export const DROP_RUNT = 7;
 /** Guest notifications (call eventfd writes) and kicks seen. */
 export const NOTIFICATIONS = 8;
+/** Frames not transmitted because the port's link was down (af-packet: no IFF_UP/IFF_RUNNING). */
+export const DROP_LINK_DOWN = 9;
+/**
+ * Frames received with their L4 checksum left to offload (af-packet TP_STATUS_CSUMNOTREADY,
+ * e.g. from a veth peer with tx checksumming on): forwarded as they are, counted for diagnosis.
+ */
+export const RX_CSUM_PARTIAL = 10;
 export const COUNTER_FIELDS = 16;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -27,6 +34,8 @@ export const COUNTER_NAMES: Record<number, string> = {
   [DROP_TOO_BIG]: "drop_too_big",
   [DROP_RUNT]: "drop_runt",
   [NOTIFICATIONS]: "notifications",
+  [DROP_LINK_DOWN]: "drop_link_down",
+  [RX_CSUM_PARTIAL]: "rx_csum_partial",
 };
 
 export class CounterTable {

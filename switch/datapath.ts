@@ -6,6 +6,7 @@ import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.t
 import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
+import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import {
   type BridgeShare,
   type FromWorker,
@@ -172,6 +173,23 @@ export class Datapath {
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);
     return acks;
+  }
+
+  /** Attaches an AF_PACKET port on every worker (each transmits through its own TX ring). */
+  async attachPacket(port: number, spec: AfPacketSpec | null): Promise<void> {
+    const acks = await Promise.all(
+      this.#workers.map((_, w) =>
+        this.#request(w, {
+          type: "packet",
+          id: this.#nextId++,
+          port,
+          spec,
+          poll: this.pollerOf(port, 0) === w,
+        })
+      ),
+    );
+    const failed = acks.find((a) => a.error);
+    if (failed) throw new Error(`datapath worker: ${failed.error}`);
   }
 
   /** Starts copying the frames passing `port` into one fresh capture ring per worker. */

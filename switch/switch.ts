@@ -11,6 +11,7 @@ import {
   type SwitchView,
 } from "../http/app.ts";
 import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
+import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { featureNames } from "../ports/vhost_user/features.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
@@ -43,6 +44,7 @@ function concatBytes(parts: Uint8Array[]): Uint8Array {
 export class Switch implements SwitchView {
   readonly #started = Date.now();
   readonly #ports: VhostUserPort[] = [];
+  readonly #packetPorts = new Map<number, AfPacketPort>();
   #agingTimer: ReturnType<typeof setInterval> | undefined;
   #sampleTimer: ReturnType<typeof setInterval> | undefined;
   /** Counters one second ago and now, for rates. */
@@ -61,12 +63,6 @@ export class Switch implements SwitchView {
     topology: Topology,
     log: (msg: string) => void = console.log,
   ): Promise<Switch> {
-    const unsupported = topology.ports.find((p) => p.type !== "vhost-user");
-    if (unsupported) {
-      throw new Error(
-        `port ${unsupported.name}: type ${unsupported.type} is not available in this build`,
-      );
-    }
     const nameOf = (port: string) => topology.ports.findIndex((p) => p.name === port);
     const vlans = topology.ports.map((p) => bridgeVlan(p.vlan));
     const bridge = new Bridge({
@@ -85,7 +81,7 @@ export class Switch implements SwitchView {
     });
     const sw = new Switch(topology, bridge, datapath, new Reactor(), log);
     try {
-      topology.ports.forEach((cfg, index) => sw.#startPort(cfg, index));
+      for (const [index, cfg] of topology.ports.entries()) await sw.#startPort(cfg, index);
     } catch (err) {
       await sw.stop();
       throw err;
@@ -100,21 +96,32 @@ export class Switch implements SwitchView {
     return sw;
   }
 
-  #startPort(cfg: PortConfig, index: number): void {
-    if (cfg.type !== "vhost-user") return;
+  /** Link state for the bridge; when a link goes down, what was learned on it is forgotten. */
+  #setLink(index: number, up: boolean): void {
+    if (this.bridge.isLinkUp(index) === up) return;
+    this.bridge.setLinkUp(index, up);
+    if (!up) this.bridge.fdb.flush({ port: index });
+    this.log(`[${this.topology.ports[index].name}] link ${up ? "up" : "down"}`);
+  }
+
+  async #startPort(cfg: PortConfig, index: number): Promise<void> {
     const log = (msg: string) => this.log(`[${cfg.name}] ${msg}`);
+    if (cfg.type === "af-packet") {
+      const port = AfPacketPort.open(
+        { name: cfg.name, interface: cfg.interface, mtu: cfg.mtu },
+        { txQueues: this.topology.threads, log },
+      );
+      this.#packetPorts.set(index, port);
+      await this.datapath.attachPacket(index, port.spec);
+      this.#setLink(index, port.state === "up");
+      return;
+    }
     const inner = this.datapath.forPort(index);
-    // Link state follows the guest's RX ring: up while we can deliver frames to it. When it
-    // goes down, what was learned on the port is forgotten.
+    // Link state follows the guest's RX ring: up while we can deliver frames to it.
     const datapath: DeviceDatapath = {
       apply: async (state: DatapathState | null) => {
         const stopped = await inner.apply(state);
-        const up = state?.queues.some((q) => (q.index & 1) === 0) ?? false;
-        if (this.bridge.isLinkUp(index) !== up) {
-          this.bridge.setLinkUp(index, up);
-          if (!up) this.bridge.fdb.flush({ port: index });
-          log(`link ${up ? "up" : "down"}`);
-        }
+        this.#setLink(index, state?.queues.some((q) => (q.index & 1) === 0) ?? false);
         return stopped;
       },
     };
@@ -129,6 +136,8 @@ export class Switch implements SwitchView {
   }
 
   #sample(): void {
+    // AF_PACKET ports poll their interface's link themselves; the bridge follows.
+    for (const [index, port] of this.#packetPorts) this.#setLink(index, port.state === "up");
     const ports = this.topology.ports.map((_, i) => this.datapath.counters.port(i));
     this.#samples.push({
       time: performance.now(),
@@ -246,15 +255,16 @@ export class Switch implements SwitchView {
       .filter((q) => q.index & 1)
       .map((q) => ({ index: q.index >> 1, worker: this.datapath.pollerOf(i, q.index >> 1) }));
     if (cfg.type !== "vhost-user") {
+      const packet = this.#packetPorts.get(i);
       return {
         name: cfg.name,
         type: "af-packet",
         interface: cfg.interface,
-        state: "down",
-        mtu: cfg.mtu,
+        state: packet?.state === "up" ? "up" : "down",
+        mtu: packet?.mtu ?? cfg.mtu,
         features: [],
-        queues,
-        counters,
+        queues: [{ index: 0, worker: this.datapath.pollerOf(i, 0) }],
+        counters: { ...counters, kernel_drops: packet?.kernelStats().drops ?? 0 },
       };
     }
     return {
@@ -300,6 +310,11 @@ export class Switch implements SwitchView {
       clearInterval(this.#agingTimer);
       clearInterval(this.#sampleTimer);
       await Promise.all(this.#ports.map((p) => p.stop()));
+      for (const [index, port] of this.#packetPorts) {
+        // Every worker lets go of the rings before they are unmapped.
+        await this.datapath.attachPacket(index, null).catch(() => {});
+        port.close();
+      }
       await this.datapath.stop();
       await this.reactor.close();
     })();

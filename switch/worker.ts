@@ -11,6 +11,7 @@ import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
 import { TapWriter } from "./tap.ts";
+import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import {
   type FromWorker,
   STAT_BUSY_ROUNDS,
@@ -19,6 +20,7 @@ import {
   STAT_SLEEPS,
   type ToWorker,
   type WorkerApplyPort,
+  type WorkerAttachPacket,
   type WorkerInit,
 } from "./worker_protocol.ts";
 
@@ -38,6 +40,8 @@ class DatapathWorker {
   /** Ports with receive queues on this worker (rebuilt on every apply). */
   polled: { index: number; port: DatapathPort }[] = [];
   readonly targets: (DatapathPort | null)[];
+  /** AF_PACKET ports this worker polls, with their socket fd. */
+  readonly packets: ({ datapath: DatapathPort; fd: number } | null)[];
   /** Per port, the captures running on it (usually none). */
   readonly taps: TapWriter[][];
   readonly mailbox: Int32Array;
@@ -60,6 +64,7 @@ class DatapathWorker {
     });
     this.ports = new Array(init.portCount).fill(null);
     this.targets = new Array(init.portCount).fill(null);
+    this.packets = new Array(init.portCount).fill(null);
     this.taps = Array.from({ length: init.portCount }, () => []);
     this.touched = new Uint8Array(init.portCount);
     this.out = new Int32Array(init.portCount);
@@ -73,7 +78,7 @@ class DatapathWorker {
   idle(): boolean {
     const rings: SplitQueue[] = [];
     for (const { index } of this.polled) {
-      for (const q of this.ports[index]!.datapath.txQueues) rings.push(q);
+      for (const q of this.ports[index]?.datapath.txQueues ?? []) rings.push(q);
     }
     for (const q of rings) q.setGuestKicks(true);
     // Rings without a kick fd (polling-only front-ends) cannot wake us: nap briefly instead.
@@ -112,15 +117,34 @@ class DatapathWorker {
     }
     this.ports[msg.port] = next;
     this.targets[msg.port] = next?.datapath ?? null;
+    this.#refresh();
+    return stopped;
+  }
+
+  /** Attaches (or, with spec null, detaches) an AF_PACKET port; only its poller receives. */
+  attachPacket(msg: WorkerAttachPacket): void {
+    const block = this.counters.block(this.init.worker, msg.port);
+    const dp = msg.spec ? createAfPacketDatapath(msg.spec, block, this.init.worker) : null;
+    this.targets[msg.port] = dp;
+    this.packets[msg.port] = dp && msg.poll ? { datapath: dp, fd: msg.spec!.fd } : null;
+    this.#refresh();
+  }
+
+  /** Rebuilds the list of ports to poll and the fds an idle sleep wakes on. */
+  #refresh(): void {
     this.polled = [];
-    const kicks: number[] = [];
+    const wakeOn: number[] = [];
     this.ports.forEach((p, index) => {
       if (!p || p.datapath.txQueues.length === 0) return;
       this.polled.push({ index, port: p.datapath });
-      for (const q of p.datapath.txQueues) kicks.push(q.kickFd);
+      for (const q of p.datapath.txQueues) wakeOn.push(q.kickFd);
     });
-    this.sleeper.watch(kicks);
-    return stopped;
+    this.packets.forEach((p, index) => {
+      if (!p) return;
+      this.polled.push({ index, port: p.datapath });
+      wakeOn.push(p.fd); // readable once the kernel hands a block of frames to us
+    });
+    this.sleeper.watch(wakeOn);
   }
 
   /** One pass over every polled port; returns the frames moved. */
@@ -188,6 +212,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     if (!worker) throw new Error("datapath worker not initialised");
     if (msg.type === "apply") {
       post({ type: "ack", id: msg.id, stopped: worker.apply(msg) });
+    } else if (msg.type === "packet") {
+      worker.attachPacket(msg);
+      post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
       const taps = worker.taps[msg.port];
       if (msg.add) taps.push(new TapWriter(msg.add));

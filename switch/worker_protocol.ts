@@ -2,6 +2,7 @@
 // that changes what a worker touches is acknowledged: the control plane frees memory or closes
 // fds only after the ack, so a worker never reads an unmapped region or writes a reused fd.
 import type { DatapathState } from "../ports/vhost_user/device.ts";
+import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import type { PortVlanConfig } from "./bridge.ts";
 
 /** What a worker needs to attach to the shared bridge: FDB, link state and counters. */
@@ -40,6 +41,15 @@ export interface WorkerApplyPort {
   fillRing: number;
 }
 
+/** Attach an AF_PACKET port (spec null: detach); `poll` for the one worker that receives. */
+export interface WorkerAttachPacket {
+  type: "packet";
+  id: number;
+  port: number;
+  spec: AfPacketSpec | null;
+  poll: boolean;
+}
+
 /** Start (add) or stop (remove) copying the frames that pass a port into a capture ring. */
 export interface WorkerTap {
   type: "tap";
@@ -54,7 +64,7 @@ export interface WorkerStop {
   id: number;
 }
 
-export type ToWorker = WorkerInit | WorkerApplyPort | WorkerTap | WorkerStop;
+export type ToWorker = WorkerInit | WorkerApplyPort | WorkerAttachPacket | WorkerTap | WorkerStop;
 
 export interface WorkerAck {
   type: "ack";

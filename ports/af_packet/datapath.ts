@@ -1,0 +1,284 @@
+// The AF_PACKET port's datapath, living in a Worker: receives from the TPACKET_V3 RX ring as
+// views straight into the blocks, transmits by copying into TX ring slots, and kicks the kernel
+// with one send() per burst. Status words are shared with the kernel: read and written with
+// Atomics so no load or store moves across them.
+import {
+  DROP_LINK_DOWN,
+  DROP_NO_BUFFER,
+  DROP_RUNT,
+  DROP_TOO_BIG,
+  NOTIFICATIONS,
+  RX_BYTES,
+  RX_CSUM_PARTIAL,
+  RX_PACKETS,
+  TX_BYTES,
+  TX_PACKETS,
+} from "../counters.ts";
+import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
+import { viewMapping } from "../../ffi/mem.ts";
+import { sendNow } from "../../ffi/packet.ts";
+import {
+  type AfPacketSpec,
+  BLOCK_NUM_PKTS,
+  BLOCK_OFFSET_TO_FIRST_PKT,
+  BLOCK_STATUS,
+  copyEgress,
+  egressFits,
+  ETH_HLEN,
+  LINK_MTU,
+  LINK_RX_MAX,
+  LINK_UP,
+  TP_LEN,
+  TP_MAC,
+  TP_NEXT_OFFSET,
+  TP_SNAPLEN,
+  TP_STATUS,
+  TP_STATUS_AVAILABLE,
+  TP_STATUS_CSUMNOTREADY,
+  TP_STATUS_KERNEL,
+  TP_STATUS_SEND_REQUEST,
+  TP_STATUS_USER,
+  TP_STATUS_VLAN_TPID_VALID,
+  TP_STATUS_VLAN_VALID,
+  TP_VLAN_TCI,
+  TP_VLAN_TPID,
+  TPACKET3_HDR_ALIGNED,
+} from "./tpacket.ts";
+import { AfPacketSyscallDatapath } from "./syscall_datapath.ts";
+
+export class AfPacketRingDatapath implements DatapathPort {
+  /** The socket whose TX ring this worker fills (its own when it is not worker 0). */
+  readonly #txFd: number;
+  readonly #link: Int32Array;
+  #up = false;
+  #mtu = 0;
+  #rxMax = 0;
+
+  readonly #rx: Uint8Array;
+  readonly #rx32: Uint32Array;
+  readonly #rx16: Uint16Array;
+  readonly #rxBlockSize: number;
+  readonly #rxBlockNr: number;
+  /** The block being read, or the next one to wait for. */
+  #rxBlock = 0;
+  #rxOpen = false;
+  /** Frames of the open block not read yet, and where the next one's header is. */
+  #rxLeft = 0;
+  #rxNext = 0;
+  /** Fully read blocks just before #rxBlock, owed to the kernel at the next release(). */
+  #rxDone = 0;
+
+  readonly #tx: Uint8Array;
+  readonly #tx32: Uint32Array;
+  readonly #txFrameSize: number;
+  readonly #txFramesPerBlock: number;
+  readonly #txBlockSize: number;
+  readonly #txFrameNr: number;
+  readonly #txRoom: number;
+  #txHead = 0;
+  #txQueued = 0;
+  /** Status word index of the last frame queued: still SEND_REQUEST after a kick = retry. */
+  #txLast = -1;
+  #kickPending = false;
+
+  /** `worker` picks the TX ring (and socket) this worker transmits through. */
+  constructor(spec: AfPacketSpec, readonly counters: Float64Array, worker = 0) {
+    const { rx } = spec;
+    const extra = worker > 0 && spec.txExtra.length
+      ? spec.txExtra[(worker - 1) % spec.txExtra.length]
+      : null;
+    const tx = extra ?? spec.tx;
+    if (spec.variant !== "ring" || rx === null || tx === null) {
+      throw new Error(`af-packet port ${spec.name}: spec has no rings`);
+    }
+    this.#txFd = extra?.fd ?? spec.fd;
+    this.#link = new Int32Array(spec.link);
+    const rxBuf = viewMapping(rx.address, rx.blockSize * rx.blockNr);
+    this.#rx = new Uint8Array(rxBuf);
+    this.#rx32 = new Uint32Array(rxBuf);
+    this.#rx16 = new Uint16Array(rxBuf);
+    this.#rxBlockSize = rx.blockSize;
+    this.#rxBlockNr = rx.blockNr;
+    const txBuf = viewMapping(tx.address, tx.blockSize * tx.blockNr);
+    this.#tx = new Uint8Array(txBuf);
+    this.#tx32 = new Uint32Array(txBuf);
+    this.#txFrameSize = tx.frameSize;
+    this.#txBlockSize = tx.blockSize;
+    this.#txFramesPerBlock = Math.floor(tx.blockSize / tx.frameSize);
+    this.#txFrameNr = this.#txFramesPerBlock * tx.blockNr;
+    this.#txRoom = tx.frameSize - TPACKET3_HDR_ALIGNED;
+    this.#refreshLink();
+  }
+
+  #refreshLink(): void {
+    this.#up = Atomics.load(this.#link, LINK_UP) !== 0;
+    this.#mtu = Atomics.load(this.#link, LINK_MTU);
+    this.#rxMax = Atomics.load(this.#link, LINK_RX_MAX);
+  }
+
+  receive(batch: FrameBatch): number {
+    this.#refreshLink();
+    if (this.#kickPending && this.#up) this.#kick();
+    const c = this.counters;
+    const rx = this.#rx;
+    const w = this.#rx32;
+    let n = 0;
+    while (n < BURST) {
+      if (!this.#rxOpen && !this.#openBlock()) break;
+      const h = this.#rxNext;
+      this.#rxNext = h + w[(h + TP_NEXT_OFFSET) >> 2];
+      if (--this.#rxLeft === 0) this.#closeBlock();
+      const status = w[(h + TP_STATUS) >> 2];
+      const len = w[(h + TP_LEN) >> 2];
+      let off = h + this.#rx16[(h + TP_MAC) >> 1];
+      const tagged = (status & TP_STATUS_VLAN_VALID) !== 0;
+      if (w[(h + TP_SNAPLEN) >> 2] < len || len + (tagged ? 4 : 0) > this.#rxMax) {
+        c[DROP_TOO_BIG]++; // truncated, or a GSO/GRO/LRO aggregate longer than the wire allows
+        continue;
+      }
+      if (len < ETH_HLEN) {
+        c[DROP_RUNT]++;
+        continue;
+      }
+      let flen = len;
+      if (tagged) {
+        // The kernel took the outer tag out (skb_vlan_untag before the taps): the bridge must
+        // see it, so it goes back into the headroom in front of the MAC header.
+        const tpid = status & TP_STATUS_VLAN_TPID_VALID
+          ? this.#rx16[(h + TP_VLAN_TPID) >> 1]
+          : 0x8100;
+        const tci = w[(h + TP_VLAN_TCI) >> 2];
+        if (off - 4 >= h + TPACKET3_HDR_ALIGNED) {
+          rx.copyWithin(off - 4, off, off + 12);
+          off -= 4;
+          batch.bytes[n] = rx;
+        } else {
+          const s = batch.scratch[n];
+          s.set(rx.subarray(off, off + 12), 0);
+          s.set(rx.subarray(off + 12, off + len), 16);
+          off = 0;
+          batch.bytes[n] = s;
+        }
+        const b = batch.bytes[n];
+        b[off + 12] = tpid >>> 8;
+        b[off + 13] = tpid & 0xff;
+        b[off + 14] = (tci >>> 8) & 0xff;
+        b[off + 15] = tci & 0xff;
+        flen += 4;
+      } else {
+        batch.bytes[n] = rx;
+      }
+      if (status & TP_STATUS_CSUMNOTREADY) c[RX_CSUM_PARTIAL]++;
+      batch.offset[n] = off;
+      batch.length[n] = flen;
+      c[RX_BYTES] += flen;
+      n++;
+    }
+    c[RX_PACKETS] += n;
+    batch.count = n;
+    return n;
+  }
+
+  /** Takes the next block if the kernel has handed it over (TP_STATUS_USER). */
+  #openBlock(): boolean {
+    // Every block read but not yet released: the next one is ours already (a receive() without
+    // release()), never read it twice.
+    if (this.#rxDone === this.#rxBlockNr) return false;
+    const b = this.#rxBlock * this.#rxBlockSize;
+    const w = this.#rx32;
+    if ((Atomics.load(w, (b + BLOCK_STATUS) >> 2) & TP_STATUS_USER) === 0) return false;
+    this.#rxLeft = w[(b + BLOCK_NUM_PKTS) >> 2];
+    this.#rxNext = b + w[(b + BLOCK_OFFSET_TO_FIRST_PKT) >> 2];
+    this.#rxOpen = true;
+    if (this.#rxLeft === 0) {
+      this.#closeBlock();
+      return this.#openBlock();
+    }
+    return true;
+  }
+
+  /** All frames of the open block are in a batch: it goes back once that batch is released. */
+  #closeBlock(): void {
+    this.#rxOpen = false;
+    this.#rxDone++;
+    this.#rxBlock = this.#rxBlock + 1 === this.#rxBlockNr ? 0 : this.#rxBlock + 1;
+  }
+
+  /** Gives fully read blocks back (TP_STATUS_KERNEL); a partly read block stays ours. */
+  release(): void {
+    let k = this.#rxDone;
+    if (k === 0) return;
+    const nr = this.#rxBlockNr;
+    let b = (this.#rxBlock - k + nr) % nr;
+    for (; k > 0; k--) {
+      Atomics.store(this.#rx32, (b * this.#rxBlockSize + BLOCK_STATUS) >> 2, TP_STATUS_KERNEL);
+      b = b + 1 === nr ? 0 : b + 1;
+    }
+    this.#rxDone = 0;
+  }
+
+  transmit(src: Uint8Array, f: EgressFrame): boolean {
+    const c = this.counters;
+    if (!this.#up) {
+      c[DROP_LINK_DOWN]++;
+      return false;
+    }
+    if (!egressFits(src, f, this.#mtu, this.#txRoom)) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    if (f.length < ETH_HLEN) {
+      c[DROP_RUNT]++;
+      return false;
+    }
+    const i = this.#txHead;
+    const slot = Math.floor(i / this.#txFramesPerBlock) * this.#txBlockSize +
+      (i % this.#txFramesPerBlock) * this.#txFrameSize;
+    const st = (slot + TP_STATUS) >> 2;
+    // The kernel frees slots in order as their skbs are destroyed: head busy = ring full.
+    if (Atomics.load(this.#tx32, st) !== TP_STATUS_AVAILABLE) {
+      c[DROP_NO_BUFFER]++;
+      return false;
+    }
+    copyEgress(this.#tx, slot + TPACKET3_HDR_ALIGNED, src, f);
+    this.#tx32[(slot + TP_LEN) >> 2] = f.length;
+    Atomics.store(this.#tx32, st, TP_STATUS_SEND_REQUEST);
+    this.#txLast = st;
+    this.#txHead = i + 1 === this.#txFrameNr ? 0 : i + 1;
+    this.#txQueued++;
+    c[TX_PACKETS]++;
+    c[TX_BYTES] += f.length;
+    return true;
+  }
+
+  flush(): void {
+    if (this.#txQueued > 0 || (this.#kickPending && this.#up)) this.#kick();
+    // A worker that only transmits here never calls receive(): keep its view of the link fresh.
+    this.#refreshLink();
+  }
+
+  #kick(): void {
+    this.#txQueued = 0;
+    this.counters[NOTIFICATIONS]++;
+    // EAGAIN (send buffer full), ENOBUFS (driver queue busy with QDISC_BYPASS) or ENETDOWN
+    // leave frames at SEND_REQUEST: they go with the next kick, tried on every poll.
+    sendNow(this.#txFd);
+    this.#kickPending = Atomics.load(this.#tx32, this.#txLast) === TP_STATUS_SEND_REQUEST;
+  }
+
+  /** Frames queued in the TX ring the kernel has not taken yet (tests, diagnostics). */
+  get kickPending(): boolean {
+    return this.#kickPending;
+  }
+}
+
+/** The datapath object for a spec, in whichever Worker received it. */
+export function createAfPacketDatapath(
+  spec: AfPacketSpec,
+  counters: Float64Array,
+  worker = 0,
+): AfPacketRingDatapath | AfPacketSyscallDatapath {
+  return spec.variant === "ring"
+    ? new AfPacketRingDatapath(spec, counters, worker)
+    : new AfPacketSyscallDatapath(spec, counters);
+}

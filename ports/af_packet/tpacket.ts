@@ -1,0 +1,155 @@
+// TPACKET_V3 layouts (include/uapi/linux/if_packet.h), the rings' geometry, the spec the control
+// plane hands a Worker, and the egress checks and copy both datapath variants share.
+import { type EgressFrame, MAX_FRAME_LEN } from "../port.ts";
+
+// struct tpacket_block_desc: u32 version, u32 offset_to_priv, then struct tpacket_hdr_v1.
+export const BLOCK_STATUS = 8;
+export const BLOCK_NUM_PKTS = 12;
+export const BLOCK_OFFSET_TO_FIRST_PKT = 16;
+// struct tpacket3_hdr.
+export const TP_NEXT_OFFSET = 0;
+export const TP_SNAPLEN = 12;
+export const TP_LEN = 16;
+export const TP_STATUS = 20;
+export const TP_MAC = 24;
+export const TP_VLAN_TCI = 32;
+export const TP_VLAN_TPID = 36;
+/** TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): a TX frame's data starts here in its slot. */
+export const TPACKET3_HDR_ALIGNED = 48;
+
+export const TP_STATUS_KERNEL = 0;
+export const TP_STATUS_USER = 1;
+export const TP_STATUS_CSUMNOTREADY = 1 << 3;
+export const TP_STATUS_VLAN_VALID = 1 << 4;
+export const TP_STATUS_VLAN_TPID_VALID = 1 << 6;
+export const TP_STATUS_AVAILABLE = 0;
+export const TP_STATUS_SEND_REQUEST = 1;
+
+export const ETH_HLEN = 14;
+const ETH_P_8021Q = 0x8100;
+const VLAN_HLEN = 4;
+
+export interface RingGeometry {
+  /** RX: TPACKET_V3 blocks the kernel fills with variable-size frames, handed over whole. */
+  rxBlockSize: number;
+  rxBlockNr: number;
+  /** tp_retire_blk_tov: a block that is not full is handed over after this many ms. */
+  rxRetireMs: number;
+  /** TX: fixed-size slots (V3 TX works like V2: tp_next_offset 0), frames per block = size/slot. */
+  txBlockSize: number;
+  txBlockNr: number;
+  txFrameSize: number;
+}
+
+const TX_SLOT_MIN = (TPACKET3_HDR_ALIGNED + MAX_FRAME_LEN + 15) & ~15;
+
+/**
+ * 64 KiB blocks are order-4 allocations the kernel usually finds contiguous; each holds ~42
+ * 1500-byte or 7 9000-byte frames. 128 RX blocks (8 MiB) absorb ~6 ms of 10 Gb/s while a
+ * Worker sits in GC or yields; 64 TX blocks give 448 slots of 9360 B (any MTU <= 9000).
+ */
+export const DEFAULT_GEOMETRY: RingGeometry = {
+  rxBlockSize: 1 << 16,
+  rxBlockNr: 128,
+  rxRetireMs: 1,
+  txBlockSize: 1 << 16,
+  txBlockNr: 64,
+  txFrameSize: Math.floor((1 << 16) / Math.floor((1 << 16) / TX_SLOT_MIN)) & ~15,
+};
+
+/** Throws on a geometry the kernel would refuse with a bare EINVAL. */
+export function checkGeometry(g: RingGeometry): void {
+  const page = 4096;
+  const problems: string[] = [];
+  for (const [k, v] of [["rxBlockSize", g.rxBlockSize], ["txBlockSize", g.txBlockSize]] as const) {
+    if (v <= 0 || v % page) problems.push(`${k} ${v} is not a positive multiple of ${page}`);
+  }
+  if (g.rxBlockSize < 48 + 68 + MAX_FRAME_LEN) {
+    problems.push(`rxBlockSize ${g.rxBlockSize} cannot hold a ${MAX_FRAME_LEN}-byte frame`);
+  }
+  if (g.txFrameSize % 16 || g.txFrameSize < TX_SLOT_MIN || g.txFrameSize > g.txBlockSize) {
+    problems.push(`txFrameSize ${g.txFrameSize}: a multiple of 16, >= ${TX_SLOT_MIN}, <= block`);
+  }
+  if (g.rxBlockNr < 2 || g.txBlockNr < 1) problems.push("need >= 2 RX blocks and >= 1 TX block");
+  if (problems.length) throw new Error(`bad AF_PACKET ring geometry: ${problems.join("; ")}`);
+}
+
+export const txFramesPerBlock = (g: RingGeometry) => Math.floor(g.txBlockSize / g.txFrameSize);
+
+// Link state words the control plane writes and the datapath reads once per burst.
+export const LINK_UP = 0;
+/** The MTU transmit enforces. */
+export const LINK_MTU = 1;
+/** The longest frame receive accepts: longer ones are GSO/GRO/LRO aggregates, not frames. */
+export const LINK_RX_MAX = 2;
+export const LINK_WORDS = 3;
+
+/** Receive limit for an interface MTU: the wire's frame plus tags, as MAX_FRAME_LEN for 9000. */
+export const rxMaxFor = (ifMtu: number) => Math.min(MAX_FRAME_LEN, ifMtu + MAX_FRAME_LEN - 9000);
+
+/** Everything a Worker needs to drive the port (structured-cloneable). */
+export interface AfPacketSpec {
+  variant: "ring" | "syscall";
+  name: string;
+  interface: string;
+  fd: number;
+  /** MTU the port enforces on transmit: min(configured, interface), at open. */
+  mtu: number;
+  /** Int32 words LINK_UP, LINK_MTU, LINK_RX_MAX, kept current by the control plane. */
+  link: SharedArrayBuffer;
+  /** Null for the syscall variant. */
+  rx: { address: bigint; blockSize: number; blockNr: number } | null;
+  tx: { address: bigint; blockSize: number; blockNr: number; frameSize: number } | null;
+  /**
+   * TX rings of their own for workers 1..n-1 (worker 0 uses `tx`): a TX ring has one producer,
+   * so, like OVS's per-PMD transmit queues, every worker transmits through its own socket.
+   */
+  txExtra: { fd: number; address: bigint; blockSize: number; blockNr: number; frameSize: number }[];
+}
+
+/** The byte at output position `p` of an egress frame (head ++ tag ++ tail). */
+function egressByte(src: Uint8Array, f: EgressFrame, p: number): number {
+  const head = f.headEnd - f.headStart;
+  if (p < head) return src[f.headStart + p];
+  p -= head;
+  if (p < f.tagLength) return f.tag[p];
+  return src[f.tailStart + p - f.tagLength];
+}
+
+/**
+ * What the kernel lets out (tpacket_snd/packet_snd): MTU + Ethernet header, 4 more bytes only
+ * when the outer ethertype is 802.1Q; `room` caps it at what a TX slot holds.
+ */
+export function egressFits(src: Uint8Array, f: EgressFrame, mtu: number, room: number): boolean {
+  const len = f.length;
+  if (len > room) return false;
+  if (len <= mtu + ETH_HLEN) return true;
+  if (len > mtu + ETH_HLEN + VLAN_HLEN) return false;
+  return ((egressByte(src, f, 12) << 8) | egressByte(src, f, 13)) === ETH_P_8021Q;
+}
+
+/** Copies an egress frame to dst[at...); returns the end offset. */
+export function copyEgress(dst: Uint8Array, at: number, src: Uint8Array, f: EgressFrame): number {
+  // Untouched frames (the common case) are one contiguous piece: one copy.
+  if (f.tagLength === 0 && f.headEnd === f.tailStart) {
+    return copyRange(dst, at, src, f.headStart, f.tailEnd);
+  }
+  at = copyRange(dst, at, src, f.headStart, f.headEnd);
+  at = copyRange(dst, at, f.tag, 0, f.tagLength);
+  return copyRange(dst, at, src, f.tailStart, f.tailEnd);
+}
+
+/**
+ * Short pieces (MAC addresses, a tag) byte by byte: the temporary subarray view set() needs
+ * costs more than they do (the only allocation on the path, for pieces of 16 bytes and more).
+ */
+function copyRange(dst: Uint8Array, at: number, src: Uint8Array, s: number, e: number): number {
+  const n = e - s;
+  if (n <= 0) return at;
+  if (n < 16) {
+    for (let i = 0; i < n; i++) dst[at + i] = src[s + i];
+  } else {
+    dst.set(src.subarray(s, e), at);
+  }
+  return at + n;
+}
