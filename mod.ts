@@ -1,14 +1,20 @@
-// The command line: `deno task start <topology.json>` starts the switch and its HTTP endpoint.
+// The command line: `deno task start <topology.json>` starts the switch and its HTTP endpoint;
+// `mod.ts fdb` and `mod.ts ports` (deno task fdb / ports) show a running switch in the terminal.
 import { parseArgs } from "node:util";
+import { runCli } from "./cli/main.ts";
 import { createApp } from "./http/app.ts";
-import { Switch, VERSION } from "./switch/switch.ts";
+// Loaded only to start a switch: it opens libc (--allow-ffi), which the views do not need.
+import type { Switch } from "./switch/switch.ts";
 import { loadTopology, TopologyError } from "./switch/topology.ts";
 
-const USAGE = `vswitch ${VERSION}: a userspace virtual switch (vhost-user ports, MAC learning)
+const usage = (version: string) =>
+  `vswitch ${version}: a userspace virtual switch (vhost-user ports, MAC learning)
 
 Usage:
   deno task start <topology.json>     start the switch described by the topology file
   deno task start --help              show this help
+  deno task fdb [--url URL]           show a running switch's MAC table (--help for filters)
+  deno task ports [--url URL]         show a running switch's ports and counters
 
 The topology file lists the ports (vhost-user sockets, AF_PACKET interfaces), the datapath
 threads, FDB settings and the HTTP listen address; see examples/ and README.md.`;
@@ -19,6 +25,8 @@ function fail(message: string): never {
 }
 
 async function main(args: string[]): Promise<void> {
+  const { Switch, VERSION } = await import("./switch/switch.ts");
+  const USAGE = usage(VERSION);
   let parsed;
   try {
     parsed = parseArgs({
@@ -82,4 +90,8 @@ async function main(args: string[]): Promise<void> {
   Deno.addSignalListener("SIGTERM", () => shutdown("SIGTERM"));
 }
 
-if (import.meta.main) await main(Deno.args);
+if (import.meta.main) {
+  const [command, ...rest] = Deno.args;
+  if (command === "fdb" || command === "ports") Deno.exit(await runCli(command, rest));
+  await main(Deno.args);
+}

@@ -1,76 +1,11 @@
 import assert from "node:assert/strict";
-import {
-  type AppOptions,
-  createApp,
-  type FdbEntry,
-  type FdbFilter,
-  matchesFdbFilter,
-  type PortStatus,
-  type SwitchView,
-} from "../http/app.ts";
-
-// A test double for the pure HTTP layer: the switch's state as plain data.
-class MemoryView implements SwitchView {
-  flushes: FdbFilter[] = [];
-  entries: FdbEntry[] = [
-    { mac: "52:54:00:00:00:01", vlan: 0, port: "vm1", ageSeconds: 3, static: false },
-    { mac: "52:54:00:00:00:02", vlan: 0, port: "vm2", ageSeconds: 12, static: false },
-    { mac: "52:54:00:00:00:22", vlan: 10, port: "vm2", ageSeconds: 1, static: false },
-    { mac: "52:54:00:00:00:99", vlan: 10, port: "vm2", ageSeconds: 0, static: true },
-  ];
-  readonly portList: PortStatus[] = [
-    {
-      name: "vm1",
-      type: "vhost-user",
-      socket: "/tmp/vswitch/vm1.sock",
-      mode: "server",
-      state: "connected",
-      mtu: 1500,
-      features: ["VIRTIO_F_VERSION_1", "VIRTIO_NET_F_MRG_RXBUF"],
-      queues: [{ index: 0, worker: 0 }],
-      counters: { rx_packets: 10, tx_packets: 7, rx_dropped: 0 },
-    },
-    {
-      name: "vm2",
-      type: "vhost-user",
-      socket: "/tmp/vswitch/vm2.sock",
-      mode: "server",
-      state: "listening",
-      mtu: 1500,
-      features: [],
-      queues: [{ index: 0, worker: 1 }],
-      counters: { rx_packets: 0, tx_packets: 0, rx_dropped: 0 },
-    },
-    {
-      name: "uplink",
-      type: "af-packet",
-      interface: "vs-uplink0",
-      state: "up",
-      mtu: 1500,
-      features: [],
-      queues: [{ index: 0, worker: 0 }],
-      counters: { rx_packets: 5, tx_packets: 5 },
-    },
-  ];
-  info() {
-    return { name: "br0", version: "0.1.0", uptimeSeconds: 42, threads: 2 };
-  }
-  ports() {
-    return this.portList;
-  }
-  port(name: string) {
-    return this.portList.find((p) => p.name === name);
-  }
-  fdb() {
-    return this.entries;
-  }
-  flushFdb(filter: FdbFilter) {
-    this.flushes.push(filter);
-    const before = this.entries.length;
-    this.entries = this.entries.filter((e) => e.static || !matchesFdbFilter(e, filter));
-    return before - this.entries.length;
-  }
-}
+import { endpoint } from "../cli/common.ts";
+import { formatFdb } from "../cli/fdb.ts";
+import { formatPorts } from "../cli/ports.ts";
+import { type AppOptions, createApp, type FdbEntry, type PortStatus } from "../http/app.ts";
+import { CAPTURED, MemoryView } from "./helpers/memory_view.ts";
+import { decodePcap } from "./helpers/pcap.ts";
+import { parseExposition, promtoolCheck, sampleValue } from "./helpers/prometheus.ts";
 
 function setup(options?: AppOptions) {
   const view = new MemoryView();
@@ -224,4 +159,260 @@ Deno.test("unknown routes and view failures are JSON errors", async () => {
     throw new Error("fdb unavailable");
   };
   assert.deepEqual(await json(await app.request("/fdb"), 500), { error: "fdb unavailable" });
+});
+
+// ---- the live page, /stats, /metrics ----
+
+Deno.test("GET / serves the live page, self-contained", async () => {
+  const { app } = setup({ token: "s3cret", readOnly: true });
+  const res = await app.request("/");
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /^text\/html; charset=utf-8/i);
+  assert.match(res.headers.get("content-security-policy") ?? "", /connect-src 'self'/);
+  const html = await res.text();
+  for (const path of ["/ports", "/stats", "/fdb", "/info"]) {
+    assert.ok(html.includes(`get("${path}")`), `the page fetches ${path}`);
+  }
+  assert.ok(html.includes("setTimeout(tick, 1000)"), "it refreshes every second");
+  // No external assets: every src/href is a local path or a data: URL.
+  for (const [, url] of html.matchAll(/(?:src|href)="([^"]*)"/g)) {
+    assert.match(url, /^(\/[a-z]*|data:.*)$/, url);
+  }
+  assert.ok(!/innerHTML/.test(html), "values go into the DOM as text");
+});
+
+Deno.test("GET /stats", async () => {
+  const { app, view } = setup();
+  assert.deepEqual(await json(await app.request("/stats"), 200), view.stats());
+});
+
+Deno.test("GET /metrics is strict Prometheus text 0.0.4 with the switch's values", async () => {
+  const { app } = setup();
+  const res = await app.request("/metrics");
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  const text = await res.text();
+  const m = parseExposition(text);
+  const v = (name: string, labels: Record<string, string> = {}) => sampleValue(m, name, labels);
+  assert.equal(v("vswitch_info", { name: "br0", version: "0.1.0" }), 1);
+  assert.equal(v("vswitch_uptime_seconds"), 42);
+  assert.equal(v("vswitch_port_rx_packets_total", { port: "vm1" }), 10);
+  assert.equal(v("vswitch_port_rx_bytes_total", { port: "vm1" }), 1000);
+  assert.equal(v("vswitch_port_tx_packets_total", { port: "uplink" }), 5);
+  assert.equal(v("vswitch_port_drops_total", { port: "vm1", reason: "too_big" }), 2);
+  assert.equal(v("vswitch_port_drops_total", { port: "vm1", reason: "vlan" }), 1);
+  assert.equal(v("vswitch_port_up", { port: "vm1" }), 1);
+  assert.equal(v("vswitch_port_up", { port: "vm2" }), 0, "listening: no peer");
+  assert.equal(v("vswitch_port_up", { port: "uplink" }), 1);
+  assert.equal(v("vswitch_port_info", { port: "uplink", type: "af-packet" }), 1);
+  assert.equal(v("vswitch_port_mtu_bytes", { port: "vm2" }), 1500);
+  assert.equal(v("vswitch_worker_frames_total", { worker: "0" }), 17);
+  assert.equal(v("vswitch_worker_busy_ratio", { worker: "0" }), 0.25);
+  assert.equal(v("vswitch_worker_sleeps_total", { worker: "1" }), 9);
+  assert.equal(v("vswitch_fdb_entries"), 4);
+  assert.equal(v("vswitch_fdb_capacity"), 8192);
+  assert.equal(v("vswitch_fdb_learned_total"), 9);
+  assert.equal(v("vswitch_fdb_refused_full_total"), 0);
+  // Every port counter is exported once, under some metric of that port.
+  const perPort = [...m.values()].flatMap((f) => f.samples).filter((s) => s.labels.port === "vm1");
+  assert.equal(perPort.filter((s) => s.name.endsWith("_total")).length, 5);
+  assert.equal(m.get("vswitch_port_rx_packets_total")?.type, "counter");
+  assert.equal(m.get("vswitch_fdb_entries")?.type, "gauge");
+
+  const promtool = await promtoolCheck(text);
+  if (promtool) assert.ok(promtool.ok, `promtool check metrics:\n${promtool.output}\n${text}`);
+  else {console.warn(
+      "promtool not installed (apt-get install prometheus): checked by our parser only",
+    );}
+});
+
+Deno.test("GET /metrics escapes label values", async () => {
+  const { app, view } = setup();
+  const name = 'odd "port" \\ with\na newline';
+  view.portList.push({ ...view.portList[1], name, counters: { rx_packets: 3 } });
+  const text = await (await app.request("/metrics")).text();
+  assert.ok(text.includes('port="odd \\"port\\" \\\\ with\\na newline"'), text);
+  assert.equal(
+    sampleValue(parseExposition(text), "vswitch_port_rx_packets_total", { port: name }),
+    3,
+  );
+});
+
+// ---- capture ----
+
+async function capture(app: ReturnType<typeof createApp>, query = "", init?: RequestInit) {
+  const res = await app.request(`/ports/vm1/capture${query}`, init);
+  assert.equal(res.status, 200, await res.clone().text());
+  assert.equal(res.headers.get("content-type"), "application/vnd.tcpdump.pcap");
+  return decodePcap(new Uint8Array(await res.arrayBuffer()));
+}
+
+Deno.test("GET /ports/:name/capture streams the view's pcap", async () => {
+  const { app, view } = setup();
+  const pcap = await capture(app);
+  assert.equal(pcap.linktype, 1);
+  assert.deepEqual(pcap.packets.map((p) => p.data), CAPTURED);
+  assert.equal(view.captures.length, 1);
+  const { port, opts, finished } = view.captures[0];
+  assert.deepEqual([port, opts.maxFrames, opts.seconds, finished], ["vm1", 100, 10, true]);
+  assert.ok(opts.signal instanceof AbortSignal && !opts.signal.aborted);
+
+  assert.equal((await capture(app, "?count=2&seconds=1.5")).packets.length, 2);
+  assert.deepEqual([view.captures[1].opts.maxFrames, view.captures[1].opts.seconds], [2, 1.5]);
+  await capture(app, "?count=100000&seconds=3600");
+  assert.deepEqual(await json(await app.request("/ports/vm9/capture"), 404), {
+    error: 'no port named "vm9"',
+  });
+});
+
+Deno.test("GET /ports/:name/capture rejects bad bounds with 400", async () => {
+  const { app, view } = setup();
+  const count = (v: string) => `count must be an integer from 1 to 100000, got "${v}"`;
+  const seconds = (v: string) => `seconds must be a number above 0 and at most 3600, got "${v}"`;
+  const cases: [string, string][] = [
+    ["count=0", count("0")],
+    ["count=100001", count("100001")],
+    ["count=ten", count("ten")],
+    ["count=1.5", count("1.5")],
+    ["count=", count("")],
+    ["seconds=0", seconds("0")],
+    ["seconds=3601", seconds("3601")],
+    ["seconds=-1", seconds("-1")],
+    ["seconds=1e3", seconds("1e3")],
+    ["count=1&count=2", "give count once"],
+    ["frames=10", 'unknown parameter "frames": use count or seconds'],
+  ];
+  for (const [query, error] of cases) {
+    const res = await app.request(`/ports/vm1/capture?${query}`);
+    assert.deepEqual(await json(res, 400), { error }, query);
+  }
+  assert.equal(view.captures.length, 0);
+});
+
+Deno.test("capture is privileged: 403 when read-only, the token when one is set", async () => {
+  const ro = setup({ readOnly: true });
+  assert.deepEqual(await json(await ro.app.request("/ports/vm1/capture"), 403), {
+    error: "the HTTP endpoint is read-only",
+  });
+  assert.equal(ro.view.captures.length, 0);
+
+  const { app, view } = setup({ token: "s3cret" });
+  assert.equal((await app.request("/ports/vm1/capture")).status, 401);
+  const wrong = { headers: { Authorization: "Bearer nope" } };
+  assert.equal((await app.request("/ports/vm1/capture", wrong)).status, 401);
+  assert.equal(view.captures.length, 0);
+  const pcap = await capture(app, "", { headers: { Authorization: "Bearer s3cret" } });
+  assert.equal(pcap.packets.length, 3);
+  assert.equal((await app.request("/ports/vm1")).status, 200, "reads need no token");
+});
+
+Deno.test("a capture ends when the client goes away", async (t) => {
+  for (const how of ["cancels the body", "aborts the request"]) {
+    await t.step(how, async () => {
+      const { app, view } = setup();
+      view.endless = true;
+      const client = new AbortController();
+      const res = await app.request("/ports/vm1/capture?seconds=3600", { signal: client.signal });
+      const reader = res.body!.getReader();
+      assert.equal((await reader.read()).value?.length, 24, "the pcap header comes first");
+      const { opts } = view.captures[0];
+      assert.equal(opts.signal?.aborted, false);
+      if (how === "cancels the body") await reader.cancel();
+      else client.abort();
+      assert.equal(opts.signal?.aborted, true);
+      if (how === "aborts the request") await reader.cancel().catch(() => {});
+      await new Promise((r) => setTimeout(r, 0));
+      assert.equal(view.captures[0].finished, true, "the view's iterator was closed");
+    });
+  }
+});
+
+// ---- DELETE /ports/:name/fdb ----
+
+Deno.test("DELETE /ports/:name/fdb flushes that port's learned entries", async () => {
+  const { app, view } = setup();
+  const res = await app.request("/ports/vm2/fdb", { method: "DELETE" });
+  assert.deepEqual(await json(res, 200), { flushed: 2 });
+  assert.deepEqual(view.flushes, [{ port: "vm2" }]);
+  assert.deepEqual(macs(await json(await app.request("/fdb"), 200)), [
+    "52:54:00:00:00:01",
+    "52:54:00:00:00:99",
+  ]);
+  const narrowed = await app.request("/ports/vm1/fdb?vlan=10", { method: "DELETE" });
+  assert.deepEqual(await json(narrowed, 200), { flushed: 0 });
+  assert.deepEqual(view.flushes[1], { vlan: 10, port: "vm1" });
+
+  const unknown = await app.request("/ports/vm9/fdb", { method: "DELETE" });
+  assert.deepEqual(await json(unknown, 404), { error: 'no port named "vm9"' });
+  const bad = await app.request("/ports/vm1/fdb?port=vm2", { method: "DELETE" });
+  assert.deepEqual(await json(bad, 400), { error: 'unknown filter "port": use vlan or mac' });
+  assert.equal(view.flushes.length, 2);
+});
+
+Deno.test("DELETE /ports/:name/fdb is guarded like DELETE /fdb", async () => {
+  const ro = setup({ readOnly: true });
+  assert.equal((await ro.app.request("/ports/vm1/fdb", { method: "DELETE" })).status, 403);
+  const { app, view } = setup({ token: "s3cret" });
+  assert.equal((await app.request("/ports/vm1/fdb", { method: "DELETE" })).status, 401);
+  const headers = { Authorization: "Bearer s3cret" };
+  const res = await app.request("/ports/vm1/fdb", { method: "DELETE", headers });
+  assert.deepEqual(await json(res, 200), { flushed: 1 });
+  assert.equal(ro.view.flushes.length + view.flushes.length, 1);
+});
+
+// ---- the terminal views' tables (the live test runs them against a real switch) ----
+
+Deno.test("cli: the fdb and ports tables are aligned", () => {
+  const view = new MemoryView();
+  assert.equal(
+    formatFdb(view.entries),
+    [
+      "PORT  VLAN  MAC                   AGE",
+      "vm1      0  52:54:00:00:00:01       3",
+      "vm2      0  52:54:00:00:00:02      12",
+      "vm2     10  52:54:00:00:00:22       1",
+      "vm2     10  52:54:00:00:00:99  static",
+    ].join("\n"),
+  );
+  assert.equal(
+    formatPorts(view.info(), view.ports(), view.stats()),
+    [
+      "br0: vswitch 0.1.0, up 42s, 2 datapath threads, MAC table 4/8192",
+      "PORT    TYPE        STATE       MTU  QUEUES  RX PKTS  RX BYTES  RX/S  TX PKTS  TX BYTES  TX/S  DROPS  SOCKET / INTERFACE",
+      "vm1     vhost-user  connected  1500       1       10      1000   0.0        7         0   0.0      3  /tmp/vswitch/vm1.sock (server)",
+      "vm2     vhost-user  listening  1500       1        0         0   1.0        0         0   0.5      0  /tmp/vswitch/vm2.sock (server)",
+      "uplink  af-packet   up         1500       1        5         0   2.0        5         0   1.0      0  vs-uplink0",
+      "vm1 drops: drop_too_big=2 dropVlan=1",
+    ].join("\n"),
+  );
+});
+
+Deno.test("cli: the endpoint comes from --url, --topology or the default", async () => {
+  assert.equal(endpoint({}).base, "http://127.0.0.1:8080");
+  assert.equal(endpoint({ url: "http://10.0.0.1:9000/" }).base, "http://10.0.0.1:9000");
+  assert.throws(() => endpoint({ url: "10.0.0.1:9000" }), /--url: (not a URL|expected http)/);
+  const dir = await Deno.makeTempDir();
+  try {
+    const topology = (listen: string) => {
+      const file = `${dir}/t.json`;
+      Deno.writeTextFileSync(
+        file,
+        JSON.stringify({
+          name: "t",
+          http: { listen },
+          ports: [{ name: "p", type: "vhost-user", socket: "p.sock" }],
+        }),
+      );
+      return endpoint({ topology: file });
+    };
+    assert.deepEqual(topology("0.0.0.0:9090"), {
+      base: "http://127.0.0.1:9090",
+      topology: `${dir}/t.json`,
+    });
+    assert.equal(topology("[::]:9091").base, "http://[::1]:9091");
+    assert.equal(topology("[fe80::1]:80").base, "http://[fe80::1]:80");
+    assert.throws(() => topology("127.0.0.1:0"), /port 0 .*give --url/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

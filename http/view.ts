@@ -1,0 +1,136 @@
+// What the HTTP endpoint reads: the running switch seen as plain data (the Switch implements
+// SwitchView; tests use an in-memory double).
+
+export type MaybePromise<T> = T | Promise<T>;
+
+export interface SwitchInfo {
+  name: string;
+  version: string;
+  uptimeSeconds: number;
+  /** Datapath worker count. */
+  threads: number;
+  /** Per datapath worker: poll rounds that moved frames / none, sleeps, frames moved. */
+  workers?: {
+    worker: number;
+    busyRounds: number;
+    idleRounds: number;
+    sleeps: number;
+    frames: number;
+  }[];
+}
+
+/** vhost-user: "listening" (server, no peer) / "connecting" (client) / "connected";
+ * af-packet: "up" / "down" (the interface's link state). */
+export type PortState = "listening" | "connecting" | "connected" | "up" | "down";
+
+export interface QueueStatus {
+  /** Queue pair index. */
+  index: number;
+  /** Worker polling this queue pair's rx ring. */
+  worker: number;
+}
+
+interface PortStatusCommon {
+  name: string;
+  state: PortState;
+  mtu: number;
+  /** Negotiated virtio feature names (vhost-user); empty for af-packet. */
+  features: string[];
+  queues: QueueStatus[];
+  /** e.g. { rx_packets: 10, tx_dropped: 0 }: plain numbers so it serialises as JSON. */
+  counters: Record<string, number>;
+}
+export type PortStatus =
+  | PortStatusCommon & { type: "vhost-user"; socket: string; mode: "server" | "client" }
+  | PortStatusCommon & { type: "af-packet"; interface: string };
+
+export interface FdbEntry {
+  /** Lower-case, colon separated. */
+  mac: string;
+  vlan: number;
+  port: string;
+  /** Seconds since the MAC was last seen; 0 for static entries. */
+  ageSeconds: number;
+  static: boolean;
+}
+
+/** Per datapath worker. busyRounds/idleRounds are poll rounds that moved frames / none. */
+export interface WorkerStats {
+  worker: number;
+  busyRounds: number;
+  idleRounds: number;
+  sleeps: number;
+  frames: number;
+  framesPerSecond: number;
+  /** busyRounds / all rounds over the last interval, 0 to 1. */
+  busyFraction: number;
+}
+
+/** Per port: counters (as in /ports) and frames per second over the last interval (1 s). */
+export interface PortRates {
+  name: string;
+  counters: Record<string, number>;
+  rxPerSecond: number;
+  txPerSecond: number;
+}
+
+export interface FdbStats {
+  entries: number;
+  capacity: number;
+  learned: number;
+  moved: number;
+  refusedFull: number;
+  aged: number;
+  flushed: number;
+}
+
+export interface SwitchStats {
+  uptimeSeconds: number;
+  workers: WorkerStats[];
+  ports: PortRates[];
+  fdb: FdbStats;
+}
+
+/** Every given field must match; an empty filter matches everything. */
+export interface FdbFilter {
+  port?: string;
+  vlan?: number;
+  /** Normalised like FdbEntry.mac. */
+  mac?: string;
+}
+
+/** What the HTTP layer reads from (and the few things it asks of) the running switch. */
+export interface SwitchView {
+  info(): MaybePromise<SwitchInfo>;
+  ports(): MaybePromise<PortStatus[]>;
+  port(name: string): MaybePromise<PortStatus | undefined>;
+  fdb(): MaybePromise<FdbEntry[]>;
+  /** Removes the learned (non-static) entries matching the filter; returns how many. */
+  flushFdb(filter: FdbFilter): MaybePromise<number>;
+  stats(): MaybePromise<SwitchStats>;
+  /**
+   * A live pcap stream of frames passing `port` (both directions), global header first; ends
+   * after maxFrames frames or `seconds`, or when `signal` aborts. undefined for an unknown port.
+   */
+  capture(port: string, opts: CaptureOptions): AsyncIterable<Uint8Array> | undefined;
+}
+
+export interface CaptureOptions {
+  maxFrames?: number;
+  seconds?: number;
+  signal?: AbortSignal;
+}
+
+/** The `http` section of the topology, less the listen address. */
+export interface AppOptions {
+  /** When set, requests that change state need `Authorization: Bearer <token>`. */
+  token?: string | null;
+  /** Refuse every request that changes state (403). */
+  readOnly?: boolean;
+}
+
+export function matchesFdbFilter(entry: FdbEntry, filter: FdbFilter): boolean {
+  return (filter.port === undefined || entry.port === filter.port) &&
+    (filter.vlan === undefined || entry.vlan === filter.vlan) &&
+    (filter.mac === undefined || entry.mac === filter.mac);
+}
