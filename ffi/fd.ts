@@ -53,6 +53,13 @@ export function openFdCount(): number {
   return n;
 }
 
+/** A pipe (read end, write end), close-on-exec. */
+export function pipe(): [number, number] {
+  const fds = new Int32Array(new ArrayBuffer(8));
+  check("pipe2", libc.pipe2(new Uint8Array(fds.buffer), 0o2000000));
+  return [fds[0], fds[1]];
+}
+
 export function eventfdCreate(nonblocking = true): number {
   return check("eventfd", libc.eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0)));
 }

@@ -56,7 +56,7 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   tx_bytes: ["tx_bytes", "Bytes transmitted to the port's peer."],
   unicast: ["unicast", "Frames received on the port and forwarded to one known port."],
   flooded: ["flooded", "Frames received on the port and flooded (broadcast, multicast, unknown)."],
-  learnRefused: ["learn_refused", "Source MACs received on the port not learned: FDB full."],
+  learn_refused: ["learn_refused", "Source MACs received on the port not learned: FDB full."],
   notifications: ["notifications", "Guest notifications (call eventfd writes) and kicks."],
   rx_csum_partial: ["rx_csum_partial", "Frames received with their L4 checksum left to offload."],
   connections: ["connections", "vhost-user connections the port accepted or made."],

@@ -29,6 +29,21 @@ function bridgeVlan(v: VlanConfig): PortVlanConfig {
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
+/** The bridge's per-port counters under the same snake_case names as the port counters. */
+function bridgeCounters(bridge: Bridge, port: number): Record<string, number> {
+  const c = bridge.portCounters(port);
+  return {
+    drop_vlan: c.dropVlan,
+    drop_multicast_src: c.dropMulticastSrc,
+    drop_hairpin: c.dropHairpin,
+    drop_dest_down: c.dropDestDown,
+    drop_malformed: c.dropMalformed,
+    learn_refused: c.learnRefused,
+    flooded: c.flooded,
+    unicast: c.unicast,
+  };
+}
+
 type WorkerStatsSample = ReturnType<Datapath["workerStats"]>[number];
 
 function concatBytes(parts: Uint8Array[]): Uint8Array {
@@ -198,6 +213,7 @@ export class Switch implements SwitchView {
     const maxFrames = opts.maxFrames ?? Infinity;
     const deadline = performance.now() + (opts.seconds ?? Infinity) * 1000;
     const signal = opts.signal;
+    const log = this.log;
     return (async function* () {
       const rings = await datapath.addTap(index);
       try {
@@ -205,20 +221,20 @@ export class Switch implements SwitchView {
         const readers = rings.map((r) => new TapReader(r));
         let frames = 0;
         while (frames < maxFrames && performance.now() < deadline && !signal?.aborted) {
-          const records: Uint8Array[] = [];
+          const batch: { ts: number; data: Uint8Array }[] = [];
           for (const reader of readers) {
-            frames += reader.drain(
-              maxFrames - frames,
-              (ts, data) => records.push(pcapRecord(ts, data)),
-            );
+            frames += reader.drain(maxFrames - frames, (ts, data) => batch.push({ ts, data }));
           }
-          if (records.length) {
-            // Frames from different workers interleave by time, as a capture should read.
-            yield concatBytes(records);
+          if (batch.length) {
+            // Each worker's ring is in time order; merge them so the capture reads in order.
+            batch.sort((a, b) => a.ts - b.ts);
+            yield concatBytes(batch.map((r) => pcapRecord(r.ts, r.data)));
           } else {
             await new Promise((r) => setTimeout(r, 20));
           }
         }
+        const dropped = readers.reduce((n, r) => n + r.dropped, 0);
+        if (dropped) log(`capture on ${port}: ${dropped} frames not captured (reader too slow)`);
       } finally {
         await datapath.removeTap(index, rings);
       }
@@ -246,7 +262,7 @@ export class Switch implements SwitchView {
 
   #status(i: number): PortStatus {
     const cfg = this.topology.ports[i];
-    const counters = { ...this.datapath.counters.port(i), ...this.bridge.portCounters(i) };
+    const counters = { ...this.datapath.counters.port(i), ...bridgeCounters(this.bridge, i) };
     const port = this.#ports.find((p) => p.config.name === cfg.name);
     const conn = port?.connection ?? null;
     const device = conn?.device;
@@ -279,7 +295,7 @@ export class Switch implements SwitchView {
       counters: {
         ...counters,
         connections: port?.connections ?? 0,
-        protocol_errors: conn?.stats.errors ?? 0,
+        protocol_errors: port?.protocolErrors ?? 0,
       },
     };
   }

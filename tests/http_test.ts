@@ -382,7 +382,7 @@ Deno.test("cli: the fdb and ports tables are aligned", () => {
       "vm1     vhost-user  connected  1500       1       10      1000   0.0        7         0   0.0      3  /tmp/vswitch/vm1.sock (server)",
       "vm2     vhost-user  listening  1500       1        0         0   1.0        0         0   0.5      0  /tmp/vswitch/vm2.sock (server)",
       "uplink  af-packet   up         1500       1        5         0   2.0        5         0   1.0      0  vs-uplink0",
-      "vm1 drops: drop_too_big=2 dropVlan=1",
+      "vm1 drops: drop_too_big=2 drop_vlan=1",
     ].join("\n"),
   );
 });

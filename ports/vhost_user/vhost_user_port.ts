@@ -26,6 +26,8 @@ export class VhostUserPort {
   #retry: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
   connections = 0;
+  /** Protocol errors of earlier connections (the live one adds its own). */
+  #pastErrors = 0;
   rejected = 0;
   #lastConnectError = "";
 
@@ -45,6 +47,11 @@ export class VhostUserPort {
     } else {
       this.#connect();
     }
+  }
+
+  /** Malformed or refused messages over every connection this port had. */
+  get protocolErrors(): number {
+    return this.#pastErrors + (this.#conn?.stats.errors ?? 0);
   }
 
   get connection(): VhostUserConnection | null {
@@ -102,6 +109,7 @@ export class VhostUserPort {
     this.#conn = conn;
     this.log("front-end connected");
     conn.closed.then(() => {
+      this.#pastErrors += conn.stats.errors;
       if (this.#conn === conn) this.#conn = null;
       if (this.config.mode === "client" && !this.#stopped) {
         this.#retry = setTimeout(() => this.#connect(), RECONNECT_MS);

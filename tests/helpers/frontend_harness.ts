@@ -5,7 +5,7 @@
 // the process.
 import assert from "node:assert/strict";
 import { epollCreate } from "../../ffi/epoll.ts";
-import { closeFd, eventfdCreate, fdTarget } from "../../ffi/fd.ts";
+import { closeFd, eventfdCreate, fdTarget, pipe } from "../../ffi/fd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { memfdCreate, MFD_ALLOW_SEALING } from "../../ffi/mem.ts";
 import { unixSocketPair } from "../../ffi/unix.ts";
@@ -34,13 +34,13 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
-export async function startSwitch(ports: PortSpec[]): Promise<Harness> {
+export async function startSwitch(ports: PortSpec[], threads = 1): Promise<Harness> {
   const dir = Deno.makeTempDirSync({ prefix: "vsw-fe-" });
   const sock = (name: string) => `${dir}/${name}.sock`;
   const topology = parseTopology(
     JSON.stringify({
       name: "fe-test",
-      threads: 1,
+      threads,
       ports: ports.map((p) => ({
         name: p.name,
         type: "vhost-user",
@@ -97,10 +97,6 @@ export const BROADCAST = "ff:ff:ff:ff:ff:ff";
 
 // ---- fds of every kind, for hostile tests ----
 
-const extra = Deno.dlopen("libc.so.6", {
-  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
-}).symbols;
-
 export type FdKind = "eventfd" | "pipe" | "socket" | "memfd" | "sealed-memfd" | "epoll";
 export const FD_KINDS: FdKind[] = ["eventfd", "pipe", "socket", "memfd", "sealed-memfd", "epoll"];
 
@@ -110,10 +106,9 @@ export function makeFd(kind: FdKind, size = 65536): number {
     case "eventfd":
       return eventfdCreate();
     case "pipe": {
-      const fds = new Int32Array(2);
-      if (extra.pipe2(new Uint8Array(fds.buffer), 0o2000000) < 0) throw new Error("pipe2 failed");
-      closeFd(fds[1]);
-      return fds[0];
+      const [read, write] = pipe();
+      closeFd(write);
+      return read;
     }
     case "socket": {
       const [a, b] = unixSocketPair();

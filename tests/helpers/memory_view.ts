@@ -40,7 +40,7 @@ export class MemoryView implements SwitchView {
       mtu: 1500,
       features: ["VIRTIO_F_VERSION_1", "VIRTIO_NET_F_MRG_RXBUF"],
       queues: [{ index: 0, worker: 0 }],
-      counters: { rx_packets: 10, rx_bytes: 1000, tx_packets: 7, drop_too_big: 2, dropVlan: 1 },
+      counters: { rx_packets: 10, rx_bytes: 1000, tx_packets: 7, drop_too_big: 2, drop_vlan: 1 },
     },
     {
       name: "vm2",
@@ -51,7 +51,7 @@ export class MemoryView implements SwitchView {
       mtu: 1500,
       features: [],
       queues: [{ index: 0, worker: 1 }],
-      counters: { rx_packets: 0, rx_bytes: 0, tx_packets: 0, drop_too_big: 0, dropVlan: 0 },
+      counters: { rx_packets: 0, rx_bytes: 0, tx_packets: 0, drop_too_big: 0, drop_vlan: 0 },
     },
     {
       name: "uplink",
