@@ -16,6 +16,7 @@ import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.t
 import { featureNames } from "../ports/vhost_user/features.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
 import { Datapath } from "./datapath.ts";
+import { installSigbusHandler, sigbusCount } from "../ffi/sigbus.ts";
 import { pcapHeader, pcapRecord, TapReader } from "./tap.ts";
 import { parseMac } from "./ethernet.ts";
 import type { PortConfig, Topology, VlanConfig } from "./topology.ts";
@@ -60,6 +61,7 @@ export class Switch implements SwitchView {
   readonly #started = Date.now();
   readonly #ports: VhostUserPort[] = [];
   readonly #packetPorts = new Map<number, AfPacketPort>();
+  #sigbusSeen = 0;
   #agingTimer: ReturnType<typeof setInterval> | undefined;
   #sampleTimer: ReturnType<typeof setInterval> | undefined;
   /** Counters one second ago and now, for rates. */
@@ -78,6 +80,7 @@ export class Switch implements SwitchView {
     topology: Topology,
     log: (msg: string) => void = console.log,
   ): Promise<Switch> {
+    installSigbusHandler();
     const nameOf = (port: string) => topology.ports.findIndex((p) => p.name === port);
     const vlans = topology.ports.map((p) => bridgeVlan(p.vlan));
     const bridge = new Bridge({
@@ -150,7 +153,25 @@ export class Switch implements SwitchView {
     this.#ports.push(port);
   }
 
+  /**
+   * After a SIGBUS on guest memory (a front-end truncated its memory file; the handler put a
+   * zero page there), hang up on whichever front-end did it.
+   */
+  #checkTruncatedMemory(): void {
+    const count = sigbusCount();
+    if (count === this.#sigbusSeen) return;
+    this.#sigbusSeen = count;
+    for (const port of this.#ports) {
+      const conn = port.connection;
+      if (conn?.device.memoryTruncated()) {
+        conn.stats.errors++;
+        conn.close("front-end truncated its guest memory");
+      }
+    }
+  }
+
   #sample(): void {
+    this.#checkTruncatedMemory();
     // AF_PACKET ports poll their interface's link themselves; the bridge follows.
     for (const [index, port] of this.#packetPorts) this.#setLink(index, port.state === "up");
     const ports = this.topology.ports.map((_, i) => this.datapath.counters.port(i));

@@ -21,6 +21,8 @@ import {
   unixSocketPair,
 } from "../ffi/unix.ts";
 import { EPOLLIN, Reactor } from "../ffi/epoll.ts";
+import { installSigbusHandler, sigbusCount } from "../ffi/sigbus.ts";
+import { libc } from "../ffi/libc.ts";
 
 Deno.test("memfd mapped twice shows the same bytes, at an offset too", () => {
   const fd = memfdCreate("ffi-test", 2 * 4096);
@@ -170,4 +172,26 @@ Deno.test("listen/accept/connect on a path, a stale socket file is replaced", as
     Deno.removeSync(dir, { recursive: true });
   }
   assert.equal(openFdCount(), before, "no fd leaked");
+});
+
+Deno.test("a truncated mapped file reads as zeros after SIGBUS instead of killing the process", () => {
+  installSigbusHandler();
+  const fd = memfdCreate("sigbus-test", 65536);
+  const m = mmap(65536, { fd });
+  try {
+    const v = new Uint8Array(viewMapping(m.address, m.length));
+    v[100] = 1;
+    v[40000] = 7;
+    const before = sigbusCount();
+    assert.equal(libc.ftruncate(fd, 4096n), 0);
+    assert.equal(v[40000], 0, "the page past the new end is a zero page now");
+    v[50000] = 9; // writable too, and private: the file stays truncated
+    assert.equal(v[50000], 9);
+    assert.equal(v[100], 1, "pages still in the file are untouched");
+    assert.equal(sigbusCount() - before, 2, "one fault per page replaced");
+    assert.equal(fstat(fd).size, 4096);
+  } finally {
+    munmap(m);
+    closeFd(fd);
+  }
 });

@@ -109,6 +109,11 @@ export class VhostUserDevice {
     this.rings = Array.from({ length: 2 * config.queuePairs }, newRing);
   }
 
+  /** The front-end shrank the file behind its guest memory (see ffi/sigbus.ts). */
+  memoryTruncated(): boolean {
+    return this.#memory?.truncated() ?? false;
+  }
+
   get running(): DatapathState | null {
     return this.#running;
   }

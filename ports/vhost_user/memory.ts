@@ -28,6 +28,8 @@ interface MappedRegion {
   spec: RegionSpec;
   mapping: Mapping;
   fd: number;
+  /** mmap_offset + size: how long the file must stay. */
+  fileEnd: number;
 }
 
 function toSafeNumber(v: bigint, what: string): number {
@@ -76,6 +78,7 @@ export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
     },
     mapping,
     fd,
+    fileEnd: mmapOffset + size,
   };
 }
 
@@ -143,6 +146,17 @@ export class MemoryTable {
     const removed = new MemoryTable();
     removed.#regions = this.#regions.splice(i, 1);
     return removed;
+  }
+
+  /** True when a region's file has shrunk below what we mapped (the front-end truncated it). */
+  truncated(): boolean {
+    return this.#regions.some((r) => {
+      try {
+        return fstat(r.fd).size < r.fileEnd;
+      } catch {
+        return true;
+      }
+    });
   }
 
   /** Translates a front-end virtual address range (ring addresses) to a region and offset. */
