@@ -4,6 +4,7 @@
 // Every chain is bounded by the queue size and every address is translated with a bounds check.
 import { eventfdWrite } from "../../ffi/fd.ts";
 import type { GuestMemory } from "./memory.ts";
+import { wordView } from "../copy.ts";
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -86,6 +87,8 @@ export class SplitQueue {
 
   /** Segments of the last walked chain: region bytes, offset in them, length. */
   readonly segBytes: Uint8Array[];
+  /** Word views of the same buffers, for the word-wise copy of small pieces. */
+  readonly segWords: Uint32Array[];
   readonly segOffset: Float64Array;
   readonly segLength: Float64Array;
   segCount = 0;
@@ -103,12 +106,13 @@ export class SplitQueue {
     this.#avail = new Uint16Array(buf(spec.avail), spec.avail.offset, 3 + size);
     this.#used16 = new Uint16Array(buf(spec.used), spec.used.offset, 3 + 4 * size);
     this.#used32 = new Uint32Array(buf(spec.used), spec.used.offset, 1 + 2 * size);
-    this.#words = mem.bytes.map((b) => new Uint32Array(b.buffer, 0, b.byteLength >>> 2));
+    this.#words = mem.bytes.map(wordView);
     this.lastAvail = spec.lastAvail & 0xffff;
     this.usedIdx = this.lastAvail;
     this.#stored = this.usedIdx;
     this.#signalled = this.usedIdx;
     this.segBytes = new Array(size).fill(mem.bytes[0]);
+    this.segWords = new Array(size).fill(this.#words[0]);
     this.segOffset = new Float64Array(size);
     this.segLength = new Float64Array(size);
   }
@@ -176,6 +180,7 @@ export class SplitQueue {
       const off = mem.translate(addr, len);
       if (off >= 0) {
         this.segBytes[n] = mem.bytes[mem.region];
+        this.segWords[n] = this.#words[mem.region];
         this.segOffset[n] = off;
         this.segLength[n] = len;
         n++;
@@ -200,6 +205,7 @@ export class SplitQueue {
       if (off < 0) return CHAIN_BAD_ADDRESS;
       const part = Math.min(len, mem.partLength);
       this.segBytes[n] = mem.bytes[mem.region];
+      this.segWords[n] = this.#words[mem.region];
       this.segOffset[n] = off;
       this.segLength[n] = part;
       n++;

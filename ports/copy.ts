@@ -1,0 +1,39 @@
+// Copying frame bytes between guest buffers, the one copy on the datapath. Measured here:
+// for a 64-byte frame a loop over 32-bit words takes ~16 ns where subarray()+set() takes
+// ~80 ns (it also allocates a view); from a few hundred bytes on, set() (a memmove) wins.
+const WORDS_UP_TO = 192;
+
+const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
+
+/** A Uint32Array over the whole buffer of `bytes` (which must start at offset 0), made once. */
+export function wordView(bytes: Uint8Array): Uint32Array {
+  let w = wordViews.get(bytes.buffer);
+  if (w === undefined) {
+    w = new Uint32Array(bytes.buffer, 0, bytes.buffer.byteLength >>> 2);
+    wordViews.set(bytes.buffer, w);
+  }
+  return w;
+}
+
+/** Copies n bytes from src[sOff] to dst[dOff]; dw/sw are the word views of the same buffers. */
+export function copyBytes(
+  dst: Uint8Array,
+  dw: Uint32Array,
+  dOff: number,
+  src: Uint8Array,
+  sw: Uint32Array,
+  sOff: number,
+  n: number,
+): void {
+  if (n <= WORDS_UP_TO && ((dOff | sOff) & 3) === 0) {
+    const d = dOff >>> 2;
+    const s = sOff >>> 2;
+    const nw = n >>> 2;
+    for (let k = 0; k < nw; k++) dw[d + k] = sw[s + k];
+    for (let k = nw << 2; k < n; k++) dst[dOff + k] = src[sOff + k];
+  } else if (n < 16) {
+    for (let k = 0; k < n; k++) dst[dOff + k] = src[sOff + k];
+  } else {
+    dst.set(src.subarray(sOff, sOff + n), dOff);
+  }
+}
