@@ -3,7 +3,7 @@
 // guest) and hands the burst back to the sender. Control messages arrive between bursts.
 /// <reference lib="deno.worker" />
 import { CounterTable } from "../ports/counters.ts";
-import { type DatapathPort, FrameBatch } from "../ports/port.ts";
+import type { DatapathPort } from "../ports/port.ts";
 import { GuestMemory } from "../ports/vhost_user/memory.ts";
 import { SplitQueue } from "../ports/vhost_user/split_queue.ts";
 import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
@@ -11,6 +11,7 @@ import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
 import { TapWriter } from "./tap.ts";
+import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import {
   type FromWorker,
@@ -37,17 +38,11 @@ class DatapathWorker {
   readonly counters: CounterTable;
   readonly bridge: Bridge;
   readonly ports: (PortRuntime | null)[];
-  /** Ports with receive queues on this worker (rebuilt on every apply). */
-  polled: { index: number; port: DatapathPort }[] = [];
-  readonly targets: (DatapathPort | null)[];
   /** AF_PACKET ports this worker polls, with their socket fd. */
   readonly packets: ({ datapath: DatapathPort; fd: number } | null)[];
-  /** Per port, the captures running on it (usually none). */
-  readonly taps: TapWriter[][];
+  /** The burst loop, with the ports it polls and sends to (rebuilt on every change). */
+  readonly forwarder: Forwarder;
   readonly mailbox: Int32Array;
-  readonly batch = new FrameBatch();
-  readonly out: Int32Array;
-  readonly touched: Uint8Array;
   stopping = false;
   readonly sleeper = new IdleSleeper();
   readonly stats: Float64Array;
@@ -63,11 +58,8 @@ class DatapathWorker {
       writer: init.worker,
     });
     this.ports = new Array(init.portCount).fill(null);
-    this.targets = new Array(init.portCount).fill(null);
     this.packets = new Array(init.portCount).fill(null);
-    this.taps = Array.from({ length: init.portCount }, () => []);
-    this.touched = new Uint8Array(init.portCount);
-    this.out = new Int32Array(init.portCount);
+    this.forwarder = new Forwarder(this.bridge, init.portCount);
     this.mailbox = new Int32Array(init.mailbox);
     this.stats = new Float64Array(init.stats);
     this.busyPoll = init.busyPoll;
@@ -77,7 +69,7 @@ class DatapathWorker {
   /** Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken. */
   idle(): boolean {
     const rings: SplitQueue[] = [];
-    for (const { index } of this.polled) {
+    for (const { index } of this.forwarder.polled) {
       for (const q of this.ports[index]?.datapath.txQueues ?? []) rings.push(q);
     }
     for (const q of rings) q.setGuestKicks(true);
@@ -116,7 +108,7 @@ class DatapathWorker {
       next = { datapath, rings };
     }
     this.ports[msg.port] = next;
-    this.targets[msg.port] = next?.datapath ?? null;
+    this.forwarder.targets[msg.port] = next?.datapath ?? null;
     this.#refresh();
     return stopped;
   }
@@ -125,72 +117,27 @@ class DatapathWorker {
   attachPacket(msg: WorkerAttachPacket): void {
     const block = this.counters.block(this.init.worker, msg.port);
     const dp = msg.spec ? createAfPacketDatapath(msg.spec, block, this.init.worker) : null;
-    this.targets[msg.port] = dp;
+    this.forwarder.targets[msg.port] = dp;
     this.packets[msg.port] = dp && msg.poll ? { datapath: dp, fd: msg.spec!.fd } : null;
     this.#refresh();
   }
 
   /** Rebuilds the list of ports to poll and the fds an idle sleep wakes on. */
   #refresh(): void {
-    this.polled = [];
+    const polled: PolledPort[] = [];
     const wakeOn: number[] = [];
     this.ports.forEach((p, index) => {
       if (!p || p.datapath.txQueues.length === 0) return;
-      this.polled.push({ index, port: p.datapath });
+      polled.push({ index, port: p.datapath });
       for (const q of p.datapath.txQueues) wakeOn.push(q.kickFd);
     });
     this.packets.forEach((p, index) => {
       if (!p) return;
-      this.polled.push({ index, port: p.datapath });
+      polled.push({ index, port: p.datapath });
       wakeOn.push(p.fd); // readable once the kernel hands a block of frames to us
     });
+    this.forwarder.polled = polled;
     this.sleeper.watch(wakeOn);
-  }
-
-  /** One pass over every polled port; returns the frames moved. */
-  poll(now: number): number {
-    let moved = 0;
-    const batch = this.batch;
-    const out = this.out;
-    const bridge = this.bridge;
-    const touched = this.touched;
-    const targets = this.targets;
-    const taps = this.taps;
-    for (let p = 0; p < this.polled.length; p++) {
-      const { index, port } = this.polled[p];
-      const n = port.receive(batch);
-      if (n === 0) {
-        port.release(); // chains refused as malformed still go back to the guest
-        continue;
-      }
-      const rxTaps = taps[index];
-      for (let i = 0; i < n; i++) {
-        const bytes = batch.bytes[i];
-        const off = batch.offset[i];
-        const len = batch.length[i];
-        for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
-        const k = bridge.decide(index, bytes, off, len, now, out);
-        for (let j = 0; j < k; j++) {
-          const dst = out[j];
-          const target = targets[dst];
-          if (target === null) continue;
-          const frame = bridge.egressFrame(dst, off, len);
-          touched[dst] = 1;
-          if (!target.transmit(bytes, frame)) continue;
-          const txTaps = taps[dst];
-          for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
-        }
-      }
-      moved += n;
-      port.release();
-      for (let t = 0; t < touched.length; t++) {
-        if (touched[t]) {
-          touched[t] = 0;
-          targets[t]?.flush();
-        }
-      }
-    }
-    return moved;
   }
 }
 
@@ -216,7 +163,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       worker.attachPacket(msg);
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
-      const taps = worker.taps[msg.port];
+      const taps = worker.forwarder.taps[msg.port];
       if (msg.add) taps.push(new TapWriter(msg.add));
       if (msg.remove) taps.splice(taps.findIndex((t) => t.buffer === msg.remove), 1);
       post({ type: "ack", id: msg.id, stopped: [] });
@@ -250,7 +197,7 @@ async function run(w: DatapathWorker): Promise<void> {
     }
     const now = nowSeconds();
     let moved = 0;
-    for (let i = 0; i < 64; i++) moved += w.poll(now);
+    for (let i = 0; i < 64; i++) moved += w.forwarder.poll(now);
     stats[moved ? STAT_BUSY_ROUNDS : STAT_IDLE_ROUNDS]++;
     stats[STAT_FRAMES] += moved;
     const t = performance.now();

@@ -79,16 +79,19 @@ export class SplitQueue {
   readonly #words: Uint32Array[];
   lastAvail: number;
   usedIdx: number;
+  /** The guest's avail index as last read. */
+  #availSeen: number;
   /** The used index last stored in the ring, and the one last signalled to the guest. */
   #stored: number;
   #signalled: number;
   /** Set when the guest put an impossible avail index: the ring is not serviced any more. */
   broken = false;
 
-  /** Segments of the last walked chain: region bytes, offset in them, length. */
-  readonly segBytes: Uint8Array[];
-  /** Word views of the same buffers, for the word-wise copy of small pieces. */
-  readonly segWords: Uint32Array[];
+  /** Segments of the last walked chain: region index, offset in it, length. */
+  readonly segRegion: Int32Array;
+  /** Byte and word views of each region (index with segRegion). */
+  readonly regionBytes: Uint8Array[];
+  readonly regionWords: Uint32Array[];
   readonly segOffset: Float64Array;
   readonly segLength: Float64Array;
   segCount = 0;
@@ -109,10 +112,12 @@ export class SplitQueue {
     this.#words = mem.bytes.map(wordView);
     this.lastAvail = spec.lastAvail & 0xffff;
     this.usedIdx = this.lastAvail;
+    this.#availSeen = this.lastAvail;
     this.#stored = this.usedIdx;
     this.#signalled = this.usedIdx;
-    this.segBytes = new Array(size).fill(mem.bytes[0]);
-    this.segWords = new Array(size).fill(this.#words[0]);
+    this.segRegion = new Int32Array(size);
+    this.regionBytes = mem.bytes;
+    this.regionWords = this.#words;
     this.segOffset = new Float64Array(size);
     this.segLength = new Float64Array(size);
   }
@@ -120,10 +125,16 @@ export class SplitQueue {
   /** Chains the guest made available and we have not taken yet. */
   availCount(): number {
     if (this.broken) return 0;
-    const n = (Atomics.load(this.#avail, 1) - this.lastAvail) & 0xffff;
-    if (n > this.size) {
-      this.broken = true;
-      return 0;
+    // The guest's avail index is re-read only once what we saw last time is used up: one
+    // shared-memory read per burst instead of one per frame.
+    let n = (this.#availSeen - this.lastAvail) & 0xffff;
+    if (n === 0 || n > this.size) {
+      this.#availSeen = Atomics.load(this.#avail, 1);
+      n = (this.#availSeen - this.lastAvail) & 0xffff;
+      if (n > this.size) {
+        this.broken = true;
+        return 0;
+      }
     }
     return n;
   }
@@ -141,7 +152,7 @@ export class SplitQueue {
   }
 
   /**
-   * Walks the chain at `head` into segBytes/segOffset/segLength. `writable` says which
+   * Walks the chain at `head` into segRegion/segOffset/segLength. `writable` says which
    * direction every descriptor must have (device-writable for RX, device-readable for TX).
    * Returns the number of segments, or a CHAIN_* reason (< 0).
    */
@@ -149,6 +160,22 @@ export class SplitQueue {
     if (head >= this.size) return CHAIN_BAD_INDEX;
     const want = writable ? VRING_DESC_F_WRITE : 0;
     const mem = this.mem;
+    // The common case first: one plain descriptor inside one region.
+    const d = this.#desc;
+    const w0 = 4 * head;
+    const fl0 = d[w0 + 3] & 0xffff;
+    if ((fl0 & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT)) === 0) {
+      if ((fl0 & VRING_DESC_F_WRITE) !== want) return CHAIN_BAD_DIRECTION;
+      const len = d[w0 + 2];
+      const off = mem.translate(d[w0] + d[w0 + 1] * 4294967296, len);
+      if (off >= 0) {
+        this.segRegion[0] = mem.region;
+        this.segOffset[0] = off;
+        this.segLength[0] = len;
+        this.segCount = 1;
+        return 1;
+      }
+    }
     let table = this.#desc;
     let tableBase = 0;
     let tableSize = this.size;
@@ -179,8 +206,7 @@ export class SplitQueue {
       if ((fl & VRING_DESC_F_WRITE) !== want) return CHAIN_BAD_DIRECTION;
       const off = mem.translate(addr, len);
       if (off >= 0) {
-        this.segBytes[n] = mem.bytes[mem.region];
-        this.segWords[n] = this.#words[mem.region];
+        this.segRegion[n] = mem.region;
         this.segOffset[n] = off;
         this.segLength[n] = len;
         n++;
@@ -204,8 +230,7 @@ export class SplitQueue {
       const off = mem.translatePart(addr);
       if (off < 0) return CHAIN_BAD_ADDRESS;
       const part = Math.min(len, mem.partLength);
-      this.segBytes[n] = mem.bytes[mem.region];
-      this.segWords[n] = this.#words[mem.region];
+      this.segRegion[n] = mem.region;
       this.segOffset[n] = off;
       this.segLength[n] = part;
       n++;

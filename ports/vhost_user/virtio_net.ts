@@ -71,10 +71,10 @@ export class VirtioNetDatapath implements DatapathPort {
         continue;
       }
       if (segs === 1) {
-        batch.bytes[n] = q.segBytes[0];
+        batch.bytes[n] = q.regionBytes[q.segRegion[0]];
         batch.offset[n] = q.segOffset[0] + hdr;
       } else if (segs === 2 && q.segLength[0] === hdr) {
-        batch.bytes[n] = q.segBytes[1];
+        batch.bytes[n] = q.regionBytes[q.segRegion[1]];
         batch.offset[n] = q.segOffset[1];
       } else {
         gather(q, hdr, batch.scratch[n]);
@@ -149,13 +149,21 @@ export class VirtioNetDatapath implements DatapathPort {
         return false;
       }
       if (buffers === 1) {
-        firstBytes = q.segBytes[0];
+        firstBytes = q.regionBytes[q.segRegion[0]];
         firstOffset = q.segOffset[0];
+        if (q.segLength[0] >= remaining) {
+          // The common case: header and frame fit the first buffer.
+          this.#writeWhole(firstBytes, q.regionWords[q.segRegion[0]], firstOffset, src, f);
+          q.putUsed(head, remaining);
+          c[TX_PACKETS]++;
+          c[TX_BYTES] += frameLen;
+          return true;
+        }
       }
       let put = 0;
       for (let s = 0; s < segs && remaining > 0; s++) {
-        const dst = q.segBytes[s];
-        const dw = q.segWords[s];
+        const dst = q.regionBytes[q.segRegion[s]];
+        const dw = q.regionWords[q.segRegion[s]];
         let dOff = q.segOffset[s];
         let room = q.segLength[s];
         while (room > 0 && remaining > 0) {
@@ -177,6 +185,30 @@ export class VirtioNetDatapath implements DatapathPort {
     c[TX_PACKETS]++;
     c[TX_BYTES] += frameLen;
     return true;
+  }
+
+  /** Header (num_buffers 1) and the whole frame into one buffer at dst[o]. */
+  #writeWhole(dst: Uint8Array, dw: Uint32Array, o: number, src: Uint8Array, f: EgressFrame): void {
+    const hdr = this.hdrLen;
+    if (hdr === VIRTIO_NET_HDR_LEN && (o & 3) === 0) {
+      const d = o >>> 2;
+      dw[d] = dw[d + 1] = 0;
+      dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
+    } else {
+      dst.fill(0, o, o + hdr);
+      if (hdr === VIRTIO_NET_HDR_LEN) dst[o + 10] = 1;
+    }
+    const sw = this.#wordsOf(src);
+    let at = o + hdr;
+    if (f.tagLength === 0 && f.headEnd === f.tailStart) {
+      copyBytes(dst, dw, at, src, sw, f.headStart, f.tailEnd - f.headStart);
+      return;
+    }
+    const headLen = f.headEnd - f.headStart;
+    copyBytes(dst, dw, at, src, sw, f.headStart, headLen);
+    at += headLen;
+    for (let k = 0; k < f.tagLength; k++) dst[at + k] = f.tag[k];
+    copyBytes(dst, dw, at + f.tagLength, src, sw, f.tailStart, f.tailEnd - f.tailStart);
   }
 
   /**
@@ -268,7 +300,7 @@ function gather(q: SplitQueue, skip: number, out: Uint8Array): void {
       skip -= k;
     }
     if (len > 0) {
-      out.set(q.segBytes[s].subarray(off, off + len), w);
+      out.set(q.regionBytes[q.segRegion[s]].subarray(off, off + len), w);
       w += len;
     }
   }

@@ -1,0 +1,77 @@
+// The burst loop at the heart of a datapath worker: receive a burst from each polled port,
+// ask the bridge where each frame goes, copy it out to every destination (VLAN tags applied
+// during the copy), hand the burst back to the sender, and flush each destination once.
+import { type DatapathPort, FrameBatch } from "../ports/port.ts";
+import type { Bridge } from "./bridge.ts";
+import type { TapWriter } from "./tap.ts";
+
+export interface PolledPort {
+  index: number;
+  port: DatapathPort;
+}
+
+export class Forwarder {
+  /** Ports to receive from, in polling order. */
+  polled: PolledPort[] = [];
+  /** Every port frames can be sent to, by port index (null: not running on this worker). */
+  readonly targets: (DatapathPort | null)[];
+  /** Per port, the captures running on it (usually none). */
+  readonly taps: TapWriter[][];
+  readonly #batch = new FrameBatch();
+  readonly #out: Int32Array;
+  readonly #touched: Uint8Array;
+
+  constructor(readonly bridge: Bridge, portCount: number) {
+    this.targets = new Array(portCount).fill(null);
+    this.taps = Array.from({ length: portCount }, () => []);
+    this.#out = new Int32Array(portCount);
+    this.#touched = new Uint8Array(portCount);
+  }
+
+  /** One pass over every polled port; returns the frames moved. */
+  poll(now: number): number {
+    let moved = 0;
+    const batch = this.#batch;
+    const out = this.#out;
+    const bridge = this.bridge;
+    const touched = this.#touched;
+    const targets = this.targets;
+    const taps = this.taps;
+    const polled = this.polled;
+    for (let p = 0; p < polled.length; p++) {
+      const { index, port } = polled[p];
+      const n = port.receive(batch);
+      if (n === 0) {
+        port.release(); // chains refused as malformed still go back to the guest
+        continue;
+      }
+      const rxTaps = taps[index];
+      for (let i = 0; i < n; i++) {
+        const bytes = batch.bytes[i];
+        const off = batch.offset[i];
+        const len = batch.length[i];
+        for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
+        const k = bridge.decide(index, bytes, off, len, now, out);
+        for (let j = 0; j < k; j++) {
+          const dst = out[j];
+          const target = targets[dst];
+          if (target === null) continue;
+          const frame = bridge.egressFrame(dst, off, len);
+          touched[dst] = 1;
+          if (!target.transmit(bytes, frame)) continue;
+          const txTaps = taps[dst];
+          for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
+        }
+      }
+      moved += n;
+      port.release();
+      for (let t = 0; t < touched.length; t++) {
+        if (touched[t]) {
+          touched[t] = 0;
+          targets[t]?.flush();
+        }
+      }
+    }
+    return moved;
+  }
+}
