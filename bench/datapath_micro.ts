@@ -2,7 +2,7 @@
 // (guest A's TX ring full of frames to B, guest B's RX ring full of empty buffers) and the
 // real burst loop (Forwarder -> VirtioNetDatapath -> SplitQueue, Bridge, FDB) between them.
 // Reports CPU ns/frame for 64 B and 1518 B frames, untagged and with a VLAN tag pushed.
-//   deno run --allow-all bench/datapath_micro.ts
+//   deno run --allow-all bench/datapath_micro.ts [frame sizes, default 64 1518]
 import { cpuUsage } from "node:process";
 import { memfdCreate, mmap } from "../ffi/mem.ts";
 import { CounterTable } from "../ports/counters.ts";
@@ -136,7 +136,8 @@ function run(frameLen: number, vlanB: PortVlanConfig | undefined): number {
 console.log(
   "datapath inner loop, CPU time (one worker, guest A -> guest B, burst 32), median of 5:",
 );
-for (const len of [60, 1514]) {
+const sizes = Deno.args.length ? Deno.args.map((a) => Number(a) - 4) : [60, 1514];
+for (const len of sizes) {
   const plain = run(len, undefined);
   const tagged = run(len, { mode: "trunk", allowed: [10] });
   console.log(

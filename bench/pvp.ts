@@ -5,7 +5,7 @@
 // shared 2-CPU host hits all of them alike; ratios are taken within the run.
 import { parseArgs } from "node:util";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
-import { runTrial, type Trial } from "./pvp/loop.ts";
+import { runTrial, type Trial, TX_FIRST_BURSTS } from "./pvp/loop.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
 import {
   cleanupAll,
@@ -178,7 +178,8 @@ async function main() {
     date,
     host: { ...startHost, loadavgEnd: (await Deno.readTextFile("/proc/loadavg")).trim() },
     options: { ...o, out: undefined },
-    method: "one testpmd, 2 virtio-user ports, --forward-mode=mac, one tx_first burst per port; " +
+    method: "one testpmd, 2 virtio-user ports, --forward-mode=mac, " +
+      `${TX_FIRST_BURSTS} tx_first bursts of 32 per port; ` +
       "Mpps from the front-end's RX counters per direction over fixed periods after warm-up; " +
       "CPU from /proc/PID/stat of the target; ratios of medians within this run",
     notes,

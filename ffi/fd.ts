@@ -46,6 +46,13 @@ export function isEventFd(fd: number): boolean {
   return fdTarget(fd) === "anon_inode:[eventfd]";
 }
 
+/** Pins the calling thread (a Worker's, when called there) to one CPU. */
+export function pinThreadToCpu(cpu: number): void {
+  const set = new Uint8Array(128); // cpu_set_t: 1024 bits
+  set[cpu >> 3] = 1 << (cpu & 7);
+  check("sched_setaffinity", libc.sched_setaffinity(0, 128n, set), `CPU ${cpu}`);
+}
+
 /** Counts open fds of this process (for leak checks). */
 export function openFdCount(): number {
   let n = 0;

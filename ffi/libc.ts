@@ -42,6 +42,7 @@ const symbols = {
     nonblocking: true,
   },
   getpid: { parameters: [], result: "i32" },
+  sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   // AF_PACKET uplink: per-frame recv (baseline variant), entering a network namespace (tests).
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   open: { parameters: ["buffer", "i32"], result: "i32" },

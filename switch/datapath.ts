@@ -26,6 +26,8 @@ export interface DatapathOptions {
   bridge: BridgeShare;
   busyPoll: boolean;
   idleAfterMs: number;
+  /** CPU per worker (topology poll.cpus), or null. */
+  cpus: number[] | null;
   /** Per port: the worker polling each queue pair, when the topology pins it. */
   affinity: (number[] | undefined)[];
 }
@@ -64,7 +66,8 @@ export class Datapath {
           worker.onmessage = (e: MessageEvent<FromWorker>) => {
             if (e.data.type === "ready") {
               dp.#wakeFds[w] = e.data.wakeFd;
-              resolve();
+              if (e.data.error) reject(new Error(`datapath worker ${w}: ${e.data.error}`));
+              else resolve();
             } else dp.#onAck(e.data);
           };
         }),
@@ -80,6 +83,7 @@ export class Datapath {
           stats,
           portCount: options.portCount,
           busyPoll: options.busyPoll,
+          cpu: options.cpus?.[w] ?? -1,
           idleAfterMs: options.idleAfterMs,
         } satisfies ToWorker,
       );

@@ -95,6 +95,7 @@ export class Switch implements SwitchView {
       bridge: { vlans, fdb: bridge.fdb.buffer, state: bridge.state },
       busyPoll: topology.poll.mode === "busy",
       idleAfterMs: topology.poll.idleAfterMs,
+      cpus: topology.poll.cpus,
       affinity: topology.ports.map((p) => p.rxqAffinity),
     });
     const sw = new Switch(topology, bridge, datapath, new Reactor(), log);

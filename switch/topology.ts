@@ -40,6 +40,8 @@ export interface HttpConfig {
 export interface PollConfig {
   mode: "adaptive" | "busy";
   idleAfterMs: number;
+  /** CPU each worker is pinned to (like OVS pmd-cpu-mask), or null: the kernel decides. */
+  cpus: number[] | null;
 }
 export interface StaticFdbEntry {
   /** Lower-case, colon separated. */
@@ -120,9 +122,10 @@ export function parseTopology(text: string, fileName: string): Topology {
   const name = c.str(root.name, "name", undefined, NAME_RE, NAME_RULE) ?? "";
   const http = parseHttp(c, root.http);
   const threads = c.int(root.threads, "threads", 1, 64, 1);
-  const poll = c.section(root.poll, "poll", ["mode", "idleAfterMs"]);
+  const poll = c.section(root.poll, "poll", ["mode", "idleAfterMs", "cpus"]);
   const pollMode = c.oneOf(poll.mode, "poll.mode", ["adaptive", "busy"] as const, "adaptive");
   const idleAfterMs = c.int(poll.idleAfterMs, "poll.idleAfterMs", 0, 60_000, 200) ?? 200;
+  const cpus = parseCpus(c, poll.cpus, threads ?? 1);
   const ports = parsePorts(c, root.ports, dirname(resolve(fileName)), threads);
   const fdb = parseFdb(c, root.fdb, ports);
   if (c.list.length) throw new TopologyError(c.list);
@@ -130,7 +133,7 @@ export function parseTopology(text: string, fileName: string): Topology {
     name,
     http,
     threads: threads ?? 1,
-    poll: { mode: pollMode ?? "adaptive", idleAfterMs },
+    poll: { mode: pollMode ?? "adaptive", idleAfterMs, cpus },
     fdb,
     ports,
   };
@@ -257,6 +260,24 @@ function vlanId(c: Checker, v: unknown, at: string, native = false): number | un
   if (Number.isInteger(id) && id <= 4094 && (id >= 1 || (native && id === 0))) return id;
   const zero = native ? " (or 0 for untagged)" : "";
   c.add(at, `expected a VLAN id from 1 to 4094${zero}, got ${describe(v)}`);
+}
+
+/** poll.cpus: one CPU number per datapath worker. */
+function parseCpus(c: Checker, v: unknown, threads: number): number[] | null {
+  if (v === undefined) return null;
+  if (!Array.isArray(v)) {
+    c.add("poll.cpus", `expected an array of CPU numbers, got ${describe(v)}`);
+    return null;
+  }
+  if (v.length !== threads) {
+    c.add("poll.cpus", `has ${v.length} entries but threads is ${threads}: one CPU per worker`);
+  }
+  return v.map((cpu, i): number => {
+    if (!Number.isInteger(cpu) || cpu < 0 || cpu > 1023) {
+      c.add(`poll.cpus[${i}]`, `expected a CPU number 0..1023, got ${describe(cpu)}`);
+    }
+    return cpu;
+  });
 }
 
 function parseAffinity(c: Checker, v: unknown, at: string, queues: number, threads?: number) {

@@ -10,6 +10,7 @@ import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
+import { pinThreadToCpu } from "../ffi/fd.ts";
 import { TapWriter } from "./tap.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
@@ -152,6 +153,13 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   try {
     if (msg.type === "init") {
       worker = new DatapathWorker(msg);
+      try {
+        if (msg.cpu >= 0) pinThreadToCpu(msg.cpu);
+      } catch (err) {
+        const error = `cannot pin to CPU ${msg.cpu} (poll.cpus): ${(err as Error).message}`;
+        post({ type: "ready", worker: msg.worker, wakeFd: worker.sleeper.wakeFd, error });
+        return;
+      }
       post({ type: "ready", worker: msg.worker, wakeFd: worker.sleeper.wakeFd });
       run(worker);
       return;

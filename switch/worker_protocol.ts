@@ -27,6 +27,8 @@ export interface WorkerInit {
   portCount: number;
   busyPoll: boolean;
   idleAfterMs: number;
+  /** The CPU to pin this worker's thread to, or -1. */
+  cpu: number;
 }
 
 /** Install (or, with state null, remove) a vhost-user port's datapath on this worker. */
@@ -79,6 +81,8 @@ export interface WorkerReady {
   worker: number;
   /** Written by the control plane after each message, so a sleeping worker wakes for it. */
   wakeFd: number;
+  /** Set when the worker could not start as asked (e.g. pinning to a CPU failed). */
+  error?: string;
 }
 
 // Per-worker statistics, float64 fields of the worker's `stats` buffer (written only by it).

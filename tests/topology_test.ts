@@ -62,7 +62,7 @@ Deno.test("defaults fill every optional field", async () => {
       readOnly: false,
     },
     threads: 1,
-    poll: { mode: "adaptive", idleAfterMs: 200 },
+    poll: { mode: "adaptive", idleAfterMs: 200, cpus: null },
     fdb: { agingSeconds: 300, maxEntries: 8192, static: [] },
     ports: [
       {
@@ -96,7 +96,7 @@ Deno.test("a full topology keeps every value given", async () => {
     name: "lab.br-1",
     http: { listen: "[::1]:9090", token: "s3cret-t0ken", readOnly: true },
     threads: 4,
-    poll: { mode: "busy", idleAfterMs: 50 },
+    poll: { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0] },
     fdb: {
       agingSeconds: 60,
       maxEntries: 1024,
@@ -124,7 +124,7 @@ Deno.test("a full topology keeps every value given", async () => {
   });
   assert.equal(t.name, "lab.br-1");
   assert.equal(t.threads, 4);
-  assert.deepEqual(t.poll, { mode: "busy", idleAfterMs: 50 });
+  assert.deepEqual(t.poll, { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0] });
   assert.deepEqual(t.fdb, {
     agingSeconds: 60,
     maxEntries: 1024,
@@ -443,5 +443,19 @@ Deno.test("an unreadable file is a TopologyError naming it", () => {
     (e: Error) =>
       e instanceof TopologyError &&
       e.message.startsWith("/nonexistent/topo.json: cannot read the topology file:"),
+  );
+});
+
+Deno.test("poll.cpus: one CPU number per worker", async () => {
+  assert.deepEqual(
+    await problems(topo([vm("vm1")], { threads: 2, poll: { cpus: [0, -1, 2] } })),
+    [
+      "F: poll.cpus: has 3 entries but threads is 2: one CPU per worker",
+      "F: poll.cpus[1]: expected a CPU number 0..1023, got -1",
+    ],
+  );
+  assert.deepEqual(
+    await problems(topo([vm("vm1")], { poll: { cpus: "0" } })),
+    ['F: poll.cpus: expected an array of CPU numbers, got "0"'],
   );
 });

@@ -72,8 +72,9 @@ async function startSwitch(dir: string, threads: number): Promise<Target> {
     name: "pvp",
     http: { listen },
     threads,
-    // Busy polling, like an OVS PMD thread: idle sleeps would only add wake-up latency.
-    poll: { mode: "busy" },
+    // Busy polling on pinned CPUs, like an OVS PMD thread (pmd-cpu-mask 0x1 in ovs.ts): the
+    // first worker on CPU 0, opposite the front-end's forwarding lcore on CPU 1.
+    poll: { mode: "busy", cpus: Array.from({ length: threads }, (_, w) => w % 2) },
     ports: sockets.map((socket, i) => ({ name: `p${i}`, type: "vhost-user", socket })),
   };
   const topoPath = `${dir}/topology.json`;

@@ -158,15 +158,16 @@ export class SplitQueue {
    */
   walkChain(head: number, writable: boolean): number {
     if (head >= this.size) return CHAIN_BAD_INDEX;
-    const want = writable ? VRING_DESC_F_WRITE : 0;
-    const mem = this.mem;
-    // The common case first: one plain descriptor inside one region.
+    // The common case, kept small so it inlines: one plain descriptor inside one region.
     const d = this.#desc;
     const w0 = 4 * head;
     const fl0 = d[w0 + 3] & 0xffff;
     if ((fl0 & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT)) === 0) {
-      if ((fl0 & VRING_DESC_F_WRITE) !== want) return CHAIN_BAD_DIRECTION;
+      if ((fl0 & VRING_DESC_F_WRITE) !== (writable ? VRING_DESC_F_WRITE : 0)) {
+        return CHAIN_BAD_DIRECTION;
+      }
       const len = d[w0 + 2];
+      const mem = this.mem;
       const off = mem.translate(d[w0] + d[w0 + 1] * 4294967296, len);
       if (off >= 0) {
         this.segRegion[0] = mem.region;
@@ -176,6 +177,13 @@ export class SplitQueue {
         return 1;
       }
     }
+    return this.#walkChainSlow(head, writable);
+  }
+
+  /** Chains, indirect tables and descriptors spanning regions. */
+  #walkChainSlow(head: number, writable: boolean): number {
+    const want = writable ? VRING_DESC_F_WRITE : 0;
+    const mem = this.mem;
     let table = this.#desc;
     let tableBase = 0;
     let tableSize = this.size;
