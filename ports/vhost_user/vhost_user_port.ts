@@ -4,6 +4,7 @@
 import { dirname } from "node:path";
 import type { Reactor } from "../../ffi/epoll.ts";
 import { closeFd } from "../../ffi/fd.ts";
+import { SysError } from "../../ffi/errno.ts";
 import { unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
 import { VhostUserConnection } from "./connection.ts";
 import { type DeviceDatapath, VhostUserDevice } from "./device.ts";
@@ -41,7 +42,18 @@ export class VhostUserPort {
   start(): void {
     if (this.config.mode === "server") {
       Deno.mkdirSync(dirname(this.config.socket), { recursive: true });
-      this.#listenFd = unixListen(this.config.socket);
+      try {
+        this.#listenFd = unixListen(this.config.socket);
+      } catch (err) {
+        if (err instanceof SysError && err.code === "EADDRINUSE") {
+          throw new Error(
+            `socket ${this.config.socket} is in use by another process ` +
+              `(is another switch running with this topology? stop it first)`,
+            { cause: err },
+          );
+        }
+        throw err;
+      }
       this.reactor.watch(this.#listenFd, () => this.#accept());
       this.log(`listening on ${this.config.socket}`);
     } else {
