@@ -7,6 +7,7 @@ import { closeFd } from "../../ffi/fd.ts";
 import { cString } from "../../ffi/mem.ts";
 import { openBoundSocket } from "../../ffi/packet.ts";
 import { readPcapFrames } from "./pcap.ts";
+import { VlanTagger } from "./vlan_tap.ts";
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
@@ -35,11 +36,14 @@ export async function run(cmd: string, args: string[]): Promise<string> {
 }
 
 export interface VethNetnsOptions {
-  /** Address of the namespace end (default 10.9.0.2/24). */
-  nsAddr?: string;
+  /** Address of the namespace end (default 10.9.0.2/24); null for none (e.g. VLANs only). */
+  nsAddr?: string | null;
   /** Address of the root end, for tests that need the host stack to talk (default none). */
   hostAddr?: string | null;
   mtu?: number;
+  /** Fixed names instead of unique ones (e.g. a walkthrough's vs-uplink0); at most 15 bytes for
+   * the interfaces, less 5 on nsIf to leave room for VLAN subinterfaces (".4094"). */
+  names?: { netns?: string; hostIf?: string; nsIf?: string };
 }
 
 let serial = 0;
@@ -50,14 +54,17 @@ export class VethNetns {
   readonly nsIf: string;
   readonly #fds = new Set<number>();
   #closed = false;
+  #tagger?: VlanTagger;
+  /** How addVlan made VLAN subinterfaces: the kernel's 8021q, or TAPs and a userspace tagger. */
+  vlanKind?: "kernel" | "userspace";
 
   private constructor(readonly options: VethNetnsOptions) {
     const id = `${(Deno.pid % 1296).toString(36)}${(serial++ % 1296).toString(36)}${
       Math.floor(Math.random() * 1296).toString(36)
     }`;
-    this.name = `vswtest-${id}`;
-    this.hostIf = `afp${id}h`;
-    this.nsIf = `afp${id}n`;
+    this.name = options.names?.netns ?? `vswtest-${id}`;
+    this.hostIf = options.names?.hostIf ?? `afp${id}h`;
+    this.nsIf = options.names?.nsIf ?? `afp${id}n`;
   }
 
   static async create(options: VethNetnsOptions = {}): Promise<VethNetns> {
@@ -94,7 +101,8 @@ export class VethNetns {
       await run("ip", ["link", "set", hostIf, "mtu", String(this.options.mtu)]);
       await this.exec(["ip", "link", "set", nsIf, "mtu", String(this.options.mtu)]);
     }
-    await this.exec(["ip", "addr", "add", this.options.nsAddr ?? "10.9.0.2/24", "dev", nsIf]);
+    const nsAddr = this.options.nsAddr === undefined ? "10.9.0.2/24" : this.options.nsAddr;
+    if (nsAddr) await this.exec(["ip", "addr", "add", nsAddr, "dev", nsIf]);
     if (this.options.hostAddr) {
       await run("ip", ["addr", "add", this.options.hostAddr, "dev", hostIf]);
     }
@@ -116,6 +124,37 @@ export class VethNetns {
       if (Date.now() > end) throw new Error(`veth not up after ${timeoutMs} ms: ${host}/${peer}`);
       await new Promise((r) => setTimeout(r, 10));
     }
+  }
+
+  /**
+   * Adds the VLAN subinterface `<nsIf>.<id>` in the namespace with `addr`, up, so the namespace
+   * talks tagged frames on a trunk uplink; returns its name. It goes away with the namespace.
+   * Without the kernel's 8021q (no `type vlan`), a TAP of that name and a userspace tagger
+   * (vlan_tap.ts) stand in for it: `vlanKind` says which.
+   */
+  async addVlan(id: number, addr: string): Promise<string> {
+    const dev = `${this.nsIf}.${id}`;
+    const add = ["link", "add", "link", this.nsIf, "name", dev, "type", "vlan", "id", `${id}`];
+    if (this.vlanKind !== "userspace") {
+      try {
+        await this.exec(["ip", ...add]);
+        this.vlanKind = "kernel";
+      } catch (err) {
+        if (!/Unknown device type/.test((err as Error).message)) throw err;
+        this.vlanKind = "userspace";
+      }
+    }
+    if (this.vlanKind === "userspace") {
+      this.#tagger ??= new VlanTagger(this.nsIf, (fn) => this.inside(fn));
+      this.#tagger.add(id, dev);
+      // A kernel VLAN device shares its parent's MAC; so does the stand-in.
+      const mac = (await this.exec(["cat", `/sys/class/net/${this.nsIf}/address`])).trim();
+      await this.exec(["ip", "link", "set", dev, "address", mac]);
+    }
+    await this.exec(["sh", "-c", `echo 1 > /proc/sys/net/ipv6/conf/${dev}/disable_ipv6`]);
+    await this.exec(["ip", "addr", "add", addr, "dev", dev]);
+    await this.exec(["ip", "link", "set", dev, "up"]);
+    return dev;
   }
 
   /** Runs a command inside the namespace; returns its stdout. */
@@ -203,6 +242,7 @@ export class VethNetns {
     this.#closed = true;
     for (const fd of this.#fds) closeFd(fd);
     this.#fds.clear();
+    await this.#tagger?.close();
     // Deleting the root end destroys the pair at once (namespace teardown is asynchronous).
     await run("ip", ["link", "del", this.hostIf]).catch(() => {});
     await run("ip", ["netns", "del", this.name]).catch(() => {});

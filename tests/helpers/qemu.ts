@@ -36,6 +36,10 @@ export interface GuestOptions {
   append?: string;
   /** Called with every console line (and build/QEMU stderr lines). */
   log?: (line: string) => void;
+  /** A QMP monitor socket QEMU listens on at this path (e.g. for `system_reset`). */
+  qmp?: string;
+  /** A reset or `reboot` restarts the guest (init runs again) instead of QEMU exiting. */
+  allowReboot?: boolean;
 }
 
 export interface RunResult {
@@ -89,7 +93,8 @@ function qemuArgs(opts: GuestOptions, kernel: string, initrd: string): string[] 
   // vhost-user needs guest RAM the back-end can map.
   args.push("-object", `memory-backend-memfd,id=mem,size=${mem}M,share=on`);
   args.push("-numa", "node,memdev=mem", "-nodefaults", "-display", "none", "-serial", "stdio");
-  args.push("-monitor", "none", "-no-reboot", "-net", "none");
+  args.push("-monitor", "none", ...(opts.allowReboot ? [] : ["-no-reboot"]), "-net", "none");
+  if (opts.qmp) args.push("-qmp", `unix:${opts.qmp.replaceAll(",", ",,")},server=on,wait=off`);
   args.push("-kernel", kernel, "-initrd", initrd, "-append", append.join(" "));
   opts.nics.forEach((nic, i) => {
     let chardev = `socket,id=c${i},path=${nic.socket.replaceAll(",", ",,")}`;
