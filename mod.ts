@@ -79,7 +79,11 @@ async function main(args: string[]): Promise<void> {
   }
   log(`${topology.name}: ${topology.ports.length} ports, ${topology.threads} datapath thread(s)`);
 
+  let stopping = false;
   const shutdown = async (signal: string) => {
+    // `deno task` forwards a terminal's Ctrl-C, which the process also gets: act once.
+    if (stopping) return;
+    stopping = true;
     log(`${signal}: shutting down`);
     abort.abort();
     await Promise.allSettled([server.finished, sw.stop()]);
