@@ -17,7 +17,7 @@ import { featureNames } from "../ports/vhost_user/features.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
 import { Datapath } from "./datapath.ts";
 import { installSigbusHandler, sigbusCount } from "../ffi/sigbus.ts";
-import { pcapHeader, pcapRecord, TapReader } from "./tap.ts";
+import { concatBytes, pcapHeader, pcapRecord, TapReader } from "./tap.ts";
 import { parseMac } from "./ethernet.ts";
 import type { PortConfig, Topology, VlanConfig } from "./topology.ts";
 
@@ -46,16 +46,6 @@ function bridgeCounters(bridge: Bridge, port: number): Record<string, number> {
 }
 
 type WorkerStatsSample = ReturnType<Datapath["workerStats"]>[number];
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 export class Switch implements SwitchView {
   readonly #started = Date.now();

@@ -18,38 +18,41 @@ export function createTapBuffer(): SharedArrayBuffer {
   return new SharedArrayBuffer(HEADER_BYTES + TAP_SLOTS * SLOT_BYTES);
 }
 
-/** The worker side: appends frames, dropping (and counting) when the reader lags. */
-export class TapWriter {
-  readonly #h: Int32Array;
-  readonly #bytes: Uint8Array;
-  readonly #view: DataView;
+/** Views of one tap ring, shared by its two ends. */
+class TapRing {
+  protected readonly h: Int32Array;
+  protected readonly bytes: Uint8Array;
+  protected readonly view: DataView;
 
   constructor(readonly buffer: SharedArrayBuffer) {
-    this.#h = new Int32Array(buffer, 0, 4);
-    this.#bytes = new Uint8Array(buffer);
-    this.#view = new DataView(buffer);
+    this.h = new Int32Array(buffer, 0, 4);
+    this.bytes = new Uint8Array(buffer);
+    this.view = new DataView(buffer);
   }
+}
 
+/** The worker side: appends frames, dropping (and counting) when the reader lags. */
+export class TapWriter extends TapRing {
   #slot(length: number): number {
-    const head = this.#h[HEAD];
-    if (head - Atomics.load(this.#h, TAIL) >= TAP_SLOTS) {
-      Atomics.add(this.#h, DROPPED, 1);
+    const head = this.h[HEAD];
+    if (head - Atomics.load(this.h, TAIL) >= TAP_SLOTS) {
+      Atomics.add(this.h, DROPPED, 1);
       return -1;
     }
     const at = HEADER_BYTES + (head % TAP_SLOTS) * SLOT_BYTES;
-    this.#view.setFloat64(at, performance.timeOrigin + performance.now(), true);
-    this.#view.setUint32(at + 8, length, true);
+    this.view.setFloat64(at, performance.timeOrigin + performance.now(), true);
+    this.view.setUint32(at + 8, length, true);
     return at + SLOT_HEADER;
   }
 
   #publish(): void {
-    Atomics.store(this.#h, HEAD, this.#h[HEAD] + 1);
+    Atomics.store(this.h, HEAD, this.h[HEAD] + 1);
   }
 
   write(src: Uint8Array, offset: number, length: number): void {
     const at = this.#slot(length);
     if (at < 0) return;
-    this.#bytes.set(src.subarray(offset, offset + length), at);
+    this.bytes.set(src.subarray(offset, offset + length), at);
     this.#publish();
   }
 
@@ -58,45 +61,35 @@ export class TapWriter {
     const at = this.#slot(f.length);
     if (at < 0) return;
     const headLen = f.headEnd - f.headStart;
-    this.#bytes.set(src.subarray(f.headStart, f.headEnd), at);
-    this.#bytes.set(f.tag.subarray(0, f.tagLength), at + headLen);
-    this.#bytes.set(src.subarray(f.tailStart, f.tailEnd), at + headLen + f.tagLength);
+    this.bytes.set(src.subarray(f.headStart, f.headEnd), at);
+    this.bytes.set(f.tag.subarray(0, f.tagLength), at + headLen);
+    this.bytes.set(src.subarray(f.tailStart, f.tailEnd), at + headLen + f.tagLength);
     this.#publish();
   }
 }
 
 /** The main-thread side: takes what the worker wrote, as pcap records. */
-export class TapReader {
-  readonly #h: Int32Array;
-  readonly #bytes: Uint8Array;
-  readonly #view: DataView;
-
-  constructor(readonly buffer: SharedArrayBuffer) {
-    this.#h = new Int32Array(buffer, 0, 4);
-    this.#bytes = new Uint8Array(buffer);
-    this.#view = new DataView(buffer);
-  }
-
+export class TapReader extends TapRing {
   get dropped(): number {
-    return Atomics.load(this.#h, DROPPED);
+    return Atomics.load(this.h, DROPPED);
   }
 
   /** Calls `frame` for up to `max` frames waiting, oldest first; returns how many. */
   drain(max: number, frame: (timestampMs: number, data: Uint8Array) => void): number {
-    const head = Atomics.load(this.#h, HEAD);
-    let tail = this.#h[TAIL];
+    const head = Atomics.load(this.h, HEAD);
+    let tail = this.h[TAIL];
     let n = 0;
     while (tail !== head && n < max) {
       const at = HEADER_BYTES + (tail % TAP_SLOTS) * SLOT_BYTES;
-      const length = this.#view.getUint32(at + 8, true);
+      const length = this.view.getUint32(at + 8, true);
       frame(
-        this.#view.getFloat64(at, true),
-        this.#bytes.slice(at + SLOT_HEADER, at + SLOT_HEADER + length),
+        this.view.getFloat64(at, true),
+        this.bytes.slice(at + SLOT_HEADER, at + SLOT_HEADER + length),
       );
       tail++;
       n++;
     }
-    Atomics.store(this.#h, TAIL, tail);
+    Atomics.store(this.h, TAIL, tail);
     return n;
   }
 }
@@ -111,6 +104,16 @@ export function pcapHeader(snaplen = MAX_FRAME_LEN): Uint8Array {
   v.setUint32(16, snaplen, true);
   v.setUint32(20, 1, true);
   return b;
+}
+
+export function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
 }
 
 /** One pcap record: 16-byte record header, then the frame. */

@@ -1,19 +1,12 @@
 import assert from "node:assert/strict";
 import * as P from "../ports/vhost_user/protocol.ts";
+import { concatBytes } from "../switch/tap.ts";
 
 function msgBytes(request: number, payload: Uint8Array = new Uint8Array(0), flags = 1): Uint8Array {
   return P.encodeMessage(request, flags, payload);
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
+const concat = (...parts: Uint8Array[]) => concatBytes(parts);
 
 Deno.test("reader reassembles messages split at any byte", () => {
   const stream = concat(

@@ -25,9 +25,7 @@ import {
   copyEgress,
   egressFits,
   ETH_HLEN,
-  LINK_MTU,
-  LINK_RX_MAX,
-  LINK_UP,
+  LinkView,
   TP_LEN,
   TP_MAC,
   TP_NEXT_OFFSET,
@@ -49,10 +47,7 @@ import { AfPacketSyscallDatapath } from "./syscall_datapath.ts";
 export class AfPacketRingDatapath implements DatapathPort {
   /** The socket whose TX ring this worker fills (its own when it is not worker 0). */
   readonly #txFd: number;
-  readonly #link: Int32Array;
-  #up = false;
-  #mtu = 0;
-  #rxMax = 0;
+  readonly #link: LinkView;
 
   readonly #rx: Uint8Array;
   readonly #rx32: Uint32Array;
@@ -92,7 +87,7 @@ export class AfPacketRingDatapath implements DatapathPort {
       throw new Error(`af-packet port ${spec.name}: spec has no rings`);
     }
     this.#txFd = extra?.fd ?? spec.fd;
-    this.#link = new Int32Array(spec.link);
+    this.#link = new LinkView(spec.link);
     const rxBuf = viewMapping(rx.address, rx.blockSize * rx.blockNr);
     this.#rx = new Uint8Array(rxBuf);
     this.#rx32 = new Uint32Array(rxBuf);
@@ -107,18 +102,12 @@ export class AfPacketRingDatapath implements DatapathPort {
     this.#txFramesPerBlock = Math.floor(tx.blockSize / tx.frameSize);
     this.#txFrameNr = this.#txFramesPerBlock * tx.blockNr;
     this.#txRoom = tx.frameSize - TPACKET3_HDR_ALIGNED;
-    this.#refreshLink();
-  }
-
-  #refreshLink(): void {
-    this.#up = Atomics.load(this.#link, LINK_UP) !== 0;
-    this.#mtu = Atomics.load(this.#link, LINK_MTU);
-    this.#rxMax = Atomics.load(this.#link, LINK_RX_MAX);
+    this.#link.refresh();
   }
 
   receive(batch: FrameBatch): number {
-    this.#refreshLink();
-    if (this.#kickPending && this.#up) this.#kick();
+    this.#link.refresh();
+    if (this.#kickPending && this.#link.up) this.#kick();
     const c = this.counters;
     const rx = this.#rx;
     const w = this.#rx32;
@@ -132,7 +121,7 @@ export class AfPacketRingDatapath implements DatapathPort {
       const len = w[(h + TP_LEN) >> 2];
       let off = h + this.#rx16[(h + TP_MAC) >> 1];
       const tagged = (status & TP_STATUS_VLAN_VALID) !== 0;
-      if (w[(h + TP_SNAPLEN) >> 2] < len || len + (tagged ? 4 : 0) > this.#rxMax) {
+      if (w[(h + TP_SNAPLEN) >> 2] < len || len + (tagged ? 4 : 0) > this.#link.rxMax) {
         c[DROP_TOO_BIG]++; // truncated, or a GSO/GRO/LRO aggregate longer than the wire allows
         continue;
       }
@@ -219,11 +208,11 @@ export class AfPacketRingDatapath implements DatapathPort {
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
-    if (!this.#up) {
+    if (!this.#link.up) {
       c[DROP_LINK_DOWN]++;
       return false;
     }
-    if (!egressFits(src, f, this.#mtu, this.#txRoom)) {
+    if (!egressFits(src, f, this.#link.mtu, this.#txRoom)) {
       c[DROP_TOO_BIG]++;
       return false;
     }
@@ -252,9 +241,9 @@ export class AfPacketRingDatapath implements DatapathPort {
   }
 
   flush(): void {
-    if (this.#txQueued > 0 || (this.#kickPending && this.#up)) this.#kick();
+    if (this.#txQueued > 0 || (this.#kickPending && this.#link.up)) this.#kick();
     // A worker that only transmits here never calls receive(): keep its view of the link fresh.
-    this.#refreshLink();
+    this.#link.refresh();
   }
 
   #kick(): void {

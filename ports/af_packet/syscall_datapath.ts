@@ -19,45 +19,28 @@ import {
   MAX_FRAME_LEN,
 } from "../port.ts";
 import { recvFrame, sendFrame } from "../../ffi/packet.ts";
-import {
-  type AfPacketSpec,
-  copyEgress,
-  egressFits,
-  ETH_HLEN,
-  LINK_MTU,
-  LINK_RX_MAX,
-  LINK_UP,
-} from "./tpacket.ts";
+import { type AfPacketSpec, copyEgress, egressFits, ETH_HLEN, LinkView } from "./tpacket.ts";
 
 export class AfPacketSyscallDatapath implements DatapathPort {
   readonly #fd: number;
-  readonly #link: Int32Array;
+  readonly #link: LinkView;
   readonly #out = new Uint8Array(MAX_FRAME_LEN + 4);
-  #up = false;
-  #mtu = 0;
-  #rxMax = 0;
 
   constructor(spec: AfPacketSpec, readonly counters: Float64Array) {
     this.#fd = spec.fd;
-    this.#link = new Int32Array(spec.link);
-    this.#refreshLink();
-  }
-
-  #refreshLink(): void {
-    this.#up = Atomics.load(this.#link, LINK_UP) !== 0;
-    this.#mtu = Atomics.load(this.#link, LINK_MTU);
-    this.#rxMax = Atomics.load(this.#link, LINK_RX_MAX);
+    this.#link = new LinkView(spec.link);
+    this.#link.refresh();
   }
 
   receive(batch: FrameBatch): number {
-    this.#refreshLink();
+    this.#link.refresh();
     const c = this.counters;
     let n = 0;
     while (n < BURST) {
       const buf = batch.scratch[n];
       const len = recvFrame(this.#fd, buf);
       if (len < 0) break; // nothing waiting (or ENETDOWN while the link is down)
-      if (len > buf.length || len > this.#rxMax) {
+      if (len > buf.length || len > this.#link.rxMax) {
         c[DROP_TOO_BIG]++;
         continue;
       }
@@ -80,11 +63,11 @@ export class AfPacketSyscallDatapath implements DatapathPort {
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
-    if (!this.#up) {
+    if (!this.#link.up) {
       c[DROP_LINK_DOWN]++;
       return false;
     }
-    if (!egressFits(src, f, this.#mtu, this.#out.length)) {
+    if (!egressFits(src, f, this.#link.mtu, this.#out.length)) {
       c[DROP_TOO_BIG]++;
       return false;
     }

@@ -87,6 +87,25 @@ export const LINK_WORDS = 3;
 /** Receive limit for an interface MTU: the wire's frame plus tags, as MAX_FRAME_LEN for 9000. */
 export const rxMaxFor = (ifMtu: number) => Math.min(MAX_FRAME_LEN, ifMtu + MAX_FRAME_LEN - 9000);
 
+/** A datapath's copy of the link words the control plane keeps current, refreshed per burst. */
+export class LinkView {
+  readonly #words: Int32Array;
+  up = false;
+  mtu = 0;
+  rxMax = 0;
+
+  constructor(link: SharedArrayBuffer) {
+    this.#words = new Int32Array(link);
+    this.refresh();
+  }
+
+  refresh(): void {
+    this.up = Atomics.load(this.#words, LINK_UP) !== 0;
+    this.mtu = Atomics.load(this.#words, LINK_MTU);
+    this.rxMax = Atomics.load(this.#words, LINK_RX_MAX);
+  }
+}
+
 /** Everything a Worker needs to drive the port (structured-cloneable). */
 export interface AfPacketSpec {
   variant: "ring" | "syscall";
