@@ -63,13 +63,11 @@ async function main(args: string[]): Promise<void> {
     fail(`${topology.name}: cannot start: ${(err as Error).message}`);
   }
   const app = createApp(sw, { token: topology.http.token, readOnly: topology.http.readOnly });
-  const abort = new AbortController();
   let server: Deno.HttpServer;
   try {
     server = Deno.serve({
       hostname: topology.http.hostname,
       port: topology.http.port,
-      signal: abort.signal,
       onListen: ({ hostname, port }) =>
         log(`${topology.name}: HTTP on http://${hostname}:${port}/`),
     }, app.fetch);
@@ -85,8 +83,10 @@ async function main(args: string[]): Promise<void> {
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down`);
-    abort.abort();
-    await Promise.allSettled([server.finished, sw.stop()]);
+    // Captures end their streams; no new requests; responses in flight finish (bounded).
+    sw.endCaptures();
+    await Promise.race([server.shutdown(), new Promise((r) => setTimeout(r, 3000))]);
+    await sw.stop();
     log("stopped");
     Deno.exit(0);
   };

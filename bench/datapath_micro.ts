@@ -106,7 +106,7 @@ function run(frameLen: number, vlanB: PortVlanConfig | undefined): number {
   const portB = new VirtioNetDatapath(VIRTIO_NET_HDR_LEN, true, 9018, counters.block(0, 1));
   portA.txQueues.push(a.queue(1));
   portB.rxQueue = b.queue(0);
-  const fw = new Forwarder(bridge, 2);
+  const fw = new Forwarder(bridge, 2, [counters.block(0, 0), counters.block(0, 1)]);
   fw.polled = [{ index: 0, port: portA }];
   fw.targets[0] = portA;
   fw.targets[1] = portB;

@@ -15,7 +15,10 @@ export const DROP_TOO_BIG = 6;
 export const DROP_RUNT = 7;
 /** Guest notifications (call eventfd writes) and kicks seen. */
 export const NOTIFICATIONS = 8;
-/** Frames not transmitted because the port's link was down (af-packet: no IFF_UP/IFF_RUNNING). */
+/**
+ * Frames not transmitted because the port was down (af-packet: no IFF_UP/IFF_RUNNING) or, for a
+ * moment, being reconfigured (new memory table, rings starting or stopping).
+ */
 export const DROP_LINK_DOWN = 9;
 /**
  * Frames received with their L4 checksum left to offload (af-packet TP_STATUS_CSUMNOTREADY,

@@ -2,6 +2,7 @@
 // ask the bridge where each frame goes, copy it out to every destination (VLAN tags applied
 // during the copy), hand the burst back to the sender, and flush each destination once.
 import { type DatapathPort, FrameBatch } from "../ports/port.ts";
+import { DROP_LINK_DOWN } from "../ports/counters.ts";
 import type { Bridge } from "./bridge.ts";
 import type { TapWriter } from "./tap.ts";
 
@@ -21,7 +22,8 @@ export class Forwarder {
   readonly #out: Int32Array;
   readonly #touched: Uint8Array;
 
-  constructor(readonly bridge: Bridge, portCount: number) {
+  /** `counters[port]`: this worker's counter block of each port. */
+  constructor(readonly bridge: Bridge, portCount: number, readonly counters: Float64Array[]) {
     this.targets = new Array(portCount).fill(null);
     this.taps = Array.from({ length: portCount }, () => []);
     this.#out = new Int32Array(portCount);
@@ -55,7 +57,11 @@ export class Forwarder {
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];
-          if (target === null) continue;
+          if (target === null) {
+            // Down, or between the two phases of a reconfiguration: dropped, and counted.
+            this.counters[dst][DROP_LINK_DOWN]++;
+            continue;
+          }
           const frame = bridge.egressFrame(dst, off, len);
           touched[dst] = 1;
           if (!target.transmit(bytes, frame)) continue;

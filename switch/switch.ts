@@ -52,6 +52,8 @@ export class Switch implements SwitchView {
   readonly #ports: VhostUserPort[] = [];
   readonly #packetPorts = new Map<number, AfPacketPort>();
   #sigbusSeen = 0;
+  /** Aborted at shutdown: running captures end their pcap streams cleanly. */
+  readonly #captures = new AbortController();
   #agingTimer: ReturnType<typeof setInterval> | undefined;
   #sampleTimer: ReturnType<typeof setInterval> | undefined;
   /** Counters one second ago and now, for rates. */
@@ -118,7 +120,7 @@ export class Switch implements SwitchView {
     if (cfg.type === "af-packet") {
       const port = AfPacketPort.open(
         { name: cfg.name, interface: cfg.interface, mtu: cfg.mtu },
-        { txQueues: this.topology.threads, log },
+        { variant: cfg.io, txQueues: this.topology.threads, log },
       );
       this.#packetPorts.set(index, port);
       await this.datapath.attachPacket(index, port.spec);
@@ -225,6 +227,7 @@ export class Switch implements SwitchView {
     const maxFrames = opts.maxFrames ?? Infinity;
     const deadline = performance.now() + (opts.seconds ?? Infinity) * 1000;
     const signal = opts.signal;
+    const shutdown = this.#captures.signal;
     const log = this.log;
     return (async function* () {
       const rings = await datapath.addTap(index);
@@ -232,7 +235,10 @@ export class Switch implements SwitchView {
         yield pcapHeader();
         const readers = rings.map((r) => new TapReader(r));
         let frames = 0;
-        while (frames < maxFrames && performance.now() < deadline && !signal?.aborted) {
+        while (
+          frames < maxFrames && performance.now() < deadline && !signal?.aborted &&
+          !shutdown.aborted
+        ) {
           const batch: { ts: number; data: Uint8Array }[] = [];
           for (const reader of readers) {
             frames += reader.drain(maxFrames - frames, (ts, data) => batch.push({ ts, data }));
@@ -332,9 +338,15 @@ export class Switch implements SwitchView {
     return removed;
   }
 
+  /** Ends running captures (their streams close as valid pcap files). */
+  endCaptures(): void {
+    this.#captures.abort();
+  }
+
   /** Stops every port (rings stopped, memory unmapped, sockets unlinked), then the workers. */
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
+      this.endCaptures();
       clearInterval(this.#agingTimer);
       clearInterval(this.#sampleTimer);
       await Promise.all(this.#ports.map((p) => p.stop()));

@@ -26,6 +26,8 @@ export interface AfPacketPortConfig extends PortCommon {
   type: "af-packet";
   interface: string;
   queues: 1;
+  /** "ring": TPACKET_V3 rings; "syscall": one recv/send per frame (the baseline, for comparison). */
+  io: "ring" | "syscall";
 }
 export type PortConfig = VhostUserPortConfig | AfPacketPortConfig;
 
@@ -101,8 +103,8 @@ const MAX_SOCKET_PATH = 107;
 const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports"];
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity"];
 const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues"];
-const AF_PACKET_KEYS = [...COMMON_KEYS, "interface"];
-const ANY_PORT_KEYS = [...VHOST_KEYS, "interface"];
+const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
+const ANY_PORT_KEYS = [...VHOST_KEYS, "interface", "io"];
 
 /** `fileName` prefixes every problem and anchors relative socket paths; nothing is read from it. */
 export function parseTopology(text: string, fileName: string): Topology {
@@ -171,7 +173,9 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
     const path = `ports[${i}]`;
     if (!isObject(item)) return c.add(path, `expected an object, got ${describe(item)}`);
     const type = c.oneOf(item.type, `${path}.type`, ["vhost-user", "af-packet"] as const);
-    c.object(item, path, type === "af-packet" ? AF_PACKET_KEYS : type ? VHOST_KEYS : ANY_PORT_KEYS);
+    const keys = type === "af-packet" ? AF_PACKET_KEYS : type ? VHOST_KEYS : ANY_PORT_KEYS;
+    // "io" on a vhost-user port is reported below as misplaced, not as an unknown key.
+    c.object(item, path, type === "vhost-user" && item.io !== undefined ? [...keys, "io"] : keys);
     const name = c.str(item.name, `${path}.name`, undefined, NAME_RE, NAME_RULE) ?? "";
     if (name) unique("port name", name, path, "name");
     const mtu = c.int(item.mtu, `${path}.mtu`, 68, 9000, 1500) ?? 1500;
@@ -182,6 +186,9 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
         Array.from({ length: queues }, () => nextWorker++ % (threads ?? 1));
     const common = { name, mtu, vlan, queues, rxqAffinity };
     if (type === "vhost-user") {
+      if (item.io !== undefined) {
+        c.add(`${path}.io`, "not used by vhost-user ports (af-packet only)");
+      }
       const mode = c.oneOf(item.mode, `${path}.mode`, ["server", "client"] as const, "server");
       const given = c.str(item.socket, `${path}.socket`, undefined, /./, "must not be empty");
       const socket = given ? resolve(baseDir, given) : "";
@@ -195,7 +202,14 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
       const ifname = type &&
         c.str(item.interface, `${path}.interface`, undefined, IFNAME_RE, IFNAME_RULE);
       if (ifname) unique("interface", ifname, path, "interface");
-      ports.push({ type: "af-packet", ...common, interface: ifname ?? "", queues: 1 });
+      const io = type && c.oneOf(item.io, `${path}.io`, ["ring", "syscall"] as const, "ring");
+      ports.push({
+        type: "af-packet",
+        ...common,
+        interface: ifname ?? "",
+        queues: 1,
+        io: io ?? "ring",
+      });
     }
   });
   return ports;

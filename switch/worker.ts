@@ -60,7 +60,11 @@ class DatapathWorker {
     });
     this.ports = new Array(init.portCount).fill(null);
     this.packets = new Array(init.portCount).fill(null);
-    this.forwarder = new Forwarder(this.bridge, init.portCount);
+    const blocks = Array.from(
+      { length: init.portCount },
+      (_, p) => this.counters.block(init.worker, p),
+    );
+    this.forwarder = new Forwarder(this.bridge, init.portCount, blocks);
     this.mailbox = new Int32Array(init.mailbox);
     this.stats = new Float64Array(init.stats);
     this.busyPoll = init.busyPoll;

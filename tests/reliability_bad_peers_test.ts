@@ -6,7 +6,7 @@
 // - a peer floods garbage as fast as it can (reconnecting whenever the switch hangs up), others
 //   connect and never finish negotiating: GET /health over real HTTP stays fast, frames between
 //   the good ports keep flowing, and a new front-end can still negotiate on another port;
-// - (known bug, VSW_KNOWN_BUGS=1) a peer floods well-framed requests the switch must refuse.
+// - a peer floods well-framed requests the switch must refuse.
 import assert from "node:assert/strict";
 import * as P from "../ports/vhost_user/protocol.ts";
 import { VhostFrontend } from "./helpers/frontend.ts";
@@ -25,7 +25,6 @@ import {
   waitForBaseline,
 } from "./helpers/reliability.ts";
 
-const KNOWN_BUGS = Deno.env.get("VSW_KNOWN_BUGS") === "1";
 const G1 = "52:54:00:00:01:01";
 const G2 = "52:54:00:00:02:02";
 const SRC = "52:54:00:00:03:03";
@@ -286,7 +285,7 @@ Deno.test({
   },
 });
 
-// BUG: ports/vhost_user/connection.ts VhostUserConnection.#onReadable drains the socket in a
+// Regression test (fixed bug): ports/vhost_user/connection.ts VhostUserConnection.#onReadable drains the socket in a
 // synchronous `for (;;)` loop until recvmsg says EAGAIN and queues every parsed message on an
 // unbounded promise chain (#chain) before handling any of them. A peer that writes well-framed
 // requests as fast as the switch reads (here 20-byte requests the switch must refuse, no reply
@@ -296,8 +295,7 @@ Deno.test({
 // 5 s, 1.5 million messages queued and never handled: protocol_errors stayed 0). Fix: read a
 // bounded amount per readiness event, and stop watching the fd while messages are queued.
 Deno.test({
-  name: "BUG: a flood of well-framed refused requests does not stall the HTTP API",
-  ignore: !KNOWN_BUGS,
+  name: "a flood of well-framed refused requests does not stall the HTTP API",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

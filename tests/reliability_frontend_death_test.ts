@@ -23,7 +23,6 @@ import {
 import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
 import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
 
-const KNOWN_BUGS = Deno.env.get("VSW_KNOWN_BUGS") === "1";
 const qemuMissing = guestToolsAvailable();
 if (qemuMissing) console.warn(`SKIPPING QEMU front-end death test: ${qemuMissing}`);
 const testpmdMissing = testpmdAvailable();
@@ -253,7 +252,7 @@ Deno.test({
   },
 });
 
-// BUG: ports/vhost_user/vhost_user_port.ts VhostUserPort.#accept refuses a new connection while
+// Regression test (fixed bug): ports/vhost_user/vhost_user_port.ts VhostUserPort.#accept refuses a new connection while
 // `#conn` is set ("refused a second front-end connection (port already connected)"), but #attach
 // clears `#conn` only when the old connection's `closed` promise resolves, i.e. after
 // VhostUserDevice.reset() has stopped the rings through a round trip to every datapath worker.
@@ -264,8 +263,7 @@ Deno.test({
 // reconnects were refused. Fix: clear #conn (or let the new connection queue behind the old
 // one's teardown) as soon as the old connection is closed, before its reset completes.
 Deno.test({
-  name: "BUG: a front-end that reconnects right after hanging up is not refused",
-  ignore: !KNOWN_BUGS,
+  name: "a front-end that reconnects right after hanging up is not refused",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

@@ -100,8 +100,7 @@ Deno.test({
           const out = await t.cmd(c);
           if (/fail|invalid|error/i.test(out)) throw new Error(`${c}: ${out}`);
         }
-        // The switch saw the connection close before testpmd connects again (an immediate
-        // reconnect is refused: see the BUG test in reliability_frontend_death_test.ts).
+        // Wait until the switch saw the connection close, so every cycle is a full teardown.
         await rig.waitPort("pmd", (p) => p.state === "listening", "testpmd detached", 10_000);
       };
       const attach = async (burst: boolean) => {

@@ -7,7 +7,7 @@
 // front-end's), and exit 0. The same topology (same sockets, same HTTP port) then starts again
 // at once: listening within a second, and it works. After SIGKILL, the stale socket files are
 // replaced just as fast.
-// (Known bug, VSW_KNOWN_BUGS=1: a response still streaming at SIGTERM is cut off.)
+// (A response still streaming at SIGTERM, e.g. a capture, ends cleanly.)
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { FrontendListener, VhostFrontend } from "./helpers/frontend.ts";
@@ -22,7 +22,6 @@ import {
   SwitchRig,
 } from "./helpers/reliability.ts";
 
-const KNOWN_BUGS = Deno.env.get("VSW_KNOWN_BUGS") === "1";
 const G1 = "52:54:00:00:0c:01";
 const G2 = "52:54:00:00:0c:02";
 const START_LIMIT_MS = 1000;
@@ -233,7 +232,7 @@ Deno.test({
   },
 });
 
-// BUG: mod.ts's shutdown (on SIGTERM/SIGINT) aborts Deno.serve and calls Deno.exit(0) as soon as
+// Regression test (fixed bug): mod.ts's shutdown (on SIGTERM/SIGINT) aborts Deno.serve and calls Deno.exit(0) as soon as
 // `server.finished` and `sw.stop()` settle, which happens within ~10 ms: a response still
 // streaming is cut off mid-body. A `GET /ports/:name/capture?seconds=60` client gets "error
 // reading a body from connection" (a truncated chunked body) instead of the end of a valid pcap
@@ -241,8 +240,7 @@ Deno.test({
 // generators return, which closes the stream), then wait (bounded) for in-flight responses
 // before exiting.
 Deno.test({
-  name: "BUG: HTTP responses in flight at SIGTERM are completed",
-  ignore: !KNOWN_BUGS,
+  name: "HTTP responses in flight at SIGTERM are completed",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {

@@ -124,7 +124,6 @@ Deno.test({
 
 const PMD_MAC = "02:00:00:00:0d:03";
 const PEER_MAC = "52:54:00:00:07:09";
-const KNOWN_BUGS = Deno.env.get("VSW_KNOWN_BUGS") === "1";
 
 interface Exchange {
   what: string;
@@ -137,20 +136,10 @@ interface Exchange {
   resent: number;
 }
 
-// BUG (the step marked BUG below): after DPDK virtio-user in server mode (server=1) reconnects
-// to a restarted switch, the switch re-sends frames testpmd sent long before, and can never
-// deliver a frame to testpmd again (every one counts as drop_no_buffer). virtio-user
-// (drivers/net/virtio/virtio_user/virtio_user_dev.c, virtio_user_kick_queue) always sends
-// SET_VRING_BASE 0 ("no reservation"), also when it re-attaches rings whose avail/used indexes
-// are far past 0; DPDK's own vhost library then resynchronises (lib/vhost/vhost_user.c: if
-// last_used_idx != used->idx, last_avail_idx = last_used_idx = used->idx, "some packets maybe
-// resent for Tx and dropped for Rx"). ports/vhost_user/device.ts takes ring.base as the ring's
-// position as is (#snapshot: lastAvail: ring.base): on the TX ring it walks again every
-// descriptor since index 0 (the frames of earlier bursts are forwarded a second time), and on the
-// RX ring avail->idx - 0 exceeds the queue size, so split_queue.ts sees an impossible index and
-// never takes a buffer. Minimal repro with the TS front-end: run traffic, GET_VRING_BASE both
-// rings, then setupRing(q, 0) for both (what virtio-user sends on reconnect) and send again.
-// Fix: when a ring starts with base != used->idx for a split ring, start from used->idx.
+// DPDK virtio-user in server mode (server=1) reconnects to a restarted switch and sends
+// SET_VRING_BASE 0 for rings whose indexes are far past 0. Like DPDK's vhost library, the switch
+// resumes such a ring at its used index; once it took the 0 as is, re-sent old frames and could
+// never deliver to testpmd again. The last step checks that this stays fixed.
 Deno.test({
   name: "switch restart (SIGTERM, SIGKILL) under testpmd virtio-user server=1: it reconnects",
   ignore: testpmdMissing !== null,
@@ -234,8 +223,7 @@ Deno.test({
         assert.ok(!pmd.exited, "testpmd kept running");
       }
       await t.step({
-        name: "BUG: no frame sent twice, and frames reach testpmd again after the restart",
-        ignore: !KNOWN_BUGS,
+        name: "no frame sent twice, and frames reach testpmd again after the restart",
         fn() {
           assert.deepEqual(
             results.map((r) => [r.what, r.resent, r.burst, r.delivered]),

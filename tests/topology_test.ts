@@ -83,6 +83,7 @@ Deno.test("defaults fill every optional field", async () => {
         queues: 1,
         rxqAffinity: [0],
         interface: "eth0",
+        io: "ring",
       },
     ],
   };
@@ -144,6 +145,26 @@ Deno.test("a full topology keeps every value given", async () => {
   assert.deepEqual(t.ports[1].vlan, { mode: "trunk", allowed: [10, 20], native: 20 });
   assert.deepEqual(t.ports[1].rxqAffinity, [0]);
   assert.equal(t.ports[1].mtu, 1400);
+});
+
+Deno.test("io: af-packet ports pick ring or syscall; vhost-user ports refuse it", async () => {
+  const t = parseTopology(
+    JSON.stringify(topo([uplink({ io: "syscall" }), uplink({ name: "u2", interface: "eth1" })])),
+    join(Deno.cwd(), "x.json"),
+  );
+  assert.deepEqual(t.ports.map((p) => p.type === "af-packet" && p.io), ["syscall", "ring"]);
+  assert.deepEqual(
+    await problems(topo([
+      uplink({ io: "rings" }),
+      uplink({ name: "u2", interface: "eth1", io: 1 }),
+      vm("vm1", { io: "ring" }),
+    ])),
+    [
+      'F: ports[0].io: expected one of "ring", "syscall", got "rings" (did you mean "ring"?)',
+      'F: ports[1].io: expected one of "ring", "syscall", got 1',
+      "F: ports[2].io: not used by vhost-user ports (af-packet only)",
+    ],
+  );
 });
 
 Deno.test("queues without rxqAffinity are spread round-robin over the workers", () => {

@@ -7,6 +7,13 @@ import { MAX_FDS, recvWithFds, sendWithFds } from "../../ffi/unix.ts";
 import * as P from "./protocol.ts";
 import type { VhostUserDevice } from "./device.ts";
 
+/** recvmsg calls per readiness event before other fds get their turn. */
+const READS_PER_WAKEUP = 16;
+/** Messages queued (read, not handled) before we stop reading from that front-end. */
+const MAX_QUEUED = 256;
+/** Messages handled back to back before the control thread yields to its event loop. */
+const YIELD_EVERY = 32;
+
 /** Requests whose reply carries a payload (REPLY_ACK does not apply to them). */
 const HAS_REPLY = new Set([
   P.VHOST_USER_GET_FEATURES,
@@ -27,9 +34,14 @@ export interface ConnectionStats {
 
 export class VhostUserConnection {
   readonly #reader = new P.MessageReader();
-  readonly #buf = new Uint8Array(new ArrayBuffer(64 * 1024));
+  /** Small reads: a front-end's flood of tiny messages arrives a few dozen at a time. */
+  readonly #buf = new Uint8Array(new ArrayBuffer(8 * 1024));
+  #handled = 0;
   #chain: Promise<void> = Promise.resolve();
   #closed = false;
+  /** Messages read but not handled yet, and whether reading is paused because of them. */
+  #queued = 0;
+  #paused = false;
   readonly stats: ConnectionStats = { messages: 0, errors: 0, lastError: "" };
   readonly closed: Promise<void>;
   #resolveClosed!: () => void;
@@ -39,15 +51,24 @@ export class VhostUserConnection {
     readonly device: VhostUserDevice,
     readonly reactor: Reactor,
     readonly log: (msg: string) => void,
+    /** Settles when the previous connection of the port finished tearing its device down. */
+    after: Promise<void> = Promise.resolve(),
   ) {
     this.closed = new Promise((r) => (this.#resolveClosed = r));
+    this.#chain = after;
     reactor.watch(fd, () => this.#onReadable());
+  }
+
+  /** Whether close() was called (its device may still be tearing down). */
+  get closing(): boolean {
+    return this.#closed;
   }
 
   #onReadable(): void {
     if (this.#closed) return;
     try {
-      for (;;) {
+      // A bounded amount per wake-up, so one busy front-end cannot hold the control thread.
+      for (let reads = 0; reads < READS_PER_WAKEUP; reads++) {
         const fds: number[] = [];
         const n = recvWithFds(this.fd, this.#buf, fds);
         if (n < 0) return;
@@ -58,14 +79,30 @@ export class VhostUserConnection {
         }
         this.#reader.push(this.#buf.subarray(0, n), fds);
         for (const msg of this.#reader.ready.splice(0)) {
-          this.#chain = this.#chain.then(() => this.#process(msg));
+          this.#queued++;
+          this.#chain = this.#chain.then(() => this.#process(msg)).finally(() => this.#dequeued());
         }
         if (this.#reader.pendingFdCount > MAX_FDS) {
           throw new P.ProtocolError(`more than ${MAX_FDS} fds sent with one message`);
         }
+        if (this.#queued >= MAX_QUEUED) {
+          // The front-end sends faster than we handle its messages: stop reading until the
+          // queue drains (it then waits on its socket, not us on our memory).
+          this.reactor.unwatch(this.fd);
+          this.#paused = true;
+          return;
+        }
       }
     } catch (err) {
       this.#fail(err);
+    }
+  }
+
+  #dequeued(): void {
+    this.#queued--;
+    if (this.#paused && !this.#closed && this.#queued <= MAX_QUEUED / 4) {
+      this.#paused = false;
+      this.reactor.watch(this.fd, () => this.#onReadable());
     }
   }
 
@@ -74,6 +111,9 @@ export class VhostUserConnection {
       for (const fd of msg.fds) closeFd(fd);
       return;
     }
+    // Handling runs as a promise chain (microtasks): now and then let the event loop serve
+    // other connections, timers and HTTP, however fast this front-end sends.
+    if (++this.#handled % YIELD_EVERY === 0) await new Promise((r) => setTimeout(r, 0));
     this.stats.messages++;
     const name = P.requestName(msg.request);
     // Decided before handling: a reset clears the negotiated REPLY_ACK it was asked under.
@@ -92,7 +132,11 @@ export class VhostUserConnection {
       if (!(err instanceof Error)) throw err;
       this.stats.errors++;
       this.stats.lastError = `${name}: ${err.message}`;
-      this.log(`rejected ${name}: ${err.message}`);
+      // A front-end sending nothing but bad requests must not turn into a flood of log lines.
+      const n = this.stats.errors;
+      if (n <= 10 || (n & (n - 1)) === 0) {
+        this.log(`rejected ${name}: ${err.message}${n > 10 ? ` (${n} rejected so far)` : ""}`);
+      }
       if (HAS_REPLY.has(msg.request)) {
         // No meaningful reply exists; the front-end would wait forever. Hang up instead.
         this.close(`cannot answer ${name}`);
@@ -126,7 +170,7 @@ export class VhostUserConnection {
     if (this.#closed) return;
     this.#closed = true;
     this.log(`connection closed: ${reason}`);
-    this.reactor.unwatch(this.fd);
+    if (!this.#paused) this.reactor.unwatch(this.fd);
     closeFd(this.fd);
     for (const fd of this.#reader.takeStrayFds()) closeFd(fd);
     this.#chain = this.#chain

@@ -324,6 +324,16 @@ export class VhostUserDevice {
         this.log(`ring ${index}: misaligned ring addresses, ring not started`);
         return;
       }
+      if (!this.#running?.queues.some((q) => q.index === index)) {
+        // A ring (re)starts. A front-end that reconnects after a back-end restart may send a
+        // base of 0 (DPDK virtio-user does) while its used ring says otherwise; like DPDK's
+        // vhost library, trust the used index: a few frames may be sent again or dropped.
+        const usedIdx = mem.usedIndex(used);
+        if (usedIdx !== ring.base) {
+          this.log(`ring ${index}: base ${ring.base} but used index ${usedIdx}: resuming there`);
+          ring.base = usedIdx;
+        }
+      }
       queues.push({
         index,
         size: n,

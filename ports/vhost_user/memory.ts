@@ -159,6 +159,12 @@ export class MemoryTable {
     });
   }
 
+  /** The used ring's idx field (the u16 at byte 2 of the ring), read by the control plane. */
+  usedIndex(where: { region: number; offset: number }): number {
+    const s = this.#regions[where.region].spec;
+    return new DataView(viewMapping(s.mapAddress, s.mapLength)).getUint16(where.offset + 2, true);
+  }
+
   /** Translates a front-end virtual address range (ring addresses) to a region and offset. */
   translateUser(uva: number, len: number): { region: number; offset: number } | null {
     for (let i = 0; i < this.#regions.length; i++) {

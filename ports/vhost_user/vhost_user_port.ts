@@ -80,7 +80,7 @@ export class VhostUserPort {
     for (;;) {
       const fd = unixAccept(this.#listenFd);
       if (fd < 0) return;
-      if (this.#conn || this.#stopped) {
+      if ((this.#conn && !this.#conn.closing) || this.#stopped) {
         // One front-end per port: a second one is turned away, the first keeps working.
         this.rejected++;
         this.log("refused a second front-end connection (port already connected)");
@@ -117,7 +117,9 @@ export class VhostUserPort {
       this.datapath,
       this.log,
     );
-    const conn = new VhostUserConnection(fd, device, this.reactor, this.log);
+    // A front-end may reconnect at once: its new device starts when the old one is torn down.
+    const previous = this.#conn?.closed ?? Promise.resolve();
+    const conn = new VhostUserConnection(fd, device, this.reactor, this.log, previous);
     this.#conn = conn;
     this.log("front-end connected");
     conn.closed.then(() => {
