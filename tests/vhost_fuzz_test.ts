@@ -31,8 +31,6 @@ import {
 const EVIL = "52:54:00:00:ee:ee";
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 0x5eed);
 const FUZZ_MESSAGES = 3000;
-/** Skip the inputs that trigger the known bug (see the last test of the file). */
-const SKIP_KNOWN_BUGS = Deno.env.get("VSW_KNOWN_BUGS") !== "1";
 
 const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 
