@@ -62,7 +62,7 @@ export interface WorkerStats {
   sleeps: number;
   frames: number;
   framesPerSecond: number;
-  /** busyRounds / all rounds over the last interval, 0 to 1. */
+  /** Share of the last interval's time spent in poll rounds that moved frames, 0 to 1. */
   busyFraction: number;
 }
 

@@ -10,6 +10,7 @@ import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import {
   type BridgeShare,
   type FromWorker,
+  STAT_BUSY_MS,
   STAT_BUSY_ROUNDS,
   STAT_FRAMES,
   STAT_IDLE_ROUNDS,
@@ -215,6 +216,7 @@ export class Datapath {
   workerStats(): {
     worker: number;
     busyRounds: number;
+    busyMs: number;
     idleRounds: number;
     sleeps: number;
     frames: number;
@@ -222,6 +224,7 @@ export class Datapath {
     return this.#stats.map((s, worker) => ({
       worker,
       busyRounds: s[STAT_BUSY_ROUNDS],
+      busyMs: s[STAT_BUSY_MS],
       idleRounds: s[STAT_IDLE_ROUNDS],
       sleeps: s[STAT_SLEEPS],
       frames: s[STAT_FRAMES],

@@ -187,12 +187,14 @@ export class Switch implements SwitchView {
     return {
       uptimeSeconds: Math.floor((Date.now() - this.#started) / 1000),
       workers: this.datapath.workerStats().map((w, i) => {
-        const busy = b.workers[i].busyRounds - a.workers[i].busyRounds;
-        const rounds = busy + b.workers[i].idleRounds - a.workers[i].idleRounds;
+        // Share of the interval spent in poll rounds that moved frames (time, not rounds:
+        // a round moving thousands of frames weighs more than 64 empty polls).
+        const busyMs = b.workers[i].busyMs - a.workers[i].busyMs;
+        const { busyMs: _, ...counts } = w;
         return {
-          ...w,
+          ...counts,
           framesPerSecond: rate(a.workers[i].frames, b.workers[i].frames),
-          busyFraction: rounds ? busy / rounds : 0,
+          busyFraction: b.time === a.time ? 0 : Math.min(1, busyMs / (b.time - a.time)),
         };
       }),
       ports: this.topology.ports.map((p, i) => ({

@@ -16,6 +16,7 @@ import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import {
   type FromWorker,
+  STAT_BUSY_MS,
   STAT_BUSY_ROUNDS,
   STAT_FRAMES,
   STAT_IDLE_ROUNDS,
@@ -208,13 +209,16 @@ async function run(w: DatapathWorker): Promise<void> {
       continue;
     }
     const now = nowSeconds();
+    const t0 = performance.now();
     let moved = 0;
     for (let i = 0; i < 64; i++) moved += w.forwarder.poll(now);
     stats[moved ? STAT_BUSY_ROUNDS : STAT_IDLE_ROUNDS]++;
     stats[STAT_FRAMES] += moved;
     const t = performance.now();
-    if (moved) lastWork = t;
-    else if (!w.busyPoll && t - lastWork >= linger) {
+    if (moved) {
+      lastWork = t;
+      stats[STAT_BUSY_MS] += t - t0;
+    } else if (!w.busyPoll && t - lastWork >= linger) {
       // Blocks until a kick, a control message or the housekeeping timeout.
       const woken = w.idle();
       linger = woken ? Math.min(w.idleAfterMs, linger * 2) : Math.max(1, linger / 2);

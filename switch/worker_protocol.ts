@@ -92,6 +92,8 @@ export const STAT_IDLE_ROUNDS = 1;
 /** Times the worker went to sleep waiting for kicks. */
 export const STAT_SLEEPS = 2;
 export const STAT_FRAMES = 3;
+/** Milliseconds spent in poll rounds that moved frames (OVS's "processing cycles"). */
+export const STAT_BUSY_MS = 4;
 export const WORKER_STATS = 8;
 
 export type FromWorker = WorkerAck | WorkerReady;
