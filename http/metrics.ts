@@ -143,7 +143,7 @@ export function renderMetrics(info: SwitchInfo, stats: SwitchStats, ports: PortS
     [
       "busy_ratio",
       "gauge",
-      "Share of poll rounds that moved frames over the last second.",
+      "Share of the last second a worker spent in poll rounds that moved frames.",
       (w) => w.busyFraction,
     ],
   ];
