@@ -4,6 +4,7 @@
 // plain wire, the upper bound). Configurations alternate (A B C A B C ...) so drift on this
 // shared 2-CPU host hits all of them alike; ratios are taken within the run.
 import { parseArgs } from "node:util";
+import { listOption, numberOption } from "./options.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { runTrial, type Trial, TX_FIRST_BURSTS } from "./pvp/loop.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
@@ -31,7 +32,7 @@ const USAGE = `Usage: deno task bench [options]
                            periods with less other load than C are also summarised apart
   --out DIR                where results go (default bench/results)`;
 
-const list = (s: string) => s.split(",").map((x) => x.trim()).filter(Boolean);
+const list = listOption;
 
 function options() {
   const { values } = parseArgs({
@@ -53,13 +54,7 @@ function options() {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const num = (name: string, v: string, min: number, max: number) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < min || n > max) {
-      throw new Error(`--${name}: ${v} is not in ${min}..${max}`);
-    }
-    return n;
-  };
+  const num = numberOption;
   const kinds = list(values.only);
   for (const k of kinds) {
     if (!["switch", "ovs", "wire"].includes(k)) throw new Error(`--only: unknown ${k}`);

@@ -4,6 +4,7 @@
 // vhost-user port, where dpdk-testpmd (virtio-user, rxonly) counts them. The two variants
 // alternate (A B A B ...) in one run, so drift on this shared 2-CPU host hits both alike.
 import { parseArgs } from "node:util";
+import { listOption, numberOption } from "./options.ts";
 import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { cleanupAll, finalCleanup, isInterrupted, onCleanup, trapSignals } from "./pvp/proc.ts";
@@ -49,13 +50,7 @@ function options() {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const num = (name: string, s: string, min: number, max: number) => {
-    const n = Number(s);
-    if (!Number.isFinite(n) || n < min || n > max) {
-      throw new Error(`--${name}: ${s} not in ${min}..${max}`);
-    }
-    return n;
-  };
+  const num = numberOption;
   const oneOf = <T extends string>(name: string, s: string, xs: readonly T[]): T => {
     if (!xs.includes(s as T)) throw new Error(`--${name}: expected one of ${xs.join(", ")}`);
     return s as T;
@@ -65,7 +60,7 @@ function options() {
   if (pin && pin.length !== 3) throw new Error("--pin: three CPUs (switch, sender, testpmd)");
   if (v.rps && !pin) throw new Error("--rps needs --pin: it steers to the switch's CPU");
   return {
-    sizes: v.sizes.split(",").map((s) => num("sizes", s, 64, 1518)),
+    sizes: listOption(v.sizes).map((s) => num("sizes", s, 64, 1518)),
     rounds: Math.round(num("rounds", v.rounds, 1, 100)),
     periods: Math.round(num("periods", v.periods, 1, 1000)),
     periodSeconds: num("period-seconds", v["period-seconds"], 0.2, 600),
