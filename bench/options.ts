@@ -1,4 +1,19 @@
 // Command-line option helpers shared by the benchmarks.
+import { fileURLToPath } from "node:url";
+
+/** The repository root (with a trailing slash). */
+export const REPO = fileURLToPath(new URL("../", import.meta.url));
+
+/** parseArgs options every benchmark takes: sizes, rounds, measuring periods, output, help. */
+export const TRIAL_OPTIONS = {
+  sizes: { type: "string", default: "64,1518" },
+  rounds: { type: "string", default: "3" },
+  periods: { type: "string", default: "4" },
+  "period-seconds": { type: "string", default: "2" },
+  warmup: { type: "string", default: "2" },
+  out: { type: "string", default: `${REPO}bench/results` },
+  help: { type: "boolean", short: "h" },
+} as const;
 
 /** A number option within [min, max]; throws naming the option otherwise. */
 export function numberOption(name: string, value: string, min: number, max: number): number {

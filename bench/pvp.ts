@@ -4,7 +4,7 @@
 // plain wire, the upper bound). Configurations alternate (A B C A B C ...) so drift on this
 // shared 2-CPU host hits all of them alike; ratios are taken within the run.
 import { parseArgs } from "node:util";
-import { listOption, numberOption } from "./options.ts";
+import { listOption, numberOption, TRIAL_OPTIONS } from "./options.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { runTrial, type Trial, TX_FIRST_BURSTS } from "./pvp/loop.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
@@ -17,7 +17,7 @@ import {
   waitForQuiet,
 } from "./pvp/proc.ts";
 import { formatTable, plot, summarize } from "./pvp/report.ts";
-import { REPO, type TargetKind, targetLabel, type TargetSpec } from "./pvp/targets.ts";
+import { type TargetKind, targetLabel, type TargetSpec } from "./pvp/targets.ts";
 
 const USAGE = `Usage: deno task bench [options]
   --sizes 64,1518          wire frame sizes in bytes, FCS included (testpmd --txpkts = size - 4)
@@ -37,17 +37,11 @@ const list = listOption;
 function options() {
   const { values } = parseArgs({
     options: {
-      sizes: { type: "string", default: "64,1518" },
-      periods: { type: "string", default: "4" },
-      "period-seconds": { type: "string", default: "2" },
-      warmup: { type: "string", default: "2" },
+      ...TRIAL_OPTIONS,
       only: { type: "string", default: "switch,ovs,wire" },
       threads: { type: "string", default: "1,2" },
-      rounds: { type: "string", default: "3" },
       "quiet-cpus": { type: "string", default: "0.3" },
       "quiet-wait": { type: "string", default: "10" },
-      out: { type: "string", default: `${REPO}bench/results` },
-      help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {

@@ -4,12 +4,12 @@
 // vhost-user port, where dpdk-testpmd (virtio-user, rxonly) counts them. The two variants
 // alternate (A B A B ...) in one run, so drift on this shared 2-CPU host hits both alike.
 import { parseArgs } from "node:util";
-import { listOption, numberOption } from "./options.ts";
+import { listOption, numberOption, TRIAL_OPTIONS } from "./options.ts";
 import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { cleanupAll, finalCleanup, isInterrupted, onCleanup, trapSignals } from "./pvp/proc.ts";
 import { formatTable, type RoundTrial, summarize } from "./uplink/report.ts";
-import { REPO, runTrial } from "./uplink/trial.ts";
+import { runTrial } from "./uplink/trial.ts";
 
 const USAGE = `Usage: deno task bench:uplink [options]   (as root)
   --sizes 64,1518        wire frame sizes in bytes, FCS included (the sender sends size - 4)
@@ -32,18 +32,12 @@ const USAGE = `Usage: deno task bench:uplink [options]   (as root)
 function options() {
   const { values: v } = parseArgs({
     options: {
-      sizes: { type: "string", default: "64,1518" },
-      rounds: { type: "string", default: "3" },
-      periods: { type: "string", default: "4" },
-      "period-seconds": { type: "string", default: "2" },
-      warmup: { type: "string", default: "2" },
+      ...TRIAL_OPTIONS,
       poll: { type: "string", default: "busy" },
       pin: { type: "string", default: "0,1,0" },
       via: { type: "string", default: "ring" },
       rps: { type: "boolean", default: false },
       "queue-size": { type: "string", default: "16384" },
-      out: { type: "string", default: `${REPO}bench/results` },
-      help: { type: "boolean", short: "h" },
     },
   });
   if (v.help) {

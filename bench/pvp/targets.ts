@@ -1,7 +1,6 @@
 // The systems under test. Each one serves two vhost-user sockets that the front-end testpmd's
 // virtio-user ports connect to (the front-end is a client in every case, so all three see the
 // same front-end) and forwards between them.
-import { fileURLToPath } from "node:url";
 import { Testpmd, vhostVdev } from "../../tests/helpers/testpmd.ts";
 import { startOvs } from "./ovs.ts";
 import {
@@ -16,7 +15,7 @@ import {
   waitFor,
 } from "./proc.ts";
 
-export const REPO = fileURLToPath(new URL("../../", import.meta.url));
+import { REPO } from "../options.ts";
 
 export type TargetKind = "switch" | "ovs" | "wire";
 

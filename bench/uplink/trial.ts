@@ -1,7 +1,6 @@
 // One uplink trial: a fresh switch with `io` set on its af-packet uplink, a testpmd virtio-user
 // front-end in rxonly on its vhost-user port, and the flood sender in the namespace. After a
 // warm-up, fixed periods read testpmd's RX counter, the switch's counters and /proc CPU times.
-import { fileURLToPath } from "node:url";
 import { Testpmd, virtioUserVdev } from "../../tests/helpers/testpmd.ts";
 import type { VethNetns } from "../../tests/helpers/netns.ts";
 import {
@@ -17,7 +16,7 @@ import {
   waitFor,
 } from "../pvp/proc.ts";
 
-export const REPO = fileURLToPath(new URL("../../", import.meta.url));
+import { REPO } from "../options.ts";
 export const PMD_MAC = "02:00:00:00:00:01";
 export type Io = "ring" | "syscall";
 
