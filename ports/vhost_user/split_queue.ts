@@ -76,7 +76,6 @@ export class SplitQueue {
   readonly #used16: Uint16Array;
   /** used ring elements: id at 1 + 2i, len at 2 + 2i. */
   readonly #used32: Uint32Array;
-  readonly #words: Uint32Array[];
   lastAvail: number;
   usedIdx: number;
   /** The guest's avail index as last read. */
@@ -109,7 +108,6 @@ export class SplitQueue {
     this.#avail = new Uint16Array(buf(spec.avail), spec.avail.offset, 3 + size);
     this.#used16 = new Uint16Array(buf(spec.used), spec.used.offset, 3 + 4 * size);
     this.#used32 = new Uint32Array(buf(spec.used), spec.used.offset, 1 + 2 * size);
-    this.#words = mem.bytes.map(wordView);
     this.lastAvail = spec.lastAvail & 0xffff;
     this.usedIdx = this.lastAvail;
     this.#availSeen = this.lastAvail;
@@ -117,7 +115,7 @@ export class SplitQueue {
     this.#signalled = this.usedIdx;
     this.segRegion = new Int32Array(size);
     this.regionBytes = mem.bytes;
-    this.regionWords = this.#words;
+    this.regionWords = mem.bytes.map(wordView);
     this.segOffset = new Float64Array(size);
     this.segLength = new Float64Array(size);
   }
@@ -204,7 +202,7 @@ export class SplitQueue {
         const off = mem.translate(addr, len);
         if (off < 0 || (off & 3) !== 0) return CHAIN_BAD_ADDRESS;
         indirect = true;
-        table = this.#words[mem.region];
+        table = this.regionWords[mem.region];
         tableBase = off / 4;
         tableSize = len / 16;
         i = 0;
