@@ -42,6 +42,8 @@ const symbols = {
     nonblocking: true,
   },
   getpid: { parameters: [], result: "i32" },
+  // The address of a libc function (RTLD_DEFAULT = null), for ffi/native_copy.ts.
+  dlsym: { parameters: ["pointer", "buffer"], result: "pointer" },
   sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   // AF_PACKET uplink: per-frame recv (baseline variant), entering a network namespace (tests).
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },

@@ -4,6 +4,7 @@
 // empty list per burst.
 import type { EgressFrame } from "../ports/port.ts";
 import { MAX_FRAME_LEN } from "../ports/port.ts";
+import { copyMemory } from "../ffi/native_copy.ts";
 
 const HEAD = 0; // written by the worker
 const TAIL = 1; // written by the reader
@@ -52,7 +53,7 @@ export class TapWriter extends TapRing {
   write(src: Uint8Array, offset: number, length: number): void {
     const at = this.#slot(length);
     if (at < 0) return;
-    this.bytes.set(src.subarray(offset, offset + length), at);
+    copyMemory(this.bytes, at, src, offset, length);
     this.#publish();
   }
 
@@ -61,9 +62,9 @@ export class TapWriter extends TapRing {
     const at = this.#slot(f.length);
     if (at < 0) return;
     const headLen = f.headEnd - f.headStart;
-    this.bytes.set(src.subarray(f.headStart, f.headEnd), at);
-    this.bytes.set(f.tag.subarray(0, f.tagLength), at + headLen);
-    this.bytes.set(src.subarray(f.tailStart, f.tailEnd), at + headLen + f.tagLength);
+    copyMemory(this.bytes, at, src, f.headStart, headLen);
+    copyMemory(this.bytes, at + headLen, f.tag, 0, f.tagLength);
+    copyMemory(this.bytes, at + headLen + f.tagLength, src, f.tailStart, f.tailEnd - f.tailStart);
     this.#publish();
   }
 }

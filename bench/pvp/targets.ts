@@ -78,7 +78,11 @@ async function startSwitch(dir: string, threads: number): Promise<Target> {
   };
   const topoPath = `${dir}/topology.json`;
   await Deno.writeTextFile(topoPath, JSON.stringify(topology, null, 2) + "\n");
-  const argv = [Deno.execPath(), "run", "--allow-all", `${REPO}mod.ts`, topoPath];
+  // PVP_V8_FLAGS=--prof profiles the switch in the loop (bench/README.md, bench/ticks.ts).
+  const v8Flags = Deno.env.get("PVP_V8_FLAGS");
+  const argv = [Deno.execPath(), "run", "--allow-all"];
+  if (v8Flags) argv.push(`--v8-flags=${v8Flags}`);
+  argv.push(`${REPO}mod.ts`, topoPath);
   const proc = new Proc("switch", argv, { cwd: REPO });
   const get = async (path: string) => {
     const res = await fetch(`http://${listen}${path}`).catch((e) => {

@@ -43,6 +43,7 @@ import {
   TPACKET3_HDR_ALIGNED,
 } from "./tpacket.ts";
 import { AfPacketSyscallDatapath } from "./syscall_datapath.ts";
+import { copyMemory } from "../../ffi/native_copy.ts";
 
 export class AfPacketRingDatapath implements DatapathPort {
   /** The socket whose TX ring this worker fills (its own when it is not worker 0). */
@@ -143,8 +144,8 @@ export class AfPacketRingDatapath implements DatapathPort {
           batch.bytes[n] = rx;
         } else {
           const s = batch.scratch[n];
-          s.set(rx.subarray(off, off + 12), 0);
-          s.set(rx.subarray(off + 12, off + len), 16);
+          copyMemory(s, 0, rx, off, 12);
+          copyMemory(s, 16, rx, off + 12, len - 12);
           off = 0;
           batch.bytes[n] = s;
         }

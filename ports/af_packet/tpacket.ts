@@ -1,6 +1,7 @@
 // TPACKET_V3 layouts (include/uapi/linux/if_packet.h), the rings' geometry, the spec the control
 // plane hands a Worker, and the egress checks and copy both datapath variants share.
 import { type EgressFrame, MAX_FRAME_LEN } from "../port.ts";
+import { copyMemory } from "../../ffi/native_copy.ts";
 
 // struct tpacket_block_desc: u32 version, u32 offset_to_priv, then struct tpacket_hdr_v1.
 export const BLOCK_STATUS = 8;
@@ -159,8 +160,7 @@ export function copyEgress(dst: Uint8Array, at: number, src: Uint8Array, f: Egre
 }
 
 /**
- * Short pieces (MAC addresses, a tag) byte by byte: the temporary subarray view set() needs
- * costs more than they do (the only allocation on the path, for pieces of 16 bytes and more).
+ * Short pieces (MAC addresses, a tag) byte by byte: a call costs more than they do.
  */
 function copyRange(dst: Uint8Array, at: number, src: Uint8Array, s: number, e: number): number {
   const n = e - s;
@@ -168,7 +168,7 @@ function copyRange(dst: Uint8Array, at: number, src: Uint8Array, s: number, e: n
   if (n < 16) {
     for (let i = 0; i < n; i++) dst[at + i] = src[s + i];
   } else {
-    dst.set(src.subarray(s, e), at);
+    copyMemory(dst, at, src, s, n);
   }
   return at + n;
 }

@@ -3,6 +3,7 @@
 // physical 0 at offset 0, userspace address gpa + UVA_OFFSET, optionally cut into several
 // regions like QEMU's RAM blocks) and drives a virtio-net device on rings 0 (RX) and 1 (TX).
 // Raw accessors let hostile tests write anything anywhere.
+import { LIBRARY_NAME } from "../../ffi/native_copy.ts";
 import { libc } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../../ffi/fd.ts";
@@ -673,4 +674,12 @@ export class FrontendListener {
       Deno.removeSync(this.path);
     } catch { /* gone */ }
   }
+}
+
+/**
+ * A /proc/PID/maps line of guest memory (a memfd mapping), not the switch's own copy helper
+ * (ffi/native_copy.ts), which every thread maps once.
+ */
+export function isGuestMemfdMap(line: string): boolean {
+  return line.includes("/memfd:") && !line.includes(`/memfd:${LIBRARY_NAME}`);
 }

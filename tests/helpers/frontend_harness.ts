@@ -11,7 +11,7 @@ import { memfdCreate, MFD_ALLOW_SEALING } from "../../ffi/mem.ts";
 import { unixSocketPair } from "../../ffi/unix.ts";
 import { Switch } from "../../switch/switch.ts";
 import { parseTopology } from "../../switch/topology.ts";
-import { type FrontendOptions, VhostFrontend, waitFor } from "./frontend.ts";
+import { type FrontendOptions, isGuestMemfdMap, VhostFrontend, waitFor } from "./frontend.ts";
 
 // ---- a real switch in a temp dir, and test frames ----
 
@@ -156,7 +156,7 @@ function countedFds(): number[] {
 
 export function resources(): Resources {
   const maps = Deno.readTextFileSync("/proc/self/maps").split("\n");
-  return { fds: countedFds().length, memfdMaps: maps.filter((l) => l.includes("/memfd:")).length };
+  return { fds: countedFds().length, memfdMaps: maps.filter(isGuestMemfdMap).length };
 }
 
 /**

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { closeFd } from "../../ffi/fd.ts";
 import { sendWithFds, unixConnect } from "../../ffi/unix.ts";
 import * as P from "../../ports/vhost_user/protocol.ts";
-import { delay, type VhostFrontend } from "./frontend.ts";
+import { delay, isGuestMemfdMap, type VhostFrontend } from "./frontend.ts";
 import { SwitchProcess } from "./switch_process.ts";
 
 const SELF = fileURLToPath(import.meta.url);
@@ -76,7 +76,7 @@ export function procStats(pid: number): ProcStats {
     eventfds: fds.filter(([, t]) => t === "anon_inode:[eventfd]").length,
     sockets: fds.filter(([, t]) => t.startsWith("socket:")).length,
     memfdFds: fds.filter(([, t]) => t.startsWith("/memfd:")).length,
-    memfdMaps: maps.filter((l) => l.includes("/memfd:")).length,
+    memfdMaps: maps.filter(isGuestMemfdMap).length,
     rssKiB: kib("VmRSS"),
     rssAnonKiB: kib("RssAnon"),
     rssFileKiB: kib("RssFile"),
