@@ -7,7 +7,7 @@
  * and that FDB reader slot (lookups need no atomics; call `offline()` before idling).
  */
 
-import { Fdb, LEARN_REFUSED_FULL, MAX_READERS } from "./fdb.ts";
+import { Fdb, LEARN_REFRESHED, LEARN_REFUSED_FULL, LEARN_STATIC, MAX_READERS } from "./fdb.ts";
 import {
   ETH_ADDRS_LEN,
   ETH_HLEN,
@@ -80,6 +80,8 @@ export const CNT_FLOODED = 6;
 /** Frames sent to one known port. */
 export const CNT_UNICAST = 7;
 export const PORT_COUNTERS = 8;
+const CACHE_WORDS = 5;
+
 /** `dropReason` when the frame was not dropped. */
 export const NO_DROP = -1;
 
@@ -142,6 +144,14 @@ export class Bridge {
   private readonly counterBase: number;
   /** `fdb` through this writer's reader slot: what decide() uses. */
   private readonly datapathFdb: Fdb;
+  /**
+   * A one-entry exact-match cache per ingress port, like OVS's EMC in front of its classifier:
+   * the source last learned (refreshed this second) and the destination last looked up, each
+   * valid while the FDB's version is the one read before the FDB was asked. A burst is usually
+   * one flow, so most frames skip both hash probes.
+   */
+  private readonly cacheSrc: Int32Array;
+  private readonly cacheDst: Int32Array;
 
   /** A zeroed `state` buffer: all links down. */
   static createState(portCount: number, writers: number): SharedArrayBuffer {
@@ -195,6 +205,10 @@ export class Bridge {
     );
     this.counterBase = writer * n * PORT_COUNTERS;
     this.datapathFdb = Fdb.attach(this.fdb.buffer, { reader: writer });
+    // Per port: [version, macHi, macLo, vlan, now] and [version, macHi, macLo, vlan, port];
+    // version -1 (never a real one before 2^31 locked operations) marks an empty entry.
+    this.cacheSrc = new Int32Array(n * CACHE_WORDS).fill(-1);
+    this.cacheDst = new Int32Array(n * CACHE_WORDS).fill(-1);
     for (const s of opts.statics ?? []) this.addStatic(s.mac, s.vlan, s.port);
   }
 
@@ -294,18 +308,45 @@ export class Bridge {
     if ((frame[offset + 6] & 1) !== 0) return this.drop(cb, DROP_MULTICAST_SRC);
 
     const fdb = this.datapathFdb;
-    const learned = fdb.learn(
-      macHiAt(frame, offset + 6),
-      macLoAt(frame, offset + 6),
-      vlan,
-      ingressPort,
-      now,
-    );
-    if (learned === LEARN_REFUSED_FULL) this.counters[cb + CNT_LEARN_REFUSED]++;
+    const version = fdb.version;
+    const sHi = macHiAt(frame, offset + 6);
+    const sLo = macLoAt(frame, offset + 6) | 0;
+    const src = this.cacheSrc;
+    const cs = ingressPort * CACHE_WORDS;
+    if (
+      src[cs] !== version || src[cs + 2] !== sLo || src[cs + 1] !== sHi ||
+      src[cs + 3] !== vlan || src[cs + 4] !== (now | 0)
+    ) {
+      const learned = fdb.learn(sHi, sLo, vlan, ingressPort, now);
+      if (learned === LEARN_REFUSED_FULL) this.counters[cb + CNT_LEARN_REFUSED]++;
+      // Only a learn that changed nothing may be skipped next time (new and moved entries
+      // bumped the version anyway).
+      const keep = learned === LEARN_REFRESHED || learned === LEARN_STATIC;
+      src[cs] = keep ? version : -1;
+      src[cs + 1] = sHi;
+      src[cs + 2] = sLo;
+      src[cs + 3] = vlan;
+      src[cs + 4] = now;
+    }
     this.dropReason = NO_DROP;
 
     if ((frame[offset] & 1) === 0) {
-      const port = fdb.lookup(macHiAt(frame, offset), macLoAt(frame, offset), vlan);
+      const dHi = macHiAt(frame, offset);
+      const dLo = macLoAt(frame, offset) | 0;
+      const dst = this.cacheDst;
+      let port: number;
+      if (
+        dst[cs] === version && dst[cs + 2] === dLo && dst[cs + 1] === dHi && dst[cs + 3] === vlan
+      ) {
+        port = dst[cs + 4];
+      } else {
+        port = fdb.lookup(dHi, dLo, vlan);
+        dst[cs] = version;
+        dst[cs + 1] = dHi;
+        dst[cs + 2] = dLo;
+        dst[cs + 3] = vlan;
+        dst[cs + 4] = port;
+      }
       if (port >= 0) {
         if (port === ingressPort) return this.drop(cb, DROP_HAIRPIN);
         if (this.linkUp[port] === 0 || this.member[(port << 12) | vlan] === 0) {

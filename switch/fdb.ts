@@ -66,6 +66,9 @@ const GEN = 0; // generation: bumped by each compaction; active table = GEN & 1
 const CAPACITY = 1;
 const SLOTS = 2;
 const MAGIC = 3;
+// Bumped by every locked operation (each insert, move, delete, flush, aging, compaction): a
+// datapath thread that remembers a result (bridge.ts) re-checks it when this moved.
+const VERSION = 4;
 const LOCK = 16;
 const SIZE = 17; // live entries
 const USED = 18; // live + tombstones in the active table
@@ -169,6 +172,11 @@ export class Fdb {
     this.maxUsed = (this.slots >> 2) * 3;
     this.reader = reader;
     this.readerWord = reader < 0 ? -1 : READERS + reader * READER_STRIDE;
+  }
+
+  /** Changes whenever an entry may have been added, moved or removed. A plain load. */
+  get version(): number {
+    return this.w[VERSION];
   }
 
   get size(): number {
@@ -495,6 +503,7 @@ export class Fdb {
   }
 
   private unlock(): void {
+    Atomics.add(this.w, VERSION, 1);
     Atomics.store(this.w, LOCK, 0);
   }
 

@@ -362,3 +362,43 @@ Deno.test("ethernet helpers: MACs as (hi, lo) numbers", () => {
   assert.ok(isMulticastAt(f, 0));
   assert.ok(!isMulticastAt(f, 6));
 });
+
+Deno.test("the per-port flow cache never outlives an FDB change", () => {
+  const b = bridge([undefined, undefined, undefined]);
+  const ab = frame({ dst: B, src: A });
+  send(b, 1, frame({ dst: A, src: B }), 100); // B on port 1
+  const v0 = b.fdb.version;
+  for (let i = 0; i < 5; i++) assert.deepEqual(send(b, 0, ab, 100), [1]); // cached after the first
+  assert.equal(b.fdb.version, v0 + 1, "only learning A (new) took the lock");
+  // Deleted destination: the next frame floods, it does not use the cached port.
+  const { hi, lo } = parseMac(B);
+  assert.ok(b.fdb.delete(hi, lo, 0));
+  assert.deepEqual(send(b, 0, ab, 100), [1, 2]);
+  // B moves to port 2: A's frames follow it at once.
+  send(b, 2, frame({ dst: A, src: B }), 100);
+  assert.deepEqual(send(b, 0, ab, 100), [2]);
+  // A moves to port 1 (its port-0 cache entry is stale); back on port 0 it is learned again.
+  send(b, 1, frame({ dst: C, src: A }), 100);
+  assert.equal(where(b, A, 0), 1);
+  assert.deepEqual(send(b, 0, ab, 100), [2]);
+  assert.equal(where(b, A, 0), 0);
+  // Flushing the port empties the table for its MACs even while cached.
+  b.fdb.flush({ port: 0 });
+  assert.equal(where(b, A, 0), -1);
+  send(b, 0, ab, 100);
+  assert.equal(where(b, A, 0), 0, "relearned on the next frame");
+});
+
+Deno.test("a cached source is still refreshed once a second, so an active MAC never ages", () => {
+  const b = bridge([undefined, undefined]);
+  const f = frame({ dst: B, src: A });
+  for (let now = 1000; now < 1010; now++) {
+    for (let i = 0; i < 3; i++) send(b, 0, f, now);
+    assert.equal(b.fdb.age(now, 2), 0, `aged at ${now}`);
+  }
+  assert.equal(where(b, A, 0), 0);
+  // Silent for the aging time: gone, and the next frame learns it again.
+  assert.equal(b.fdb.age(1015, 2), 1);
+  send(b, 0, f, 1015);
+  assert.equal(where(b, A, 0), 0);
+});

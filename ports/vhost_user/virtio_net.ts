@@ -283,9 +283,9 @@ export class VirtioNetDatapath implements DatapathPort {
     if (q === null) return;
     if (q.shared === null) {
       this.#publish(q);
-      // The next burst to this guest takes these buffers: fetch their descriptors now.
+      // The next burst to this guest fills these buffers: fetch them and their descriptors.
       const n = q.availCount();
-      this.touched ^= q.touchAvail(n < BURST ? n : BURST);
+      this.touched ^= q.touchBuffers(n < BURST ? n : BURST);
       return;
     }
     q.acquire();
