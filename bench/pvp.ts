@@ -21,12 +21,12 @@ import { type TargetKind, targetLabel, type TargetSpec } from "./pvp/targets.ts"
 
 const USAGE = `Usage: deno task bench [options]
   --sizes 64,1518          wire frame sizes in bytes, FCS included (testpmd --txpkts = size - 4)
-  --periods N              measurement periods per trial (default 4)
+  --periods N              measurement periods per trial (default 3)
   --period-seconds S       length of one period (default 2)
   --warmup S               seconds between tx-first and the first period (default 2)
   --only switch,ovs,wire   configurations to run
   --threads 1,2            switch datapath threads to try
-  --rounds R               times each configuration runs, interleaved (default 3)
+  --rounds R               times each configuration runs, interleaved (default 4)
   --quiet-cpus C           before each trial wait until other work uses under C CPUs (0.3),
   --quiet-wait S           but no longer than S seconds (default 10; 0 = never wait);
                            periods with less other load than C are also summarised apart
@@ -38,6 +38,9 @@ function options() {
   const { values } = parseArgs({
     options: {
       ...TRIAL_OPTIONS,
+      // The host's speed drifts by tens of percent within minutes: more, shorter rounds.
+      rounds: { type: "string", default: "4" },
+      periods: { type: "string", default: "3" },
       only: { type: "string", default: "switch,ovs,wire" },
       threads: { type: "string", default: "1,2" },
       "quiet-cpus": { type: "string", default: "0.3" },
