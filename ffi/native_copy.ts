@@ -152,7 +152,17 @@ function loadNativeCopy(): NativeCopy | null {
   }
 }
 
-const native = loadNativeCopy();
+function tryLoadNativeCopy(): NativeCopy | null {
+  try {
+    return loadNativeCopy();
+  } catch (e) {
+    // E.g. a kernel or policy that refuses to map a memfd executable: slower, still correct.
+    console.warn(`native copy helper unavailable, copying with TypedArray.set: ${e}`);
+    return null;
+  }
+}
+
+const native = tryLoadNativeCopy();
 
 /** Whether copies go through the native helper (else through `set(subarray())`). */
 export const nativeCopyLoaded = native !== null;

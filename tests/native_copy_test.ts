@@ -111,3 +111,13 @@ Deno.test("copyBytes (word loop, short, memmove paths) agrees with a byte loop",
     }
   }
 });
+
+Deno.test("views of 64 bytes or less (which V8 may keep on its heap) are copied in JS", () => {
+  const src = pattern(40, 3);
+  const dst = new Uint8Array(64);
+  copyMemory(dst, 20, src, 5, 30);
+  assert.deepEqual(dst.subarray(20, 50), src.subarray(5, 35));
+  assert.equal(dst[19], 0);
+  assert.equal(dst[50], 0);
+  assert.throws(() => copyMemory(dst, 40, src, 0, 25), RangeError);
+});
