@@ -127,13 +127,7 @@ const copySymbols = {
   vs_copy: { parameters: ["pointer", "u32", "pointer", "u32", "u32"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-type NativeCopy = (
-  dst: Deno.PointerValue,
-  dOff: number,
-  src: Deno.PointerValue,
-  sOff: number,
-  n: number,
-) => void;
+type NativeCopy = Deno.DynamicLibrary<typeof copySymbols>["symbols"]["vs_copy"];
 
 /** Builds and loads the helper; null where it cannot run (not x86-64 Linux, or no memmove). */
 function loadNativeCopy(): NativeCopy | null {
