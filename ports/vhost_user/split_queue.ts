@@ -158,30 +158,31 @@ export class SplitQueue {
    */
   touchAvail(n: number): number {
     const d = this.#desc;
-    const a = this.#avail;
-    const mask = this.mask;
     let x = 0;
-    for (let k = 0, i = this.lastAvail; k < n; k++, i++) x ^= d[4 * (a[2 + (i & mask)] & mask) + 3];
+    for (let k = 0; k < n; k++) x ^= d[this.#availHeadWord(k) + 3];
     return x;
   }
 
   /**
-   * touchAvail, and also reads the first byte of each head descriptor's buffer: for RX
-   * buffers, whose lines the next burst writes (wrong addresses are skipped, walkChain
-   * checks them for real later).
+   * Like touchAvail, and also reads the first byte of each head descriptor's buffer: for RX
+   * buffers, whose lines the next burst writes (addresses outside guest memory are skipped;
+   * walkChain checks them for real later).
    */
   touchBuffers(n: number): number {
     const d = this.#desc;
-    const a = this.#avail;
-    const mask = this.mask;
     const mem = this.mem;
     let x = 0;
-    for (let k = 0, i = this.lastAvail; k < n; k++, i++) {
-      const w = 4 * (a[2 + (i & mask)] & mask);
+    for (let k = 0; k < n; k++) {
+      const w = this.#availHeadWord(k);
       const off = mem.translate(d[w] + d[w + 1] * 4294967296, 1);
       if (off >= 0) x ^= this.regionBytes[mem.region][off];
     }
     return x;
+  }
+
+  /** Word index in the descriptor table of the head of the k-th chain not yet taken. */
+  #availHeadWord(k: number): number {
+    return 4 * (this.#avail[2 + ((this.lastAvail + k) & this.mask)] & this.mask);
   }
 
   /** Gives back the last `n` chains taken with popAvail (a frame that found too little room). */
