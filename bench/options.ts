@@ -26,3 +26,13 @@ export function numberOption(name: string, value: string, min: number, max: numb
 
 /** A comma-separated list option, blanks dropped. */
 export const listOption = (s: string) => s.split(",").map((x) => x.trim()).filter(Boolean);
+
+/** The parsed options, or (on a bad option) the error and the usage text, and exit status 2. */
+export function optionsOrExit<T>(parse: () => T, usage: string): T {
+  try {
+    return parse();
+  } catch (e) {
+    console.error(`${(e as Error).message}\n\n${usage}`);
+    Deno.exit(2);
+  }
+}

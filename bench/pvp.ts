@@ -4,7 +4,7 @@
 // plain wire, the upper bound). Configurations alternate (A B C A B C ...) so drift on this
 // shared 2-CPU host hits all of them alike; ratios are taken within the run.
 import { parseArgs } from "node:util";
-import { listOption, numberOption, TRIAL_OPTIONS } from "./options.ts";
+import { listOption, numberOption, optionsOrExit, TRIAL_OPTIONS } from "./options.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { runTrial, type Trial, TX_FIRST_BURSTS } from "./pvp/loop.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
@@ -86,13 +86,7 @@ async function host() {
 }
 
 async function main() {
-  let o;
-  try {
-    o = options();
-  } catch (e) {
-    console.error(`${(e as Error).message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
+  const o = optionsOrExit(options, USAGE);
   const missing = testpmdAvailable();
   if (missing) {
     console.error(`cannot run the PVP bench: ${missing}`);

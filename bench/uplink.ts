@@ -4,7 +4,7 @@
 // vhost-user port, where dpdk-testpmd (virtio-user, rxonly) counts them. The two variants
 // alternate (A B A B ...) in one run, so drift on this shared 2-CPU host hits both alike.
 import { parseArgs } from "node:util";
-import { listOption, numberOption, TRIAL_OPTIONS } from "./options.ts";
+import { listOption, numberOption, optionsOrExit, TRIAL_OPTIONS } from "./options.ts";
 import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
 import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
 import { cleanupAll, finalCleanup, isInterrupted, onCleanup, trapSignals } from "./pvp/proc.ts";
@@ -69,13 +69,7 @@ function options() {
 }
 
 async function main() {
-  let o;
-  try {
-    o = options();
-  } catch (e) {
-    console.error(`${(e as Error).message}\n\n${USAGE}`);
-    Deno.exit(2);
-  }
+  const o = optionsOrExit(options, USAGE);
   const missing = netnsSkipReason() ?? testpmdAvailable();
   if (missing) {
     console.error(`cannot run the uplink bench: ${missing}`);
