@@ -1,5 +1,6 @@
 // A strict parser of the Prometheus text exposition format 0.0.4, for tests: it throws on
 // anything the format (or its naming conventions) does not allow, naming the line.
+import { commandMissing } from "./peers.ts";
 
 export type MetricType = "counter" | "gauge" | "histogram" | "summary" | "untyped";
 
@@ -155,20 +156,17 @@ export function sampleValue(
   throw new Error(`no sample ${name}${want}`);
 }
 
-/** `promtool check metrics` on the text, or null when promtool is not installed. */
-export async function promtoolCheck(text: string): Promise<{ ok: boolean; output: string } | null> {
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command("promtool", {
-      args: ["check", "metrics"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return null;
-    throw err;
-  }
+/** Why `promtool` cannot run here (Debian ships it in `prometheus`), or null. */
+export const promtoolMissing = commandMissing("promtool", "prometheus");
+
+/** `promtool check metrics` on the text (see promtoolMissing). */
+export async function promtoolCheck(text: string): Promise<{ ok: boolean; output: string }> {
+  const child = new Deno.Command("promtool", {
+    args: ["check", "metrics"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(text));
   await writer.close();

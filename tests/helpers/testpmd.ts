@@ -1,6 +1,6 @@
 // Drives a real `dpdk-testpmd` in interactive mode over stdin, for integration tests.
-// Flags follow /work/shared/peers.md: no hugepages here, so every process gets
-// --no-huge, its own --file-prefix and a small mbuf pool. Without hugepages EAL touches
+// Test machines have no hugepages, so every process gets --no-huge, its own --file-prefix (two
+// DPDK processes must not share runtime files) and a small mbuf pool. Without hugepages EAL touches
 // all of -m at startup (-m 1024 took 2-4 s here), so -m is sized to the mbuf pool.
 
 import { readPcapFrames, writePcap } from "./pcap.ts";
