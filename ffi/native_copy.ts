@@ -7,11 +7,14 @@
 // 64-bit addresses or to UnsafeFnPointer (~1 us a call). So this module builds, in memory, the
 // smallest ELF shared object holding one function,
 //
-//   void vs_copy(uint8_t *dst, uint32_t dst_off, const uint8_t *src, uint32_t src_off, uint32_t n)
-//   { memmove(dst + dst_off, src + src_off, n); }
+//   void vs_copy(uint8_t *dst, const uint8_t *src, double dst_off, double src_off, uint32_t n)
+//   { memmove(dst + (int64_t)dst_off, src + (int64_t)src_off, n); }
 //
 // (a tail jump to this process's memmove), writes it to a memfd and dlopens that. Offsets are
-// checked against both views here, before the call: the native side trusts them.
+// checked against both views here, before the call: the native side trusts them. They travel as
+// doubles because guest memory regions exceed 4 GiB (a VM with 8 GiB of RAM has a 6 GiB one)
+// and a double holds every integer offset up to 2^53 exactly, where a u32 would wrap; 64-bit
+// integer parameters would leave V8's fast call path.
 import { libc } from "./libc.ts";
 import { closeFd } from "./fd.ts";
 import { cString, MAP_SHARED, memfdCreate, mmap, munmap, viewMapping } from "./mem.ts";
@@ -37,17 +40,18 @@ const SYMBOL = "vs_copy";
 /** The memfd name of the helper library (it shows in /proc/PID/maps as /memfd:NAME). */
 export const LIBRARY_NAME = "vswitch-copy.so";
 
-/** x86-64 System V: rdi = dst, esi = dst_off, rdx = src, ecx = src_off, r8d = n. */
+/** x86-64 System V: rdi = dst, rsi = src, xmm0 = dst_off, xmm1 = src_off, edx = n. */
 function copyCode(memmove: bigint): number[] {
+  // deno-fmt-ignore
   return [
-    ...[0x89, 0xf6], //                 mov esi, esi          zero-extend dst_off
-    ...[0x48, 0x01, 0xf7], //           add rdi, rsi          dst + dst_off
-    ...[0x89, 0xc9], //                 mov ecx, ecx          zero-extend src_off
-    ...[0x48, 0x8d, 0x34, 0x0a], //     lea rsi, [rdx + rcx]  src + src_off
-    ...[0x44, 0x89, 0xc2], //           mov edx, r8d          n
-    ...[0x48, 0xb8], //                 movabs rax, memmove
+    0xf2, 0x48, 0x0f, 0x2c, 0xc0, //   cvttsd2si rax, xmm0   dst_off as an integer
+    0x48, 0x01, 0xc7, //               add rdi, rax          dst + dst_off
+    0xf2, 0x48, 0x0f, 0x2c, 0xc1, //   cvttsd2si rax, xmm1   src_off as an integer
+    0x48, 0x01, 0xc6, //               add rsi, rax          src + src_off
+    0x89, 0xd2, //                     mov edx, edx          zero-extend n
+    0x48, 0xb8, //                     movabs rax, memmove
     ...new Uint8Array(new BigUint64Array([memmove]).buffer),
-    ...[0xff, 0xe0], //                 jmp rax
+    0xff, 0xe0, //                     jmp rax
   ];
 }
 
@@ -124,7 +128,7 @@ export function sharedObject(name: string, code: number[]): Uint8Array {
 }
 
 const copySymbols = {
-  vs_copy: { parameters: ["pointer", "u32", "pointer", "u32", "u32"], result: "void" },
+  vs_copy: { parameters: ["pointer", "pointer", "f64", "f64", "u32"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type NativeCopy = Deno.DynamicLibrary<typeof copySymbols>["symbols"]["vs_copy"];
@@ -192,9 +196,10 @@ export function copyMemory(
   sOff: number,
   n: number,
 ): void {
-  // Also rejects negative and non-integer numbers: `x >>> 0 !== x` for those.
+  // Offsets are exact integers however large (guest regions pass 4 GiB); `!(x >= 0)` also
+  // catches NaN, and `x % 1` a fraction.
   if (
-    (dOff >>> 0) !== dOff || (sOff >>> 0) !== sOff || (n >>> 0) !== n ||
+    !(dOff >= 0) || !(sOff >= 0) || dOff % 1 !== 0 || sOff % 1 !== 0 || (n >>> 0) !== n ||
     dOff + n > dst.length || sOff + n > src.length
   ) {
     throw new RangeError(
@@ -213,5 +218,5 @@ export function copyMemory(
     lastSrc = src;
     lastSrcPointer = pointerOf(src);
   }
-  native(lastDstPointer, dOff, lastSrcPointer, sOff, n);
+  native(lastDstPointer, lastSrcPointer, dOff, sOff, n);
 }

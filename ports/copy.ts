@@ -8,11 +8,14 @@ const WORDS_UP_TO = 192;
 
 const wordViews = new WeakMap<ArrayBufferLike, Uint32Array>();
 
-/** A Uint32Array over the whole buffer of `bytes` (which must start at offset 0), made once. */
+/**
+ * A Uint32Array over the whole buffer of `bytes` (which must start at offset 0), made once; it may
+ * be longer than 2^32 bytes (a large guest's RAM region).
+ */
 export function wordView(bytes: Uint8Array): Uint32Array {
   let w = wordViews.get(bytes.buffer);
   if (w === undefined) {
-    w = new Uint32Array(bytes.buffer, 0, bytes.buffer.byteLength >>> 2);
+    w = new Uint32Array(bytes.buffer, 0, Math.floor(bytes.buffer.byteLength / 4));
     wordViews.set(bytes.buffer, w);
   }
   return w;
@@ -29,8 +32,9 @@ export function copyBytes(
   n: number,
 ): void {
   if (n <= WORDS_UP_TO && ((dOff | sOff) & 3) === 0) {
-    const d = dOff >>> 2;
-    const s = sOff >>> 2;
+    // Division, not `>>> 2`: offsets in guest memory pass 2^32 (both are multiples of 4 here).
+    const d = dOff / 4;
+    const s = sOff / 4;
     const nw = n >>> 2;
     for (let k = 0; k < nw; k++) dw[d + k] = sw[s + k];
     for (let k = nw << 2; k < n; k++) dst[dOff + k] = src[sOff + k];

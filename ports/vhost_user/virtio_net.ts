@@ -199,7 +199,7 @@ export class VirtioNetDatapath implements DatapathPort {
   #writeWhole(dst: Uint8Array, dw: Uint32Array, o: number, src: Uint8Array, f: EgressFrame): void {
     const hdr = this.hdrLen;
     if (hdr === VIRTIO_NET_HDR_LEN && (o & 3) === 0) {
-      const d = o >>> 2;
+      const d = o / 4; // exact beyond 4 GiB, where `>>> 2` wraps
       dw[d] = dw[d + 1] = 0;
       dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
     } else {
@@ -235,7 +235,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const hdr = this.hdrLen;
     if (pos < hdr) {
       if (pos === 0 && hdr === VIRTIO_NET_HDR_LEN && room >= hdr && (dOff & 3) === 0) {
-        const d = dOff >>> 2;
+        const d = dOff / 4;
         dw[d] = dw[d + 1] = dw[d + 2] = 0;
         return hdr;
       }

@@ -51,6 +51,10 @@ export interface FrontendOptions {
   /** Guest memory as this many equal regions of the one memfd, with gaps between their
    * userspace addresses (default 1). */
   regions?: number;
+  /** Guest memory of at least this many bytes (a sparse memfd: untouched pages cost nothing). */
+  memBytes?: number;
+  /** Guest physical address of the first data slot (RX and TX buffers), e.g. above 4 GiB. */
+  dataBase?: number;
 }
 
 export interface SendOptions {
@@ -60,6 +64,8 @@ export interface SendOptions {
   chunk?: number;
   /** Put the chain in an indirect table referenced by one ring descriptor. */
   indirect?: boolean;
+  /** Guest physical address of the (header ++ frame) bytes, instead of the descriptor's slot. */
+  at?: number;
 }
 
 export interface Desc {
@@ -160,6 +166,8 @@ export class VhostFrontend {
       replyAck: true,
       queueSize: 256,
       regions: 1,
+      memBytes: 0,
+      dataBase: 0,
       ...opts,
     };
     const n = this.opts.queueSize;
@@ -182,9 +190,12 @@ export class VhostFrontend {
       });
     }
     this.#indirectBase = at;
-    this.#dataBase = Math.ceil((at + 2 * n * 16 * INDIRECT_MAX) / SLOT) * SLOT;
+    this.#dataBase = Math.ceil(
+      Math.max(at + 2 * n * 16 * INDIRECT_MAX, this.opts.dataBase) / SLOT,
+    ) * SLOT;
     const unit = 2 ** 20 * this.opts.regions;
-    this.memSize = Math.ceil((this.#dataBase + 2 * n * SLOT) / unit) * unit;
+    this.memSize = Math.ceil(Math.max(this.#dataBase + 2 * n * SLOT, this.opts.memBytes) / unit) *
+      unit;
     this.memfd = memfdCreate("vhost-frontend", this.memSize);
     try {
       this.#mapping = mmap(this.memSize, { fd: this.memfd });
@@ -563,7 +574,7 @@ export class VhostFrontend {
     const segs = cuts.slice(0, -1).map((c, i) => [c, cuts[i + 1] - c]);
     if (data.length > SLOT) throw new Error(`frame of ${frame.length} bytes exceeds a slot`);
     const ids = this.#allocate(1, o.indirect ? 1 : segs.length);
-    const base = this.slot(1, ids[0]);
+    const base = o.at ?? this.slot(1, ids[0]);
     this.mem.set(data, base);
     const descs = segs.map(([c, len], i): Desc => ({
       addr: base + c,
