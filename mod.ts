@@ -6,6 +6,7 @@ import { createApp } from "./http/app.ts";
 // Loaded only to start a switch: it opens libc (--allow-ffi), which the views do not need.
 import type { Switch } from "./switch/switch.ts";
 import { loadTopology, TopologyError } from "./switch/topology.ts";
+import { VERSION } from "./switch/version.ts";
 
 const usage = (version: string) =>
   `vswitch ${version}: a userspace virtual switch (vhost-user ports, MAC learning)
@@ -25,7 +26,7 @@ function fail(message: string): never {
 }
 
 async function main(args: string[]): Promise<void> {
-  const { Switch, VERSION } = await import("./switch/switch.ts");
+  const { Switch } = await import("./switch/switch.ts");
   const USAGE = usage(VERSION);
   let parsed;
   try {

@@ -1,6 +1,6 @@
 // `deno task fdb`: the MAC table, like `ovs-appctl fdb/show`.
 import { parseArgs } from "node:util";
-import type { FdbEntry } from "../http/view.ts";
+import type { FdbEntry } from "../switch/view.ts";
 import { CliError, endpoint, getJson, table } from "./common.ts";
 
 export const FDB_USAGE =

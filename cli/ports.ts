@@ -1,6 +1,6 @@
 // `deno task ports`: the switch and its ports with counters and rates, like `ovs-ofctl show`.
 import { parseArgs } from "node:util";
-import type { PortStatus, SwitchInfo, SwitchStats } from "../http/view.ts";
+import type { PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
 import { count, duration, endpoint, getJson, rate, table } from "./common.ts";
 
 export const PORTS_USAGE = `Usage: deno task ports [--url URL | --topology FILE]

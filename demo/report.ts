@@ -2,7 +2,7 @@
 // out by the same code as `deno task fdb` and `deno task ports`.
 import { formatFdb } from "../cli/fdb.ts";
 import { formatPorts } from "../cli/ports.ts";
-import type { FdbEntry, PortStatus, SwitchInfo, SwitchStats } from "../http/view.ts";
+import type { FdbEntry, PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
 import type { Lab } from "./lab.ts";
 
 export async function fdbTable(lab: Lab): Promise<{ entries: FdbEntry[]; text: string }> {

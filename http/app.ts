@@ -14,24 +14,15 @@ import { fail } from "./fail.ts";
 import { fdbRoutes } from "./fdb.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { PAGE, PAGE_CSP } from "./page.ts";
-import type { AppOptions, SwitchView } from "./view.ts";
+import type { SwitchView } from "../switch/view.ts";
 
-export type {
-  AppOptions,
-  CaptureOptions,
-  FdbEntry,
-  FdbFilter,
-  FdbStats,
-  PortRates,
-  PortState,
-  PortStatus,
-  QueueStatus,
-  SwitchInfo,
-  SwitchStats,
-  SwitchView,
-  WorkerStats,
-} from "./view.ts";
-export { matchesFdbFilter } from "./view.ts";
+/** The `http` section of the topology, less the listen address. */
+export interface AppOptions {
+  /** When set, requests that change state need `Authorization: Bearer <token>`. */
+  token?: string | null;
+  /** Refuse every request that changes state (403). */
+  readOnly?: boolean;
+}
 
 const WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"];
 

@@ -3,7 +3,7 @@
 import { type Context, Hono, type MiddlewareHandler } from "hono";
 import { validator } from "hono/validator";
 import { fail } from "./fail.ts";
-import type { SwitchView } from "./view.ts";
+import type { SwitchView } from "../switch/view.ts";
 
 export const CAPTURE_DEFAULTS = { count: 100, seconds: 10 };
 export const CAPTURE_LIMITS = { count: 100_000, seconds: 3600 };

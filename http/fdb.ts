@@ -3,7 +3,7 @@ import { type Context, Hono } from "hono";
 import { validator } from "hono/validator";
 import { normalizeMac } from "../switch/topology.ts";
 import { fail } from "./fail.ts";
-import { type FdbFilter, matchesFdbFilter, type SwitchView } from "./view.ts";
+import { type FdbFilter, matchesFdbFilter, type SwitchView } from "../switch/view.ts";
 
 type Query = Record<string, string | string[]>;
 

@@ -1,5 +1,5 @@
 // GET /metrics: the switch in the Prometheus text exposition format, version 0.0.4.
-import type { PortStatus, SwitchInfo, SwitchStats } from "./view.ts";
+import type { PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
 
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -3,7 +3,7 @@
 // the MAC table is read over real HTTP, VLANs keep guests apart, and a TCP transfer between two
 // guests is timed and hash-checked. The lab (demo/lab.ts) is the one `deno task demo` uses.
 import assert from "node:assert/strict";
-import type { FdbEntry } from "../http/view.ts";
+import type { FdbEntry } from "../switch/view.ts";
 import { Lab, type LabPlan, labSkipReason } from "../demo/lab.ts";
 import { formatPing, HOST, ping, pingAll, type PingResult } from "../demo/ping.ts";
 import { transfer } from "../demo/throughput.ts";

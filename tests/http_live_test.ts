@@ -4,7 +4,8 @@
 // Then DPDK testpmd's virtio-user ports do the same for the capture, counters and metrics.
 // VSWITCH_SCREENSHOT=/tmp/page.png keeps Chromium's picture of the page.
 import assert from "node:assert/strict";
-import { createApp, type FdbEntry, type PortStatus, type SwitchView } from "../http/app.ts";
+import { createApp } from "../http/app.ts";
+import type { FdbEntry, PortStatus, SwitchView } from "../switch/view.ts";
 import { dropReason } from "../http/metrics.ts";
 import { VhostFrontend } from "./helpers/frontend.ts";
 import { decodePcap, ethFrame } from "./helpers/pcap.ts";

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { endpoint } from "../cli/common.ts";
 import { formatFdb } from "../cli/fdb.ts";
 import { formatPorts } from "../cli/ports.ts";
-import { type AppOptions, createApp, type FdbEntry, type PortStatus } from "../http/app.ts";
+import { type AppOptions, createApp } from "../http/app.ts";
+import type { FdbEntry, PortStatus } from "../switch/view.ts";
 import { CAPTURED, MemoryView } from "./helpers/memory_view.ts";
 import { decodePcap } from "./helpers/pcap.ts";
 import {

@@ -7,7 +7,7 @@ import {
   type PortStatus,
   type SwitchStats,
   type SwitchView,
-} from "../../http/app.ts";
+} from "../../switch/view.ts";
 import { encodePcap, ethFrame } from "./pcap.ts";
 
 export const A = "52:54:00:00:00:01";

@@ -1,5 +1,6 @@
-// What the HTTP endpoint reads: the running switch seen as plain data (the Switch implements
-// SwitchView; tests use an in-memory double).
+// The running switch seen as plain data: what the HTTP endpoint, the CLI and the demo read. The
+// switch layer owns this contract (the Switch implements SwitchView; HTTP tests use an in-memory
+// double), so the layers above depend on the switch and never the reverse.
 
 export type MaybePromise<T> = T | Promise<T>;
 
@@ -119,14 +120,6 @@ export interface CaptureOptions {
   maxFrames?: number;
   seconds?: number;
   signal?: AbortSignal;
-}
-
-/** The `http` section of the topology, less the listen address. */
-export interface AppOptions {
-  /** When set, requests that change state need `Authorization: Bearer <token>`. */
-  token?: string | null;
-  /** Refuse every request that changes state (403). */
-  readOnly?: boolean;
 }
 
 export function matchesFdbFilter(entry: FdbEntry, filter: FdbFilter): boolean {

@@ -1,0 +1,104 @@
+// Every port's control side: opens the AF_PACKET sockets and vhost-user sockets, hands their
+// datapath state to the workers, keeps the bridge's link state in step with them, and hangs up
+// on a front-end that truncated its guest memory.
+import type { Reactor } from "../ffi/epoll.ts";
+import { sigbusCount } from "../ffi/sigbus.ts";
+import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
+import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
+import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
+import type { Bridge } from "./bridge.ts";
+import type { Datapath } from "./datapath.ts";
+import type { PortConfig, Topology } from "./topology.ts";
+
+export class PortControl {
+  /** The vhost-user ports, in topology order (AF_PACKET ports are not in it). */
+  readonly vhost: VhostUserPort[] = [];
+  /** The AF_PACKET ports, by port index. */
+  readonly packet = new Map<number, AfPacketPort>();
+  #sigbusSeen = 0;
+
+  constructor(
+    readonly topology: Topology,
+    readonly bridge: Bridge,
+    readonly datapath: Datapath,
+    readonly reactor: Reactor,
+    readonly log: (msg: string) => void,
+  ) {}
+
+  /** The vhost-user port named `name`, if it is one. */
+  vhostPort(name: string): VhostUserPort | undefined {
+    return this.vhost.find((p) => p.config.name === name);
+  }
+
+  /** Link state for the bridge; when a link goes down, what was learned on it is forgotten. */
+  setLink(index: number, up: boolean): void {
+    if (this.bridge.isLinkUp(index) === up) return;
+    this.bridge.setLinkUp(index, up);
+    if (!up) this.bridge.fdb.flush({ port: index });
+    this.log(`[${this.topology.ports[index].name}] link ${up ? "up" : "down"}`);
+  }
+
+  async start(cfg: PortConfig, index: number): Promise<void> {
+    const log = (msg: string) => this.log(`[${cfg.name}] ${msg}`);
+    if (cfg.type === "af-packet") {
+      const port = AfPacketPort.open(
+        { name: cfg.name, interface: cfg.interface, mtu: cfg.mtu },
+        { variant: cfg.io, txQueues: this.topology.threads, log },
+      );
+      this.packet.set(index, port);
+      await this.datapath.attachPacket(index, port.spec);
+      this.setLink(index, port.state === "up");
+      return;
+    }
+    const inner = this.datapath.forPort(index);
+    // Link state follows the guest's RX ring: up while we can deliver frames to it.
+    const datapath: DeviceDatapath = {
+      apply: async (state: DatapathState | null) => {
+        const stopped = await inner.apply(state);
+        this.setLink(index, state?.queues.some((q) => (q.index & 1) === 0) ?? false);
+        return stopped;
+      },
+    };
+    const port = new VhostUserPort(
+      { name: cfg.name, socket: cfg.socket, mode: cfg.mode, queues: cfg.queues, mtu: cfg.mtu },
+      this.reactor,
+      datapath,
+      log,
+    );
+    port.start();
+    this.vhost.push(port);
+  }
+
+  /** Once a second: AF_PACKET link state (the ports poll their interface), truncated memory. */
+  housekeeping(): void {
+    this.#checkTruncatedMemory();
+    for (const [index, port] of this.packet) this.setLink(index, port.state === "up");
+  }
+
+  /**
+   * After a SIGBUS on guest memory (a front-end truncated its memory file; the handler put a
+   * zero page there), hang up on whichever front-end did it.
+   */
+  #checkTruncatedMemory(): void {
+    const count = sigbusCount();
+    if (count === this.#sigbusSeen) return;
+    this.#sigbusSeen = count;
+    for (const port of this.vhost) {
+      const conn = port.connection;
+      if (conn?.device.memoryTruncated()) {
+        conn.stats.errors++;
+        conn.close("front-end truncated its guest memory");
+      }
+    }
+  }
+
+  /** Stops every port: rings stopped, memory unmapped, sockets unlinked and closed. */
+  async stop(): Promise<void> {
+    await Promise.all(this.vhost.map((p) => p.stop()));
+    for (const [index, port] of this.packet) {
+      // Every worker lets go of the rings before they are unmapped.
+      await this.datapath.attachPacket(index, null).catch(() => {});
+      port.close();
+    }
+  }
+}
