@@ -1,7 +1,7 @@
 // ns per frame for Bridge.decide() over bursts of 64-byte frames with a warm FDB.
 // Run: deno run --allow-all bench/bridge_micro.ts
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
-import { writeMac } from "../switch/ethernet.ts";
+import { writeMac } from "../ports/ethernet.ts";
 
 const PORTS = 8;
 const MACS = 1000;

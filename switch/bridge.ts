@@ -18,7 +18,7 @@ import {
   VLAN_COUNT,
   VLAN_HLEN,
   VLAN_VID_MASK,
-} from "./ethernet.ts";
+} from "../ports/ethernet.ts";
 
 /**
  * access: untagged (or priority-tagged, VID 0) frames belong to `tag`; frames tagged with any

@@ -21,7 +21,7 @@
  * The lock has no owner recovery: a Worker must not be terminated while inside learn().
  */
 
-import { formatMac } from "./ethernet.ts";
+import { formatMac } from "../ports/ethernet.ts";
 
 /** learn() results. */
 export const LEARN_REFRESHED = 0;

@@ -6,7 +6,7 @@ import { featureNames } from "../ports/vhost_user/features.ts";
 import { nowSeconds } from "./aging.ts";
 import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
-import { parseMac } from "./ethernet.ts";
+import { parseMac } from "../ports/ethernet.ts";
 import type { PortControl } from "./port_control.ts";
 import type { Topology } from "./topology.ts";
 import { VERSION } from "./version.ts";

@@ -24,7 +24,7 @@ import {
   macLoAt,
   parseMac,
   writeMac,
-} from "../switch/ethernet.ts";
+} from "../ports/ethernet.ts";
 
 const A = "02:00:00:00:00:0a";
 const B = "02:00:00:00:00:0b";

@@ -7,7 +7,7 @@ import {
   LEARN_REFUSED_FULL,
   LEARN_STATIC,
 } from "../switch/fdb.ts";
-import { parseMac } from "../switch/ethernet.ts";
+import { parseMac } from "../ports/ethernet.ts";
 import type { Control, JobResult, LearnJob, LookupJob } from "./fdb_worker_fixture.ts";
 
 const A = parseMac("02:00:00:00:00:0a");

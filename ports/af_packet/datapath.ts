@@ -17,6 +17,7 @@ import {
 import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
 import { viewMapping } from "../../ffi/mem.ts";
 import { sendNow } from "../../ffi/packet.ts";
+import { ETH_HLEN, ETH_P_8021Q } from "../ethernet.ts";
 import {
   type AfPacketSpec,
   BLOCK_NUM_PKTS,
@@ -24,7 +25,6 @@ import {
   BLOCK_STATUS,
   copyEgress,
   egressFits,
-  ETH_HLEN,
   LinkView,
   TP_LEN,
   TP_MAC,
@@ -136,7 +136,7 @@ export class AfPacketRingDatapath implements DatapathPort {
         // see it, so it goes back into the headroom in front of the MAC header.
         const tpid = status & TP_STATUS_VLAN_TPID_VALID
           ? this.#rx16[(h + TP_VLAN_TPID) >> 1]
-          : 0x8100;
+          : ETH_P_8021Q;
         const tci = w[(h + TP_VLAN_TCI) >> 2];
         if (off - 4 >= h + TPACKET3_HDR_ALIGNED) {
           rx.copyWithin(off - 4, off, off + 12);

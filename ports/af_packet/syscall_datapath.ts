@@ -19,7 +19,8 @@ import {
   MAX_FRAME_LEN,
 } from "../port.ts";
 import { recvFrame, sendFrame } from "../../ffi/packet.ts";
-import { type AfPacketSpec, copyEgress, egressFits, ETH_HLEN, LinkView } from "./tpacket.ts";
+import { type AfPacketSpec, copyEgress, egressFits, LinkView } from "./tpacket.ts";
+import { ETH_HLEN } from "../ethernet.ts";
 
 export class AfPacketSyscallDatapath implements DatapathPort {
   readonly #fd: number;

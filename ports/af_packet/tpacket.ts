@@ -2,6 +2,7 @@
 // plane hands a Worker, and the egress checks and copy both datapath variants share.
 import { type EgressFrame, MAX_FRAME_LEN } from "../port.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
+import { ETH_HLEN, ETH_P_8021Q, VLAN_HLEN } from "../ethernet.ts";
 
 // struct tpacket_block_desc: u32 version, u32 offset_to_priv, then struct tpacket_hdr_v1.
 export const BLOCK_STATUS = 8;
@@ -25,10 +26,6 @@ export const TP_STATUS_VLAN_VALID = 1 << 4;
 export const TP_STATUS_VLAN_TPID_VALID = 1 << 6;
 export const TP_STATUS_AVAILABLE = 0;
 export const TP_STATUS_SEND_REQUEST = 1;
-
-export const ETH_HLEN = 14;
-const ETH_P_8021Q = 0x8100;
-const VLAN_HLEN = 4;
 
 export interface RingGeometry {
   /** RX: TPACKET_V3 blocks the kernel fills with variable-size frames, handed over whole. */

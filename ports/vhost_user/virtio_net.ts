@@ -16,10 +16,10 @@ import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../
 import type { SplitQueue } from "./split_queue.ts";
 import { copyBytes, wordView } from "../copy.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
+import { ETH_HLEN } from "../ethernet.ts";
 
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
-const ETH_HLEN = 14;
 
 export class VirtioNetDatapath implements DatapathPort {
   /** Guest TX queues this worker polls (frames the guest sends: our receive). */

@@ -1,5 +1,5 @@
 /**
- * Ethernet constants and MAC helpers.
+ * Ethernet constants and MAC helpers, for every layer from the ports up (one definition each).
  *
  * On the datapath a MAC is two numbers, never a string or an object:
  * `hi` = bytes 0..1 as a 16-bit number, `lo` = bytes 2..5 as an unsigned 32-bit number.
