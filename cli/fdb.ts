@@ -15,12 +15,20 @@ export function formatFdb(entries: FdbEntry[]): string {
   const sorted = [...entries].sort((a, b) =>
     a.port.localeCompare(b.port) || a.vlan - b.vlan || a.mac.localeCompare(b.mac)
   );
+  // The REMOTE column (VTEP behind a VXLAN port) only when some entry has one.
+  const remote = entries.some((e) => e.remote !== undefined);
   return table(
     [{ title: "PORT" }, { title: "VLAN", right: true }, { title: "MAC" }, {
       title: "AGE",
       right: true,
-    }],
-    sorted.map((e) => [e.port, String(e.vlan), e.mac, e.static ? "static" : String(e.ageSeconds)]),
+    }, ...(remote ? [{ title: "REMOTE" }] : [])],
+    sorted.map((e) => [
+      e.port,
+      String(e.vlan),
+      e.mac,
+      e.static ? "static" : String(e.ageSeconds),
+      ...(remote ? [e.remote ?? ""] : []),
+    ]),
   );
 }
 

@@ -1,6 +1,11 @@
 // `deno task ports`: the switch and its ports with counters and rates, like `ovs-ofctl show`.
 import { parseArgs } from "node:util";
-import type { PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
+import {
+  portAttachment,
+  type PortStatus,
+  type SwitchInfo,
+  type SwitchStats,
+} from "../switch/view.ts";
 import { count, duration, endpoint, getJson, rate, table } from "./common.ts";
 
 export const PORTS_USAGE = `Usage: deno task ports [--url URL | --topology FILE]
@@ -23,7 +28,7 @@ export function formatPorts(info: SwitchInfo, ports: PortStatus[], stats: Switch
     const c = p.counters;
     const r = rates.get(p.name);
     const drops = Object.entries(c).filter(([k]) => isDrop(k)).reduce((n, [, v]) => n + v, 0);
-    const where = p.type === "vhost-user" ? `${p.socket} (${p.mode})` : p.interface;
+    const where = portAttachment(p);
     return [
       p.name,
       p.type,

@@ -49,6 +49,9 @@ const symbols = {
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   open: { parameters: ["buffer", "i32"], result: "i32" },
   setns: { parameters: ["i32", "i32"], result: "i32" },
+  // VXLAN ports: a burst of UDP datagrams per call (fd, struct mmsghdr *, vlen, flags[, timeout]).
+  recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },
+  sendmmsg: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export const libc: Deno.DynamicLibrary<typeof symbols>["symbols"] =

@@ -108,7 +108,9 @@ function renderPorts(ports, stats) {
     const c = p.counters;
     const drops = Object.entries(c).filter(([k, v]) => isDrop(k) && v > 0);
     const total = drops.reduce((n, [, v]) => n + v, 0);
-    const where = p.type === "vhost-user" ? p.socket : p.interface;
+    const where = p.type === "vhost-user" ? p.socket : p.type === "vxlan"
+      ? "VNI " + p.vni + " " + p.local + " -> " + p.remotes.slice(0, p.flood).join(",")
+      : p.interface;
     return el("tr", { dataset: { port: p.name } },
       el("td", {}, el("b", {}, p.name)),
       el("td", {}, p.type === "vhost-user" ? "vhost-user (" + p.mode + ")" : p.type),

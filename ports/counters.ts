@@ -25,7 +25,17 @@ export const DROP_LINK_DOWN = 9;
  * e.g. from a veth peer with tx checksumming on): forwarded as they are, counted for diagnosis.
  */
 export const RX_CSUM_PARTIAL = 10;
-export const COUNTER_FIELDS = 16;
+/** VXLAN: a datagram for another VNI than the port's. */
+export const DROP_VNI = 16;
+/** VXLAN: a datagram whose I flag is clear (no valid VNI), or too short for the headers. */
+export const DROP_VXLAN_HEADER = 17;
+/** VXLAN with `strict`: a datagram from a VTEP not in `remotes` or `remoteMacs`. */
+export const DROP_VTEP_UNKNOWN = 18;
+/** VXLAN: a frame with no VTEP to go to (empty flood list, or no route to the VTEP). */
+export const DROP_VTEP_UNREACHABLE = 19;
+/** VXLAN: received inner frames whose L4 checksum was left partial by the sending kernel, filled. */
+export const RX_CSUM_FILLED = 20;
+export const COUNTER_FIELDS = 24;
 
 export const COUNTER_NAMES: Record<number, string> = {
   [RX_PACKETS]: "rx_packets",
@@ -39,6 +49,11 @@ export const COUNTER_NAMES: Record<number, string> = {
   [NOTIFICATIONS]: "notifications",
   [DROP_LINK_DOWN]: "drop_link_down",
   [RX_CSUM_PARTIAL]: "rx_csum_partial",
+  [DROP_VNI]: "drop_vni",
+  [DROP_VXLAN_HEADER]: "drop_vxlan_header",
+  [DROP_VTEP_UNKNOWN]: "drop_vtep_unknown",
+  [DROP_VTEP_UNREACHABLE]: "drop_vtep_unreachable",
+  [RX_CSUM_FILLED]: "rx_csum_filled",
 };
 
 export class CounterTable {

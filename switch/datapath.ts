@@ -7,6 +7,7 @@ import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queu
 import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
+import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
 import {
   type BridgeShare,
   type FromWorker,
@@ -186,6 +187,23 @@ export class Datapath {
       this.#workers.map((_, w) =>
         this.#request(w, {
           type: "packet",
+          id: this.#nextId++,
+          port,
+          spec,
+          poll: this.pollerOf(port, 0) === w,
+        })
+      ),
+    );
+    const failed = acks.find((a) => a.error);
+    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+  }
+
+  /** Attaches a VXLAN port on every worker (each sends on the shared socket; one receives). */
+  async attachVxlan(port: number, spec: VxlanSpec | null): Promise<void> {
+    const acks = await Promise.all(
+      this.#workers.map((_, w) =>
+        this.#request(w, {
+          type: "vxlan",
           id: this.#nextId++,
           port,
           spec,

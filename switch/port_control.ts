@@ -6,6 +6,9 @@ import { sigbusCount } from "../ffi/sigbus.ts";
 import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
+import { VxlanPort } from "../ports/vxlan/vxlan_port.ts";
+import { FdbAging } from "./aging.ts";
+import { Fdb } from "./fdb.ts";
 import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
 import type { PortConfig, Topology } from "./topology.ts";
@@ -15,6 +18,8 @@ export class PortControl {
   readonly vhost: VhostUserPort[] = [];
   /** The AF_PACKET ports, by port index. */
   readonly packet = new Map<number, AfPacketPort>();
+  /** The VXLAN ports, by port index, with the aging of their MAC -> VTEP tables. */
+  readonly vxlan = new Map<number, { port: VxlanPort; aging: FdbAging }>();
   #sigbusSeen = 0;
 
   constructor(
@@ -48,6 +53,15 @@ export class PortControl {
       this.packet.set(index, port);
       await this.datapath.attachPacket(index, port.spec);
       this.setLink(index, port.state === "up");
+      return;
+    }
+    if (cfg.type === "vxlan") {
+      // The port's MAC -> remote VTEP table: the FDB's kind, as large, aged the same way.
+      const table = Fdb.create({ capacity: this.topology.fdb.maxEntries });
+      const port = VxlanPort.open(cfg, table, log);
+      this.vxlan.set(index, { port, aging: new FdbAging(table, this.topology.fdb.agingSeconds) });
+      await this.datapath.attachVxlan(index, port.spec);
+      this.setLink(index, true);
       return;
     }
     const inner = this.datapath.forPort(index);
@@ -98,6 +112,11 @@ export class PortControl {
     for (const [index, port] of this.packet) {
       // Every worker lets go of the rings before they are unmapped.
       await this.datapath.attachPacket(index, null).catch(() => {});
+      port.close();
+    }
+    for (const [index, { port, aging }] of this.vxlan) {
+      aging.stop();
+      await this.datapath.attachVxlan(index, null).catch(() => {});
       port.close();
     }
   }

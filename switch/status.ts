@@ -120,6 +120,22 @@ export class SwitchStatus {
   #status(i: number): PortStatus {
     const cfg = this.topology.ports[i];
     const counters = { ...this.datapath.counters.port(i), ...bridgeCounters(this.bridge, i) };
+    if (cfg.type === "vxlan") {
+      const vx = this.ports.vxlan.get(i)?.port;
+      return {
+        name: cfg.name,
+        type: "vxlan",
+        vni: cfg.vni,
+        local: `${cfg.local}:${cfg.udpPort}`,
+        remotes: vx?.remoteAddresses() ?? cfg.remotes,
+        flood: cfg.remotes.length,
+        state: vx ? "up" : "down",
+        mtu: cfg.mtu,
+        features: [],
+        queues: [{ index: 0, worker: this.datapath.pollerOf(i, 0) }],
+        counters,
+      };
+    }
     if (cfg.type !== "vhost-user") {
       const packet = this.ports.packet.get(i);
       return {
@@ -157,13 +173,20 @@ export class SwitchStatus {
   }
 
   fdb(): FdbEntry[] {
-    return this.bridge.fdb.entries(nowSeconds()).map((e) => ({
-      mac: e.mac,
-      vlan: e.vlan,
-      port: this.topology.ports[e.port]?.name ?? String(e.port),
-      ageSeconds: e.static ? 0 : e.age,
-      static: e.static,
-    }));
+    return this.bridge.fdb.entries(nowSeconds()).map((e) => {
+      // Behind a VXLAN port: which VTEP, from the port's own MAC table.
+      const vx = this.ports.vxlan.get(e.port)?.port;
+      const mac = vx ? parseMac(e.mac) : null;
+      const remote = mac ? vx?.remoteOf(mac.hi, mac.lo) : undefined;
+      return {
+        mac: e.mac,
+        vlan: e.vlan,
+        port: this.topology.ports[e.port]?.name ?? String(e.port),
+        ageSeconds: e.static ? 0 : e.age,
+        static: e.static,
+        ...(remote === undefined ? {} : { remote }),
+      };
+    });
   }
 
   flushFdb(filter: FdbFilter): number {

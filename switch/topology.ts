@@ -29,7 +29,27 @@ export interface AfPacketPortConfig extends PortCommon {
   /** "ring": TPACKET_V3 rings; "syscall": one recv/send per frame (the baseline, for comparison). */
   io: "ring" | "syscall";
 }
-export type PortConfig = VhostUserPortConfig | AfPacketPortConfig;
+/**
+ * A VXLAN tunnel endpoint (RFC 7348) for one VNI: frames leave as UDP datagrams from `local` to
+ * the remote VTEP their destination MAC was learned behind, or to every `remotes` address
+ * (head-end replication) when the MAC is unknown, broadcast or multicast. `mtu` is the inner MTU.
+ */
+export interface VxlanPortConfig extends PortCommon {
+  type: "vxlan";
+  queues: 1;
+  /** VXLAN Network Identifier, 24 bits. */
+  vni: number;
+  /** The VTEP's IPv4 address: the UDP socket is bound to it. */
+  local: string;
+  /** The flood list: remote VTEPs that get broadcast, multicast and unknown unicast. */
+  remotes: string[];
+  udpPort: number;
+  /** Static inner MAC -> remote VTEP entries (lower-case MAC), e.g. pushed by a controller. */
+  remoteMacs: { mac: string; remote: string }[];
+  /** Drop datagrams from VTEPs not named in `remotes` or `remoteMacs` (counted). */
+  strict: boolean;
+}
+export type PortConfig = VhostUserPortConfig | AfPacketPortConfig | VxlanPortConfig;
 
 export interface HttpConfig {
   listen: string;
@@ -104,7 +124,13 @@ const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports"];
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity"];
 const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues"];
 const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
-const ANY_PORT_KEYS = [...VHOST_KEYS, "interface", "io"];
+const VXLAN_KEYS = [...COMMON_KEYS, "vni", "local", "remotes", "udpPort", "remoteMacs", "strict"];
+const ANY_PORT_KEYS = [...new Set([...VHOST_KEYS, ...AF_PACKET_KEYS, ...VXLAN_KEYS])];
+/** VXLAN's default UDP port (IANA, RFC 7348 section 5). */
+export const VXLAN_UDP_PORT = 4789;
+/** Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers: what the underlay carries more. */
+export const VXLAN_OVERHEAD = 50;
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 /** `fileName` prefixes every problem and anchors relative socket paths; nothing is read from it. */
 export function parseTopology(text: string, fileName: string): Topology {
@@ -172,15 +198,26 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
   v.forEach((item, i) => {
     const path = `ports[${i}]`;
     if (!isObject(item)) return c.add(path, `expected an object, got ${describe(item)}`);
-    const type = c.oneOf(item.type, `${path}.type`, ["vhost-user", "af-packet"] as const);
-    const keys = type === "af-packet" ? AF_PACKET_KEYS : type ? VHOST_KEYS : ANY_PORT_KEYS;
+    const type = c.oneOf(item.type, `${path}.type`, ["vhost-user", "af-packet", "vxlan"] as const);
+    const keys = type === "af-packet"
+      ? AF_PACKET_KEYS
+      : type === "vxlan"
+      ? VXLAN_KEYS
+      : type
+      ? VHOST_KEYS
+      : ANY_PORT_KEYS;
     // "io" on a vhost-user port is reported below as misplaced, not as an unknown key.
     c.object(item, path, type === "vhost-user" && item.io !== undefined ? [...keys, "io"] : keys);
     const name = c.str(item.name, `${path}.name`, undefined, NAME_RE, NAME_RULE) ?? "";
     if (name) unique("port name", name, path, "name");
-    const mtu = c.int(item.mtu, `${path}.mtu`, 68, 9000, 1500) ?? 1500;
+    // A VXLAN port's MTU is the inner one: the underlay (1500 by default) carries 50 bytes more.
+    const mtu = type === "vxlan"
+      ? c.int(item.mtu, `${path}.mtu`, 68, 9000 - VXLAN_OVERHEAD, 1500 - VXLAN_OVERHEAD) ?? 1450
+      : c.int(item.mtu, `${path}.mtu`, 68, 9000, 1500) ?? 1500;
     const vlan = parseVlan(c, item.vlan, `${path}.vlan`);
-    const queues = type === "af-packet" ? 1 : c.int(item.queues, `${path}.queues`, 1, 8, 1) ?? 1;
+    const queues = type === "af-packet" || type === "vxlan"
+      ? 1
+      : c.int(item.queues, `${path}.queues`, 1, 8, 1) ?? 1;
     const rxqAffinity =
       parseAffinity(c, item.rxqAffinity, `${path}.rxqAffinity`, queues, threads) ??
         Array.from({ length: queues }, () => nextWorker++ % (threads ?? 1));
@@ -196,6 +233,10 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
         unique("socket", socket, path, "socket");
       }
       ports.push({ type, ...common, socket, mode: mode ?? "server" });
+    } else if (type === "vxlan") {
+      const vxlan = parseVxlan(c, item, path);
+      if (vxlan.local) unique("VTEP", `${vxlan.local}:${vxlan.udpPort}`, path, "local");
+      ports.push({ type, ...common, queues: 1, ...vxlan });
     } else {
       // With an unknown type this is a placeholder that keeps the name findable for fdb.static;
       // the result is discarded anyway.
@@ -213,6 +254,60 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
     }
   });
   return ports;
+}
+
+/** The VXLAN fields of a port; every problem is reported, the result is a placeholder then. */
+function parseVxlan(c: Checker, item: Obj, path: string) {
+  const vni = c.int(item.vni, `${path}.vni`, 0, 0xffffff) ?? 0;
+  const local = ipv4(c, item.local, `${path}.local`) ?? "";
+  const udpPort = c.int(item.udpPort, `${path}.udpPort`, 1, 65535, VXLAN_UDP_PORT) ?? 4789;
+  const remotes: string[] = [];
+  if (item.remotes === undefined) c.add(`${path}.remotes`, "required key is missing");
+  else if (!Array.isArray(item.remotes)) {
+    c.add(`${path}.remotes`, `expected an array of IPv4 addresses, got ${describe(item.remotes)}`);
+  } else {
+    item.remotes.forEach((r, i) => {
+      const at = `${path}.remotes[${i}]`;
+      const ip = ipv4(c, r, at);
+      if (ip === undefined) return;
+      if (ip === local) c.add(at, `${ip} is this port's own local address`);
+      else if (remotes.includes(ip)) c.add(at, `duplicate remote ${ip}`);
+      else remotes.push(ip);
+    });
+  }
+  const remoteMacs: { mac: string; remote: string }[] = [];
+  // MAC -> VTEP address: the keys are MACs, so no key list to check them against.
+  const macs = item.remoteMacs ?? {};
+  if (!isObject(macs)) {
+    c.add(`${path}.remoteMacs`, `expected an object of MAC: IPv4 address, got ${describe(macs)}`);
+  }
+  for (const [key, value] of Object.entries(isObject(macs) ? macs : {})) {
+    const at = `${path}.remoteMacs["${key}"]`;
+    const mac = normalizeMac(key);
+    if (!mac) c.add(at, `${JSON.stringify(key)} is not a MAC address like 52:54:00:00:00:01`);
+    else if (parseInt(mac, 16) & 1) c.add(at, `${mac} is multicast: a station is unicast`);
+    else if (remoteMacs.some((m) => m.mac === mac)) c.add(at, `duplicate entry for ${mac}`);
+    const remote = ipv4(c, value, at);
+    if (remote === local && remote) c.add(at, `${remote} is this port's own local address`);
+    else if (mac && remote) remoteMacs.push({ mac, remote });
+  }
+  const strict = c.bool(item.strict, `${path}.strict`, false);
+  return { vni, local, remotes, udpPort, remoteMacs, strict };
+}
+
+/** A unicast IPv4 address in dotted quad form (no IPv6 outer header yet). */
+function ipv4(c: Checker, v: unknown, at: string): string | undefined {
+  const s = c.str(v, at);
+  if (s === undefined) return;
+  if (!IPV4_RE.test(s)) {
+    const why = s.includes(":") ? " (IPv6 VTEPs are not supported)" : "";
+    return c.add(at, `${JSON.stringify(s)} is not an IPv4 address like 192.0.2.1${why}`);
+  }
+  const first = Number(s.split(".")[0]);
+  if (first === 0 || first >= 224) {
+    return c.add(at, `${s} is not a unicast address (multicast flooding is not supported)`);
+  }
+  return s;
 }
 
 function checkSocket(c: Checker, at: string, socket: string, mode?: string): boolean {

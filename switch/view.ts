@@ -43,7 +43,25 @@ interface PortStatusCommon {
 }
 export type PortStatus =
   | PortStatusCommon & { type: "vhost-user"; socket: string; mode: "server" | "client" }
-  | PortStatusCommon & { type: "af-packet"; interface: string };
+  | PortStatusCommon & { type: "af-packet"; interface: string }
+  | PortStatusCommon & {
+    type: "vxlan";
+    vni: number;
+    /** local address:UDP port of the VTEP. */
+    local: string;
+    /** Remote VTEPs known: the flood list first, then static targets and learned ones. */
+    remotes: string[];
+    flood: number;
+  };
+
+/** Where a port attaches: its socket, interface or VTEP, for tables. */
+export function portAttachment(p: PortStatus): string {
+  if (p.type === "vhost-user") return `${p.socket} (${p.mode})`;
+  if (p.type === "vxlan") {
+    return `VNI ${p.vni} ${p.local} -> ${p.remotes.slice(0, p.flood).join(",")}`;
+  }
+  return p.interface;
+}
 
 export interface FdbEntry {
   /** Lower-case, colon separated. */
@@ -53,6 +71,8 @@ export interface FdbEntry {
   /** Seconds since the MAC was last seen; 0 for static entries. */
   ageSeconds: number;
   static: boolean;
+  /** On a VXLAN port: the remote VTEP the MAC is behind, when known. */
+  remote?: string;
 }
 
 /** Per datapath worker. busyRounds/idleRounds are poll rounds that moved frames / none. */

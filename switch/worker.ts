@@ -14,6 +14,7 @@ import { pinThreadToCpu } from "../ffi/fd.ts";
 import { TapWriter } from "./tap.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
+import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
 import {
   type FromWorker,
   STAT_BUSY_MS,
@@ -24,6 +25,7 @@ import {
   type ToWorker,
   type WorkerApplyPort,
   type WorkerAttachPacket,
+  type WorkerAttachVxlan,
   type WorkerInit,
 } from "./worker_protocol.ts";
 
@@ -40,7 +42,7 @@ class DatapathWorker {
   readonly counters: CounterTable;
   readonly bridge: Bridge;
   readonly ports: (PortRuntime | null)[];
-  /** AF_PACKET ports this worker polls, with their socket fd. */
+  /** AF_PACKET and VXLAN ports this worker polls, with the socket fd that wakes it. */
   readonly packets: ({ datapath: DatapathPort; fd: number } | null)[];
   /** The burst loop, with the ports it polls and sends to (rebuilt on every change). */
   readonly forwarder: Forwarder;
@@ -128,6 +130,18 @@ class DatapathWorker {
     this.#refresh();
   }
 
+  /** Attaches (or, with spec null, detaches) a VXLAN port; only its poller receives. */
+  attachVxlan(msg: WorkerAttachVxlan): void {
+    const old = this.forwarder.targets[msg.port];
+    if (old instanceof VxlanDatapath) old.close();
+    const block = this.counters.block(this.init.worker, msg.port);
+    const table = msg.spec ? Fdb.attach(msg.spec.table) : null;
+    const dp = msg.spec && table ? new VxlanDatapath(msg.spec, block, table, msg.poll) : null;
+    this.forwarder.targets[msg.port] = dp;
+    this.packets[msg.port] = dp && msg.poll ? { datapath: dp, fd: msg.spec!.fd } : null;
+    this.#refresh();
+  }
+
   /** Rebuilds the list of ports to poll and the fds an idle sleep wakes on. */
   #refresh(): void {
     const polled: PolledPort[] = [];
@@ -174,6 +188,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       post({ type: "ack", id: msg.id, stopped: worker.apply(msg) });
     } else if (msg.type === "packet") {
       worker.attachPacket(msg);
+      post({ type: "ack", id: msg.id, stopped: [] });
+    } else if (msg.type === "vxlan") {
+      worker.attachVxlan(msg);
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
       const taps = worker.forwarder.taps[msg.port];

@@ -3,6 +3,7 @@
 // fds only after the ack, so a worker never reads an unmapped region or writes a reused fd.
 import type { DatapathState } from "../ports/vhost_user/device.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
+import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
 import type { PortVlanConfig } from "./bridge.ts";
 
 /** What a worker needs to attach to the shared bridge: FDB, link state and counters. */
@@ -52,6 +53,15 @@ export interface WorkerAttachPacket {
   poll: boolean;
 }
 
+/** Attach a VXLAN port (spec null: detach); `poll` for the one worker that receives. */
+export interface WorkerAttachVxlan {
+  type: "vxlan";
+  id: number;
+  port: number;
+  spec: VxlanSpec | null;
+  poll: boolean;
+}
+
 /** Start (add) or stop (remove) copying the frames that pass a port into a capture ring. */
 export interface WorkerTap {
   type: "tap";
@@ -66,7 +76,13 @@ export interface WorkerStop {
   id: number;
 }
 
-export type ToWorker = WorkerInit | WorkerApplyPort | WorkerAttachPacket | WorkerTap | WorkerStop;
+export type ToWorker =
+  | WorkerInit
+  | WorkerApplyPort
+  | WorkerAttachPacket
+  | WorkerAttachVxlan
+  | WorkerTap
+  | WorkerStop;
 
 export interface WorkerAck {
   type: "ack";

@@ -257,7 +257,7 @@ Deno.test("values out of range or not among the choices", async () => {
       "F: ports[0].mtu: expected an integer from 68 to 9000, got 67",
       "F: ports[0].queues: expected an integer from 1 to 8, got 9",
       'F: ports[0].mode: expected one of "server", "client", got "sever" (did you mean "server"?)',
-      'F: ports[1].type: expected one of "vhost-user", "af-packet", got "tap"',
+      'F: ports[1].type: expected one of "vhost-user", "af-packet", "vxlan", got "tap"',
       "F: fdb.agingSeconds: expected an integer from 10 to 1000000, got 5",
       "F: fdb.maxEntries: expected an integer from 16 to 1048576, got 2000000",
     ],
@@ -478,5 +478,74 @@ Deno.test("poll.cpus: one CPU number per worker", async () => {
   assert.deepEqual(
     await problems(topo([vm("vm1")], { poll: { cpus: "0" } })),
     ['F: poll.cpus: expected an array of CPU numbers, got "0"'],
+  );
+});
+
+const vx = (extra: object = {}) => ({
+  name: "vx42",
+  type: "vxlan",
+  vni: 42,
+  local: "192.0.2.1",
+  remotes: ["192.0.2.2", "192.0.2.3"],
+  ...extra,
+});
+
+Deno.test("vxlan ports: defaults (UDP 4789, inner MTU 1450, not strict, no static MACs)", async () => {
+  await using dir = await tempDir();
+  const file = await writeTopology(
+    dir.path,
+    topo([vm(), vx({ remoteMacs: { "52-54-00-AA-00-02": "192.0.2.9" } })]),
+  );
+  const port = loadTopology(file).ports[1];
+  assert.deepEqual(port, {
+    name: "vx42",
+    type: "vxlan",
+    mtu: 1450,
+    vlan: { mode: "trunk", allowed: "all", native: 0 },
+    queues: 1,
+    rxqAffinity: [0],
+    vni: 42,
+    local: "192.0.2.1",
+    remotes: ["192.0.2.2", "192.0.2.3"],
+    udpPort: 4789,
+    remoteMacs: [{ mac: "52:54:00:aa:00:02", remote: "192.0.2.9" }],
+    strict: false,
+  });
+});
+
+Deno.test("vxlan ports: every problem named by its path", async () => {
+  assert.deepEqual(
+    await problems(topo([
+      vx({
+        vni: 1 << 24,
+        local: "fe80::1",
+        remotes: ["192.0.2.2", "192.0.2.2", "192.0.2.1", "239.1.1.1", "10.0.0"],
+        udpPort: 0,
+        mtu: 8951,
+        remoteMacs: { "01:00:5e:00:00:01": "192.0.2.2", "nope": "x" },
+        strict: "yes",
+        socket: "x.sock",
+      }),
+      vx({ name: "vx43", vni: 43, local: "192.0.2.1", remotes: "192.0.2.2" }),
+      vx({ name: "vx44", vni: undefined, remotes: undefined }),
+    ])),
+    [
+      'F: ports[0].socket: unknown key "socket"',
+      "F: ports[0].mtu: expected an integer from 68 to 8950, got 8951",
+      "F: ports[0].vni: expected an integer from 0 to 16777215, got 16777216",
+      'F: ports[0].local: "fe80::1" is not an IPv4 address like 192.0.2.1 (IPv6 VTEPs are not supported)',
+      "F: ports[0].udpPort: expected an integer from 1 to 65535, got 0",
+      "F: ports[0].remotes[1]: duplicate remote 192.0.2.2",
+      "F: ports[0].remotes[3]: 239.1.1.1 is not a unicast address (multicast flooding is not supported)",
+      'F: ports[0].remotes[4]: "10.0.0" is not an IPv4 address like 192.0.2.1',
+      'F: ports[0].remoteMacs["01:00:5e:00:00:01"]: 01:00:5e:00:00:01 is multicast: a station is unicast',
+      'F: ports[0].remoteMacs["nope"]: "nope" is not a MAC address like 52:54:00:00:00:01',
+      'F: ports[0].remoteMacs["nope"]: "x" is not an IPv4 address like 192.0.2.1',
+      'F: ports[0].strict: expected true or false, got "yes"',
+      'F: ports[1].remotes: expected an array of IPv4 addresses, got "192.0.2.2"',
+      "F: ports[2].vni: required key is missing",
+      "F: ports[2].remotes: required key is missing",
+      'F: ports[2].local: duplicate VTEP "192.0.2.1:4789" (also used by ports[1])',
+    ],
   );
 });

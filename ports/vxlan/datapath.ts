@@ -1,0 +1,375 @@
+// A VXLAN port's datapath, living in a Worker. Receive: one recvmmsg(2) takes a burst of
+// datagrams into a private mapping; each is checked (I flag, VNI, length, source VTEP), its
+// inner source MAC is learned against the sending VTEP, and the inner frame is handed to the
+// bridge in place. Transmit: the frame is copied once behind a VXLAN header written at setup,
+// and one message per destination VTEP (one for a known MAC, the whole flood list for the rest:
+// head-end replication, all pointing at the same copy) goes out with one sendmmsg(2) per burst.
+// The kernel adds the outer IPv4/UDP headers, routes, resolves next hops and fills checksums.
+import {
+  DROP_LINK_DOWN,
+  DROP_NO_BUFFER,
+  DROP_RUNT,
+  DROP_TOO_BIG,
+  DROP_VNI,
+  DROP_VTEP_UNKNOWN,
+  DROP_VTEP_UNREACHABLE,
+  DROP_VXLAN_HEADER,
+  NOTIFICATIONS,
+  RX_BYTES,
+  RX_CSUM_FILLED,
+  RX_PACKETS,
+  TX_BYTES,
+  TX_PACKETS,
+} from "../counters.ts";
+import {
+  BURST,
+  type DatapathPort,
+  type EgressFrame,
+  type FrameBatch,
+  MAX_FRAME_LEN,
+} from "../port.ts";
+import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
+import {
+  IOV_BASE,
+  IOV_LEN,
+  IOVEC_SIZE,
+  MMSGHDR_SIZE,
+  MSG_FLAGS,
+  MSG_IOV,
+  MSG_IOVLEN,
+  MSG_LEN,
+  MSG_NAME,
+  MSG_NAMELEN,
+  MSG_TRUNC,
+  recvBurst,
+  sendBurst,
+  SIN_ADDR,
+  SOCKADDR_IN_SIZE,
+  writeSockaddrIn,
+} from "../../ffi/udp.ts";
+import { copyEgress } from "../af_packet/tpacket.ts";
+import { completePartialChecksum } from "./inner_checksum.ts";
+import { ETH_HLEN, ETH_P_8021Q, macHiAt, macLoAt, VLAN_HLEN } from "../ethernet.ts";
+import {
+  MAX_REMOTES,
+  type RemoteMacTable,
+  REMOTES_BASE,
+  REMOTES_COUNT,
+  REMOTES_FLOOD,
+  VXLAN_FLAG_I,
+  VXLAN_HLEN,
+  type VxlanSpec,
+  writeVxlanHeader,
+} from "./vxlan.ts";
+
+/** A datagram slot: VXLAN header + the largest frame, rounded up to cache lines. */
+const SLOT = Math.ceil((VXLAN_HLEN + MAX_FRAME_LEN) / 64) * 64;
+/** Frames copied per sendmmsg at most, and datagrams (a flooded frame is one per VTEP). */
+const TX_SLOTS = 64;
+const TX_MSGS = 256;
+/** Open-addressing index of the remote list by address (this thread's own, for receive). */
+const INDEX_SLOTS = MAX_REMOTES * 2;
+const EAGAIN = 11;
+const EMSGSIZE = 90;
+const ENOBUFS = 105;
+const ENETUNREACH = 101;
+const EHOSTUNREACH = 113;
+const TWO_32 = 4294967296;
+
+/**
+ * Message vectors, their iovecs and addresses, then the data slots, in one private mapping:
+ * the kernel reads and writes them by address, so they must not move (a mapping never does).
+ */
+class MessageArea {
+  readonly mapping: Mapping;
+  readonly bytes: Uint8Array;
+  readonly words: Uint32Array;
+  /** Where each message's name, iovec and data slot start, in bytes. */
+  readonly names: number;
+  readonly iovs: number;
+  readonly slots: number;
+  /** Pointer to message i, for a send that resumes after a failed datagram. */
+  readonly msgPointers: Deno.PointerObject[];
+  readonly #base: number;
+
+  constructor(messages: number, slots: number) {
+    const headers = messages * (MMSGHDR_SIZE + IOVEC_SIZE + SOCKADDR_IN_SIZE);
+    const start = Math.ceil(headers / 4096) * 4096;
+    this.mapping = mmap(start + slots * SLOT);
+    const buf = viewMapping(this.mapping.address, this.mapping.length);
+    this.bytes = new Uint8Array(buf);
+    this.words = new Uint32Array(buf);
+    this.#base = Number(this.mapping.address);
+    this.iovs = messages * MMSGHDR_SIZE;
+    this.names = this.iovs + messages * IOVEC_SIZE;
+    this.slots = start;
+    this.msgPointers = [];
+    for (let i = 0; i < messages; i++) {
+      const m = i * MMSGHDR_SIZE;
+      this.setPointer(m + MSG_NAME, this.names + i * SOCKADDR_IN_SIZE);
+      this.words[(m + MSG_NAMELEN) >> 2] = SOCKADDR_IN_SIZE;
+      this.setPointer(m + MSG_IOV, this.iovs + i * IOVEC_SIZE);
+      this.words[(m + MSG_IOVLEN) >> 2] = 1;
+      this.msgPointers.push(Deno.UnsafePointer.offset(this.mapping.pointer, m)!);
+    }
+  }
+
+  /** Stores the address of byte `target` of this area at byte `at` (a 64-bit pointer). */
+  setPointer(at: number, target: number): void {
+    const p = this.#base + target;
+    this.words[at >> 2] = p % TWO_32;
+    this.words[(at >> 2) + 1] = Math.floor(p / TWO_32);
+  }
+
+  get pointer(): Deno.PointerObject {
+    return this.mapping.pointer;
+  }
+
+  close(): void {
+    munmap(this.mapping);
+  }
+}
+
+export class VxlanDatapath implements DatapathPort {
+  readonly #fd: number;
+  readonly #vni: number;
+  readonly #mtu: number;
+  readonly #strict: boolean;
+  readonly #table: RemoteMacTable;
+  readonly #remotes: Int32Array;
+  /** Receive side, only on the Worker that polls the socket. */
+  readonly #rx: MessageArea | null;
+  /** Remote list index + 1 by address hash, for the addresses this thread has seen listed. */
+  readonly #index = new Int32Array(INDEX_SLOTS);
+  #indexed = 0;
+  readonly #tx: MessageArea;
+  #txSlots = 0;
+  #txMsgs = 0;
+
+  constructor(
+    spec: VxlanSpec,
+    readonly counters: Float64Array,
+    table: RemoteMacTable,
+    receives: boolean,
+  ) {
+    this.#fd = spec.fd;
+    this.#vni = spec.vni;
+    this.#mtu = spec.mtu;
+    this.#strict = spec.strict;
+    this.#table = table;
+    this.#remotes = new Int32Array(spec.remotes);
+    this.#rx = null;
+    this.#tx = new MessageArea(TX_MSGS, TX_SLOTS);
+    try {
+      const tx = this.#tx;
+      for (let i = 0; i < TX_MSGS; i++) {
+        writeSockaddrIn(tx.bytes, tx.names + i * SOCKADDR_IN_SIZE, 0, spec.udpPort);
+      }
+      // Every datagram carries the same header: written once per slot, never per frame.
+      for (let s = 0; s < TX_SLOTS; s++) writeVxlanHeader(tx.bytes, tx.slots + s * SLOT, spec.vni);
+      if (receives) {
+        const rx = this.#rx = new MessageArea(BURST, BURST);
+        for (let i = 0; i < BURST; i++) {
+          rx.setPointer(rx.iovs + i * IOVEC_SIZE + IOV_BASE, rx.slots + i * SLOT);
+          rx.words[(rx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] = SLOT;
+        }
+      }
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  receive(batch: FrameBatch): number {
+    const rx = this.#rx;
+    batch.count = 0;
+    if (rx === null) return 0;
+    const got = recvBurst(this.#fd, rx.pointer, BURST);
+    if (got <= 0) return 0;
+    const c = this.counters;
+    const b = rx.bytes;
+    const w = rx.words;
+    const now = Math.floor(Date.now() / 1000);
+    let n = 0;
+    for (let i = 0; i < got; i++) {
+      const m = i * MMSGHDR_SIZE;
+      const len = w[(m + MSG_LEN) >> 2];
+      const truncated = (w[(m + MSG_FLAGS) >> 2] & MSG_TRUNC) !== 0;
+      w[(m + MSG_NAMELEN) >> 2] = SOCKADDR_IN_SIZE; // the kernel wrote the length it used
+      const h = rx.slots + i * SLOT;
+      if (truncated) {
+        c[DROP_TOO_BIG]++;
+        continue;
+      }
+      if (len < VXLAN_HLEN || (b[h] & VXLAN_FLAG_I) === 0) {
+        c[DROP_VXLAN_HEADER]++;
+        continue;
+      }
+      if (((b[h + 4] << 16) | (b[h + 5] << 8) | b[h + 6]) !== this.#vni) {
+        c[DROP_VNI]++;
+        continue;
+      }
+      if (len < VXLAN_HLEN + ETH_HLEN) {
+        c[DROP_RUNT]++;
+        continue;
+      }
+      const a = rx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
+      const addr = ((b[a] << 24) | (b[a + 1] << 16) | (b[a + 2] << 8) | b[a + 3]) | 0;
+      let remote = this.#find(addr);
+      if (remote < 0) {
+        if (this.#strict) {
+          c[DROP_VTEP_UNKNOWN]++;
+          continue;
+        }
+        remote = this.#append(addr);
+      }
+      const f = h + VXLAN_HLEN;
+      // A multicast source is no station (the bridge drops the frame); a full list learns nothing.
+      if ((b[f + 6] & 1) === 0 && remote >= 0) {
+        this.#table.learn(macHiAt(b, f + 6), macLoAt(b, f + 6), 0, remote, now);
+      }
+      if (completePartialChecksum(b, f, len - VXLAN_HLEN)) c[RX_CSUM_FILLED]++;
+      batch.bytes[n] = b;
+      batch.offset[n] = f;
+      batch.length[n] = len - VXLAN_HLEN;
+      c[RX_BYTES] += len - VXLAN_HLEN;
+      n++;
+    }
+    c[RX_PACKETS] += n;
+    batch.count = n;
+    return n;
+  }
+
+  /** The frames handed out stay in the receive slots until the next receive(): nothing to do. */
+  release(): void {}
+
+  /** Index of `addr` in the remote list, or -1. */
+  #find(addr: number): number {
+    const r = this.#remotes;
+    const count = Atomics.load(r, REMOTES_COUNT);
+    while (this.#indexed < count) this.#insert(this.#indexed++);
+    const mask = INDEX_SLOTS - 1;
+    for (let i = Math.imul(addr, 0x9e3779b1) >>> 20 & mask;; i = (i + 1) & mask) {
+      const e = this.#index[i];
+      if (e === 0) return -1;
+      if (r[REMOTES_BASE + e - 1] === addr) return e - 1;
+    }
+  }
+
+  #insert(k: number): void {
+    const addr = this.#remotes[REMOTES_BASE + k];
+    const mask = INDEX_SLOTS - 1;
+    let i = Math.imul(addr, 0x9e3779b1) >>> 20 & mask;
+    while (this.#index[i] !== 0) i = (i + 1) & mask;
+    this.#index[i] = k + 1;
+  }
+
+  /** Adds a VTEP that sent us traffic (not strict); -1 once the list is full. */
+  #append(addr: number): number {
+    const r = this.#remotes;
+    const k = Atomics.load(r, REMOTES_COUNT);
+    if (k >= MAX_REMOTES) return -1;
+    r[REMOTES_BASE + k] = addr;
+    Atomics.store(r, REMOTES_COUNT, k + 1);
+    this.#find(addr); // indexes it
+    return k;
+  }
+
+  transmit(src: Uint8Array, f: EgressFrame): boolean {
+    const c = this.counters;
+    const len = f.length;
+    if (len < ETH_HLEN) {
+      c[DROP_RUNT]++;
+      return false;
+    }
+    if (
+      len > this.#mtu + ETH_HLEN &&
+      (len > this.#mtu + ETH_HLEN + VLAN_HLEN || !this.#tagged(src, f))
+    ) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    const r = this.#remotes;
+    const d = f.headStart;
+    let first = 0;
+    let count = r[REMOTES_FLOOD];
+    if ((src[d] & 1) === 0) {
+      const k = this.#table.lookup(macHiAt(src, d), macLoAt(src, d), 0);
+      if (k >= 0) {
+        first = k;
+        count = 1;
+      }
+    }
+    if (count === 0) {
+      c[DROP_VTEP_UNREACHABLE]++;
+      return false;
+    }
+    if (this.#txSlots === TX_SLOTS || this.#txMsgs + count > TX_MSGS) this.#send();
+    const tx = this.#tx;
+    const slot = tx.slots + this.#txSlots++ * SLOT;
+    copyEgress(tx.bytes, slot + VXLAN_HLEN, src, f);
+    const w = tx.words;
+    for (let k = first; k < first + count; k++) {
+      const i = this.#txMsgs++;
+      const iov = tx.iovs + i * IOVEC_SIZE;
+      tx.setPointer(iov + IOV_BASE, slot);
+      w[(iov + IOV_LEN) >> 2] = VXLAN_HLEN + len;
+      const a = r[REMOTES_BASE + k];
+      const at = tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
+      const b = tx.bytes;
+      b[at] = a >>> 24;
+      b[at + 1] = (a >>> 16) & 0xff;
+      b[at + 2] = (a >>> 8) & 0xff;
+      b[at + 3] = a & 0xff;
+    }
+    return true;
+  }
+
+  /** Whether the egress frame's outer ethertype is 802.1Q (its 4 bytes do not count in the MTU). */
+  #tagged(src: Uint8Array, f: EgressFrame): boolean {
+    // The output is 12 address bytes, then the pushed tag or the rest from tailStart.
+    return f.tagLength > 0 || ((src[f.tailStart] << 8) | src[f.tailStart + 1]) === ETH_P_8021Q;
+  }
+
+  flush(): void {
+    if (this.#txMsgs > 0) this.#send();
+  }
+
+  /** Sends every queued datagram; the ones the kernel refuses are dropped and counted. */
+  #send(): void {
+    const c = this.counters;
+    const tx = this.#tx;
+    const w = tx.words;
+    const total = this.#txMsgs;
+    c[NOTIFICATIONS]++;
+    let at = 0;
+    while (at < total) {
+      const sent = sendBurst(this.#fd, tx.msgPointers[at], total - at);
+      if (sent > 0) {
+        for (let i = at; i < at + sent; i++) {
+          c[TX_BYTES] += w[(tx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] - VXLAN_HLEN;
+        }
+        c[TX_PACKETS] += sent;
+        at += sent;
+        continue;
+      }
+      const e = -sent;
+      if (e === EAGAIN || e === ENOBUFS) {
+        c[DROP_NO_BUFFER] += total - at; // the socket's send buffer is full: drop, never wait
+        break;
+      }
+      // This datagram alone: too big for the path (DF is set), or no route to its VTEP.
+      const unreachable = e === ENETUNREACH || e === EHOSTUNREACH;
+      c[e === EMSGSIZE ? DROP_TOO_BIG : unreachable ? DROP_VTEP_UNREACHABLE : DROP_LINK_DOWN]++;
+      at++;
+    }
+    this.#txMsgs = 0;
+    this.#txSlots = 0;
+  }
+
+  /** Unmaps the message areas (the socket belongs to the control side). */
+  close(): void {
+    this.#rx?.close();
+    this.#tx?.close();
+  }
+}

@@ -1,0 +1,107 @@
+// A VXLAN port's control side (main thread): opens the UDP socket bound to the VTEP address,
+// fills the remote list (flood list, then static remoteMacs targets) and the static MAC
+// entries, and answers which VTEP a MAC was learned behind. The Workers get a VxlanSpec.
+import { closeFd } from "../../ffi/fd.ts";
+import { udpSocket } from "../../ffi/udp.ts";
+import { parseMac } from "../ethernet.ts";
+import {
+  createRemoteList,
+  ipv4ToNumber,
+  numberToIpv4,
+  type RemoteMacTable,
+  REMOTES_BASE,
+  REMOTES_COUNT,
+  type VxlanSpec,
+} from "./vxlan.ts";
+
+export interface VxlanPortConfig {
+  name: string;
+  vni: number;
+  local: string;
+  remotes: string[];
+  udpPort: number;
+  remoteMacs: { mac: string; remote: string }[];
+  strict: boolean;
+  mtu: number;
+}
+
+/** What the port needs of its MAC table beyond the datapath's learn/lookup. */
+export interface RemoteMacTableControl extends RemoteMacTable {
+  readonly buffer: SharedArrayBuffer;
+  addStatic(macHi: number, macLo: number, vlan: number, port: number): void;
+}
+
+export class VxlanPort {
+  readonly spec: VxlanSpec;
+  readonly #remotes: Int32Array;
+  #closed = false;
+
+  private constructor(
+    readonly config: VxlanPortConfig,
+    readonly table: RemoteMacTableControl,
+    spec: VxlanSpec,
+  ) {
+    this.spec = spec;
+    this.#remotes = new Int32Array(spec.remotes);
+  }
+
+  /** Opens the socket; errors name the port and the address. */
+  static open(
+    config: VxlanPortConfig,
+    table: RemoteMacTableControl,
+    log: (msg: string) => void = () => {},
+  ): VxlanPort {
+    const where =
+      `vxlan port "${config.name}" (VNI ${config.vni}, ${config.local}:${config.udpPort})`;
+    const flood = config.remotes.map(ipv4ToNumber);
+    const others = [...new Set(config.remoteMacs.map((m) => ipv4ToNumber(m.remote)))]
+      .filter((a) => !flood.includes(a));
+    const remotes = createRemoteList(flood, others);
+    const all = [...flood, ...others];
+    for (const { mac, remote } of config.remoteMacs) {
+      const { hi, lo } = parseMac(mac);
+      table.addStatic(hi, lo, 0, all.indexOf(ipv4ToNumber(remote)));
+    }
+    let fd: number;
+    try {
+      fd = udpSocket(ipv4ToNumber(config.local), config.udpPort);
+    } catch (err) {
+      throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
+    }
+    const spec: VxlanSpec = {
+      name: config.name,
+      fd,
+      vni: config.vni,
+      udpPort: config.udpPort,
+      mtu: config.mtu,
+      strict: config.strict,
+      remotes,
+      table: table.buffer,
+    };
+    log(`${where}: open, flooding to ${config.remotes.join(", ") || "no VTEP"}, mtu ${config.mtu}`);
+    return new VxlanPort(config, table, spec);
+  }
+
+  /** Every remote VTEP known: the flood list, static targets, then learned ones. */
+  remoteAddresses(): string[] {
+    const count = Atomics.load(this.#remotes, REMOTES_COUNT);
+    return Array.from(
+      this.#remotes.subarray(REMOTES_BASE, REMOTES_BASE + count),
+      (a) => numberToIpv4(a >>> 0),
+    );
+  }
+
+  /** The VTEP the MAC (as the FDB stores it: high 16 bits, low 32) was learned behind. */
+  remoteOf(macHi: number, macLo: number): string | undefined {
+    const k = this.table.lookup(macHi, macLo, 0);
+    if (k < 0 || k >= Atomics.load(this.#remotes, REMOTES_COUNT)) return undefined;
+    return numberToIpv4(this.#remotes[REMOTES_BASE + k] >>> 0);
+  }
+
+  /** Closes the socket: every Worker must have dropped the spec first. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeFd(this.spec.fd);
+  }
+}

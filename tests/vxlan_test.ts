@@ -1,0 +1,310 @@
+// The VXLAN port's datapath driven directly on this thread against real UDP sockets on the
+// loopback network (no root needed): peers on 127.0.0.2 and 127.0.0.3 play remote VTEPs.
+import assert from "node:assert/strict";
+import dgram from "node:dgram";
+import {
+  COUNTER_FIELDS,
+  DROP_RUNT,
+  DROP_TOO_BIG,
+  DROP_VNI,
+  DROP_VTEP_UNKNOWN,
+  DROP_VTEP_UNREACHABLE,
+  DROP_VXLAN_HEADER,
+  RX_CSUM_FILLED,
+  RX_PACKETS,
+  TX_PACKETS,
+} from "../ports/counters.ts";
+import { FrameBatch } from "../ports/port.ts";
+import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
+import { completePartialChecksum } from "../ports/vxlan/inner_checksum.ts";
+import { VxlanPort, type VxlanPortConfig } from "../ports/vxlan/vxlan_port.ts";
+import { describeEgress, EGRESS_KEEP, EgressLayout } from "../switch/bridge.ts";
+import { Fdb } from "../switch/fdb.ts";
+import { macHiAt, macLoAt } from "../ports/ethernet.ts";
+
+const VNI = 42;
+const A = "02:00:00:00:00:0a";
+const B = "02:00:00:00:00:0b";
+const BCAST = "ff:ff:ff:ff:ff:ff";
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function mac(text: string): number[] {
+  return text.split(":").map((x) => parseInt(x, 16));
+}
+
+/** An Ethernet frame dst, src, ethertype 0x88b5 (local experimental), then `payload` bytes. */
+function frame(dst: string, src: string, payload = 46): Uint8Array {
+  const f = new Uint8Array(14 + payload);
+  f.set(mac(dst), 0);
+  f.set(mac(src), 6);
+  f[12] = 0x88;
+  f[13] = 0xb5;
+  for (let i = 14; i < f.length; i++) f[i] = i & 0xff;
+  return f;
+}
+
+function vxlan(vni: number, inner: Uint8Array, flags = 0x08): Uint8Array {
+  const d = new Uint8Array(8 + inner.length);
+  d[0] = flags;
+  d[4] = vni >>> 16;
+  d[5] = (vni >>> 8) & 0xff;
+  d[6] = vni & 0xff;
+  d.set(inner, 8);
+  return d;
+}
+
+/** A UDP socket on `address`:port that keeps what it receives. */
+class Peer {
+  readonly got: { data: Uint8Array; from: string }[] = [];
+  private constructor(readonly socket: dgram.Socket) {
+    socket.on(
+      "message",
+      (msg, rinfo) => this.got.push({ data: new Uint8Array(msg), from: rinfo.address }),
+    );
+  }
+  static async bind(address: string, port: number): Promise<Peer> {
+    const socket = dgram.createSocket("udp4");
+    await new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind(port, address, () => resolve());
+    });
+    return new Peer(socket);
+  }
+  send(data: Uint8Array, port: number, to = "127.0.0.1"): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.socket.send(data, port, to, (err) => err ? reject(err) : resolve())
+    );
+  }
+  async waitFor(n: number, ms = 2000): Promise<void> {
+    const end = Date.now() + ms;
+    while (this.got.length < n && Date.now() < end) await sleep(5);
+    assert.equal(this.got.length, n, `expected ${n} datagrams, got ${this.got.length}`);
+  }
+  close(): void {
+    this.socket.close();
+  }
+}
+
+interface Rig {
+  port: VxlanPort;
+  table: Fdb;
+  dp: VxlanDatapath;
+  c: Float64Array;
+  peers: Peer[];
+  udpPort: number;
+  batch: FrameBatch;
+  /** Receives until `n` frames came or a second passed. */
+  receive(n: number): Promise<Uint8Array[]>;
+  transmit(f: Uint8Array): boolean;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function rig(
+  opts: Partial<VxlanPortConfig> = {},
+  peerAddrs = ["127.0.0.2", "127.0.0.3"],
+): Promise<Rig> {
+  for (let attempt = 0;; attempt++) {
+    const udpPort = 20000 + Math.floor(Math.random() * 40000);
+    const table = Fdb.create({ capacity: 64 });
+    let port: VxlanPort;
+    try {
+      port = VxlanPort.open({
+        name: "vx",
+        vni: VNI,
+        local: "127.0.0.1",
+        remotes: ["127.0.0.2", "127.0.0.3"],
+        udpPort,
+        remoteMacs: [],
+        strict: false,
+        mtu: 1450,
+        ...opts,
+      }, table);
+    } catch (err) {
+      if (attempt < 5 && /EADDRINUSE/.test(String(err))) continue;
+      throw err;
+    }
+    const peers = await Promise.all(peerAddrs.map((a) => Peer.bind(a, udpPort)));
+    const c = new Float64Array(COUNTER_FIELDS);
+    const dp = new VxlanDatapath(port.spec, c, Fdb.attach(table.buffer), true);
+    const batch = new FrameBatch();
+    const layout = new EgressLayout();
+    return {
+      port,
+      table,
+      dp,
+      c,
+      peers,
+      udpPort,
+      batch,
+      async receive(n) {
+        const out: Uint8Array[] = [];
+        const end = Date.now() + 1000;
+        while (out.length < n && Date.now() < end) {
+          const k = dp.receive(batch);
+          for (let i = 0; i < k; i++) {
+            const o = batch.offset[i];
+            out.push(batch.bytes[i].slice(o, o + batch.length[i]));
+          }
+          dp.release();
+          if (k === 0) await sleep(5);
+        }
+        return out;
+      },
+      transmit(f) {
+        describeEgress(0, f.length, EGRESS_KEEP, 0, layout);
+        const ok = dp.transmit(f, layout);
+        dp.flush();
+        return ok;
+      },
+      async [Symbol.asyncDispose]() {
+        for (const p of peers) p.close();
+        dp.close();
+        port.close();
+        await sleep(0);
+      },
+    };
+  }
+}
+
+Deno.test("vxlan: a datagram's inner frame is received in place, its source learned against the VTEP", async () => {
+  await using r = await rig();
+  const inner = frame(BCAST, A);
+  await r.peers[0].send(vxlan(VNI, inner), r.udpPort);
+  const got = await r.receive(1);
+  assert.deepEqual(got, [inner]);
+  assert.equal(r.c[RX_PACKETS], 1);
+  const a = new Uint8Array(mac(A));
+  assert.equal(r.table.lookup(macHiAt(a, 0), macLoAt(a, 0), 0), 0);
+  assert.equal(r.port.remoteOf(macHiAt(a, 0), macLoAt(a, 0)), "127.0.0.2");
+});
+
+Deno.test("vxlan: wrong VNI, I flag clear, truncated headers, runts and unknown VTEPs (strict) are dropped and counted", async () => {
+  await using r = await rig({ strict: true }, ["127.0.0.2", "127.0.0.9"]);
+  const [known, stranger] = r.peers;
+  await known.send(vxlan(VNI + 1, frame(BCAST, A)), r.udpPort);
+  await known.send(vxlan(VNI, frame(BCAST, A), 0x00), r.udpPort);
+  await known.send(vxlan(VNI, frame(BCAST, A)).subarray(0, 5), r.udpPort);
+  await known.send(vxlan(VNI, frame(BCAST, A)).subarray(0, 8 + 13), r.udpPort);
+  await stranger.send(vxlan(VNI, frame(BCAST, B)), r.udpPort);
+  // A good one last: once it arrived, every earlier datagram was looked at.
+  await known.send(vxlan(VNI, frame(BCAST, A), 0x08 | 0x80), r.udpPort); // R bits are ignored
+  const got = await r.receive(1);
+  assert.equal(got.length, 1);
+  assert.equal(r.c[DROP_VNI], 1);
+  assert.equal(r.c[DROP_VXLAN_HEADER], 2);
+  assert.equal(r.c[DROP_RUNT], 1);
+  assert.equal(r.c[DROP_VTEP_UNKNOWN], 1);
+  assert.equal(r.c[RX_PACKETS], 1);
+  const b = new Uint8Array(mac(B));
+  assert.equal(
+    r.table.lookup(macHiAt(b, 0), macLoAt(b, 0), 0),
+    -1,
+    "nothing learned from the stranger",
+  );
+});
+
+Deno.test("vxlan: without strict, a VTEP not configured is learned and answered", async () => {
+  await using r = await rig({ remotes: ["127.0.0.2"] }, ["127.0.0.2", "127.0.0.7"]);
+  await r.peers[1].send(vxlan(VNI, frame(BCAST, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+  assert.deepEqual(r.port.remoteAddresses(), ["127.0.0.2", "127.0.0.7"]);
+  assert.ok(r.transmit(frame(B, A)));
+  await r.peers[1].waitFor(1);
+  await sleep(50);
+  assert.equal(r.peers[0].got.length, 0, "a learned MAC is not flooded");
+});
+
+Deno.test("vxlan: broadcast and unknown unicast go to every remote (head-end replication), a learned MAC to its VTEP", async () => {
+  await using r = await rig();
+  const [p2, p3] = r.peers;
+  const bcast = frame(BCAST, A);
+  assert.ok(r.transmit(bcast));
+  await p2.waitFor(1);
+  await p3.waitFor(1);
+  assert.deepEqual(p2.got[0].data, vxlan(VNI, bcast));
+  assert.deepEqual(p3.got[0].data, vxlan(VNI, bcast));
+  assert.ok(r.transmit(frame(B, A))); // B unknown: flooded
+  await p2.waitFor(2);
+  await p3.waitFor(2);
+  // B answers from 127.0.0.3: from now on frames to B go there only.
+  await p3.send(vxlan(VNI, frame(A, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+  assert.ok(r.transmit(frame(B, A, 100)));
+  await p3.waitFor(3);
+  await sleep(50);
+  assert.equal(p2.got.length, 2);
+  assert.equal(p3.got[2].data.length, 8 + 14 + 100);
+  assert.equal(r.c[TX_PACKETS], 5, "datagrams sent: 2 + 2 + 1");
+});
+
+Deno.test("vxlan: static remoteMacs send to their VTEP without flooding", async () => {
+  await using r = await rig({
+    remotes: ["127.0.0.2"],
+    remoteMacs: [{ mac: B, remote: "127.0.0.3" }],
+  });
+  assert.ok(r.transmit(frame(B, A)));
+  await r.peers[1].waitFor(1);
+  await sleep(50);
+  assert.equal(r.peers[0].got.length, 0);
+  assert.deepEqual(r.port.remoteAddresses(), ["127.0.0.2", "127.0.0.3"]);
+});
+
+Deno.test("vxlan: frames longer than the inner MTU are dropped and counted; an empty flood list drops BUM frames", async () => {
+  await using r = await rig({ mtu: 100 });
+  assert.equal(r.transmit(frame(BCAST, A, 101)), false);
+  assert.equal(r.c[DROP_TOO_BIG], 1);
+  assert.ok(r.transmit(frame(BCAST, A, 100)));
+  await r.peers[0].waitFor(1);
+  await using empty = await rig({ remotes: [] }, []);
+  assert.equal(empty.transmit(frame(BCAST, A)), false);
+  assert.equal(empty.c[DROP_VTEP_UNREACHABLE], 1);
+});
+
+/** An IPv4/TCP frame whose checksum field holds `check` (or the pseudo-header sum if null). */
+function tcpFrame(check: number | null): Uint8Array {
+  const payload = 101;
+  const f = frame(B, A, 20 + 20 + payload);
+  f[12] = 0x08;
+  f[13] = 0x00;
+  const ip = 14;
+  f.set([0x45, 0, 0, 20 + 20 + payload, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2], ip);
+  const tcp = ip + 20;
+  f.set([0x30, 0x39, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0], tcp);
+  let pseudo = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + 20 + payload;
+  while (pseudo > 0xffff) pseudo = (pseudo & 0xffff) + (pseudo >>> 16);
+  const v = check ?? pseudo;
+  f[tcp + 16] = v >>> 8;
+  f[tcp + 17] = v & 0xff;
+  return f;
+}
+
+/** Whether the TCP checksum of tcpFrame()'s layout verifies (sum over pseudo + segment = 0xffff). */
+function tcpChecksumOk(f: Uint8Array): boolean {
+  let s = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + (f.length - 34);
+  for (let i = 34; i < f.length; i += 2) s += (f[i] << 8) | (i + 1 < f.length ? f[i + 1] : 0);
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s === 0xffff;
+}
+
+Deno.test("vxlan: an inner TCP checksum left partial by the sending kernel is completed on receive", async () => {
+  const partial = tcpFrame(null);
+  assert.equal(tcpChecksumOk(partial), false);
+  const fixed = partial.slice();
+  assert.ok(completePartialChecksum(fixed, 0, fixed.length));
+  assert.ok(tcpChecksumOk(fixed));
+  const again = fixed.slice();
+  assert.equal(
+    completePartialChecksum(again, 0, again.length),
+    false,
+    "a full checksum is left alone",
+  );
+  assert.deepEqual(again, fixed);
+
+  await using r = await rig();
+  await r.peers[0].send(vxlan(VNI, partial), r.udpPort);
+  await r.peers[0].send(vxlan(VNI, fixed), r.udpPort);
+  const got = await r.receive(2);
+  assert.equal(got.length, 2);
+  assert.ok(tcpChecksumOk(got[0]) && tcpChecksumOk(got[1]));
+  assert.equal(r.c[RX_CSUM_FILLED], 1);
+});
