@@ -57,6 +57,8 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   unicast: ["unicast", "Frames received on the port and forwarded to one known port."],
   flooded: ["flooded", "Frames received on the port and flooded (broadcast, multicast, unknown)."],
   learn_refused: ["learn_refused", "Source MACs received on the port not learned: FDB full."],
+  fdb_evicted: ["fdb_evicted", "MACs learned on the port evicted from a full table."],
+  fdb_limit_refused: ["fdb_limit_refused", "New source MACs refused: port at fdb.maxPerPort."],
   notifications: ["notifications", "Guest notifications (call eventfd writes) and kicks."],
   rx_csum_partial: ["rx_csum_partial", "Frames received with their L4 checksum left to offload."],
   connections: ["connections", "vhost-user connections the port accepted or made."],
@@ -117,6 +119,12 @@ export function renderMetrics(info: SwitchInfo, stats: SwitchStats, ports: PortS
     for (const p of ports) {
       const value = p.counters[counter];
       if (value === undefined) continue;
+      if (counter === "fdb_learned") {
+        x.add("vswitch_port_fdb_entries", "gauge", "Learned MACs on the port now.", {
+          port: p.name,
+        }, value);
+        continue;
+      }
       const reason = dropReason(counter);
       if (reason) {
         x.add("vswitch_port_drops_total", "counter", "Frames dropped on the port, by reason.", {
@@ -170,6 +178,20 @@ export function renderMetrics(info: SwitchInfo, stats: SwitchStats, ports: PortS
     "MACs not learned: table full.",
     {},
     f.refusedFull,
+  );
+  x.add(
+    "vswitch_fdb_evicted_total",
+    "counter",
+    "Learned entries evicted from a full table (oldest of the port holding the most).",
+    {},
+    f.evicted ?? 0,
+  );
+  x.add(
+    "vswitch_fdb_refused_port_limit_total",
+    "counter",
+    "MACs not learned: their port held fdb.maxPerPort learned entries.",
+    {},
+    f.refusedPortLimit ?? 0,
   );
   x.add("vswitch_fdb_aged_total", "counter", "Entries removed by aging.", {}, f.aged);
   x.add("vswitch_fdb_flushed_total", "counter", "Entries removed by flushes.", {}, f.flushed);

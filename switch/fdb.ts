@@ -19,6 +19,12 @@
  *     each probe and retry if it moved (a seqlock).
  * The plain loads rely on x86-64's ordered loads (TSO) for the key-then-fields publication.
  * The lock has no owner recovery: a Worker must not be terminated while inside learn().
+ *
+ * Limits, as Open vSwitch's MAC learning does them: when the table is full, learning a new MAC
+ * evicts the least recently seen learned entries of the port that holds the most (so a port
+ * flooding source MACs evicts its own entries, not its neighbours'); an optional per-port limit
+ * on learned entries refuses new MACs beyond it. Each port's learned count lives in the buffer,
+ * written under the lock and read lock-free for the limit check.
  */
 
 import { formatMac } from "../ports/ethernet.ts";
@@ -28,10 +34,15 @@ export const LEARN_REFRESHED = 0;
 export const LEARN_NEW = 1;
 /** The MAC was known on another port; the entry now points at the new one. */
 export const LEARN_MOVED = 2;
-/** Not known and the table is full: not learned, counted in `refusedFull`. */
+/**
+ * Not known and no room: every entry is static, or a compaction waits for a reader. Not learned,
+ * counted in `refusedFull`. (A full table of learned entries evicts instead.)
+ */
 export const LEARN_REFUSED_FULL = 3;
 /** A static entry exists for the key: left as is, whatever the port. */
 export const LEARN_STATIC = 4;
+/** The port already holds `maxPerPort` learned entries: not learned (or not moved), counted. */
+export const LEARN_REFUSED_PORT_LIMIT = 5;
 
 export interface FdbEntry {
   mac: string;
@@ -51,6 +62,20 @@ export interface FdbCounters {
   compactions: number;
   /** Compactions put off because a reader had not yet left the table to be rebuilt. */
   compactionsDeferred: number;
+  /** Learned entries evicted (least recently seen first) to make room for a new MAC. */
+  evicted: number;
+  /** New MACs not learned because their port held `maxPerPort` learned entries. */
+  refusedPortLimit: number;
+}
+
+/** One port's share of the table. */
+export interface FdbPortCounters {
+  /** Learned entries on the port now (static ones not included). */
+  learned: number;
+  /** Its entries evicted to make room in a full table. */
+  evicted: number;
+  /** Its new MACs refused by the per-port limit. */
+  refusedLimit: number;
 }
 
 export interface FdbFlushFilter {
@@ -69,9 +94,13 @@ const MAGIC = 3;
 // Bumped by every locked operation (each insert, move, delete, flush, aging, compaction): a
 // datapath thread that remembers a result (bridge.ts) re-checks it when this moved.
 const VERSION = 4;
+/** Learned entries allowed per port, 0 for no limit. */
+const MAX_PER_PORT = 5;
 const LOCK = 16;
 const SIZE = 17; // live entries
 const USED = 18; // live + tombstones in the active table
+const C_EVICTED = 24;
+const C_PORT_LIMIT = 26;
 // 64-bit counters, each a (low, high) pair of uint32 words.
 const C_LEARNED = 32;
 const C_MOVED = 34;
@@ -85,7 +114,15 @@ const READERS = 48;
 const READER_STRIDE = 16;
 export const MAX_READERS = 64;
 const OFFLINE = -1;
-const TABLE0 = READERS + MAX_READERS * READER_STRIDE;
+/** Per port at PORTS + port * PORT_STRIDE: learned count, evicted, refused by the limit. */
+const PORTS = READERS + MAX_READERS * READER_STRIDE;
+const PORT_STRIDE = 4;
+const P_LEARNED = 0;
+const P_EVICTED = 1;
+const P_REFUSED = 2;
+/** Ports with a learned count (the bridge's port numbers are below this). */
+export const MAX_FDB_PORTS = 4096;
+const TABLE0 = PORTS + MAX_FDB_PORTS * PORT_STRIDE;
 
 const FDB_MAGIC = 0x46444231;
 const MAX_CAPACITY = 1 << 22;
@@ -132,17 +169,22 @@ export class Fdb {
   private readonly maxUsed: number;
   /** Word index of this view's reader slot, or -1. */
   private readonly readerWord: number;
+  /** Scratch for evictLocked(), made on first use. */
+  private evictSlots: Int32Array | null = null;
+  private evictStamps: Int32Array | null = null;
 
-  static create(opts: { capacity: number }): Fdb {
+  static create(opts: { capacity: number; maxPerPort?: number }): Fdb {
     const { capacity } = opts;
     checkRange("FDB capacity", capacity, MAX_CAPACITY);
     if (capacity < 1) throw new RangeError("FDB capacity must be at least 1");
+    checkRange("FDB maxPerPort", opts.maxPerPort ?? 0, MAX_CAPACITY);
     let slots = 16;
     while (slots < capacity * 2) slots *= 2;
     const buffer = new SharedArrayBuffer((TABLE0 + 2 * slots * 4) * 4);
     const w = new Int32Array(buffer);
     w[CAPACITY] = capacity;
     w[SLOTS] = slots;
+    w[MAX_PER_PORT] = opts.maxPerPort ?? 0;
     for (let r = 0; r < MAX_READERS; r++) w[READERS + r * READER_STRIDE] = OFFLINE;
     Atomics.store(w, MAGIC, FDB_MAGIC);
     return new Fdb(buffer, -1);
@@ -181,6 +223,17 @@ export class Fdb {
 
   get size(): number {
     return Atomics.load(this.w, SIZE);
+  }
+
+  /** Learned entries allowed per port; 0: no limit. */
+  get maxPerPort(): number {
+    return Atomics.load(this.w, MAX_PER_PORT);
+  }
+
+  /** Changes the per-port limit at once; ports above a lower limit keep what they have. */
+  set maxPerPort(n: number) {
+    checkRange("FDB maxPerPort", n, MAX_CAPACITY);
+    Atomics.store(this.w, MAX_PER_PORT, n);
   }
 
   /** Port for (mac, vlan), or -1. Lock-free. */
@@ -231,12 +284,23 @@ export class Fdb {
           continue;
         }
       }
-      if (s < 0 && Atomics.load(w, SIZE) >= this.capacity) {
-        this.count(C_REFUSED, 1);
-        return LEARN_REFUSED_FULL;
-      }
+      // A port at its limit is refused without the lock: a flood of source MACs from one
+      // port then costs a probe per frame, not a locked operation.
+      if (this.atLimit(port)) return this.refuseLimit(port);
       return this.learnLocked(key, lo, port, now);
     }
+  }
+
+  private atLimit(port: number): boolean {
+    const limit = this.w[MAX_PER_PORT];
+    return limit !== 0 && port < MAX_FDB_PORTS &&
+      this.w[PORTS + port * PORT_STRIDE + P_LEARNED] >= limit;
+  }
+
+  private refuseLimit(port: number): number {
+    this.count(C_PORT_LIMIT, 1);
+    if (port < MAX_FDB_PORTS) Atomics.add(this.w, PORTS + port * PORT_STRIDE + P_REFUSED, 1);
+    return LEARN_REFUSED_PORT_LIMIT;
   }
 
   /** A reader about to idle or block: compactions stop waiting for it until its next call. */
@@ -266,9 +330,10 @@ export class Fdb {
       const key = keyOf(macHi, vlan);
       const s = this.find(this.w[GEN], key, macLo | 0);
       if (s >= 0) {
+        this.forget(this.w[s + PORT]);
         Atomics.store(this.w, s + PORT, port | STATIC_BIT);
-      } else if (Atomics.load(this.w, SIZE) >= this.capacity) {
-        throw new RangeError(`FDB full (${this.capacity} entries): cannot add static entry`);
+      } else if (Atomics.load(this.w, SIZE) >= this.capacity && this.evictLocked() === 0) {
+        throw new RangeError(`FDB full (${this.capacity} static entries): cannot add another`);
       } else if (!this.insertLocked(key, macLo | 0, port | STATIC_BIT, 0)) {
         throw new Error("FDB busy: a datapath reader has not left the table to be compacted");
       }
@@ -343,6 +408,25 @@ export class Fdb {
     return rows.map((r) => r.entry);
   }
 
+  /** One port's learned count and what happened to its entries; readable from any thread. */
+  portCounters(port: number): FdbPortCounters {
+    checkRange("port", port, MAX_FDB_PORTS - 1);
+    const at = PORTS + port * PORT_STRIDE;
+    return {
+      learned: Atomics.load(this.w, at + P_LEARNED),
+      evicted: Atomics.load(this.w, at + P_EVICTED) >>> 0,
+      refusedLimit: Atomics.load(this.w, at + P_REFUSED) >>> 0,
+    };
+  }
+
+  /** Clears a port's evicted/refused counts (its port number is given to a new port). */
+  resetPortCounters(port: number): void {
+    checkRange("port", port, MAX_FDB_PORTS - 1);
+    const at = PORTS + port * PORT_STRIDE;
+    Atomics.store(this.w, at + P_EVICTED, 0);
+    Atomics.store(this.w, at + P_REFUSED, 0);
+  }
+
   /** Monotonic counters, readable from any thread. */
   counters(): FdbCounters {
     return {
@@ -353,6 +437,8 @@ export class Fdb {
       flushed: this.read(C_FLUSHED),
       compactions: this.read(C_COMPACTIONS),
       compactionsDeferred: this.read(C_DEFERRED),
+      evicted: this.read(C_EVICTED),
+      refusedPortLimit: this.read(C_PORT_LIMIT),
     };
   }
 
@@ -394,18 +480,21 @@ export class Fdb {
         if ((p & STATIC_BIT) !== 0) return LEARN_STATIC;
         w[s + STAMP] = now;
         if (p === port) return LEARN_REFRESHED;
+        // A station moving onto a port at its limit stays where it was (counted).
+        if (this.atLimit(port)) return this.refuseLimit(port);
+        this.forget(p);
+        this.remember(port);
         Atomics.store(w, s + PORT, port);
         this.count(C_MOVED, 1);
         return LEARN_MOVED;
       }
-      if (w[SIZE] >= this.capacity) {
+      if (this.atLimit(port)) return this.refuseLimit(port);
+      if (w[SIZE] >= this.capacity) this.evictLocked();
+      if (w[SIZE] >= this.capacity || !this.insertLocked(key, lo, port, now)) {
         this.count(C_REFUSED, 1);
         return LEARN_REFUSED_FULL;
       }
-      if (!this.insertLocked(key, lo, port, now)) {
-        this.count(C_REFUSED, 1);
-        return LEARN_REFUSED_FULL;
-      }
+      this.remember(port);
       this.count(C_LEARNED, 1);
       return LEARN_NEW;
     } finally {
@@ -432,8 +521,67 @@ export class Fdb {
   }
 
   private removeLocked(s: number): void {
+    this.forget(this.w[s + PORT]);
     Atomics.store(this.w, s + KEY, TOMBSTONE);
     Atomics.store(this.w, SIZE, this.w[SIZE] - 1);
+  }
+
+  /** Under the lock: one more learned entry on `port`. */
+  private remember(port: number): void {
+    if (port < MAX_FDB_PORTS) Atomics.add(this.w, PORTS + port * PORT_STRIDE + P_LEARNED, 1);
+  }
+
+  /** Under the lock: the entry with port word `portWord` goes away (or becomes static). */
+  private forget(portWord: number): void {
+    if ((portWord & STATIC_BIT) !== 0) return;
+    const port = portWord & PORT_MASK;
+    if (port < MAX_FDB_PORTS) Atomics.sub(this.w, PORTS + port * PORT_STRIDE + P_LEARNED, 1);
+  }
+
+  /**
+   * Under the lock, in a full table: evicts the least recently seen learned entries of the port
+   * holding the most (OVS's fair eviction). A batch of up to 1/64 of the table at a time, so that
+   * a flood of new MACs pays for one table scan per batch, not per MAC; never more than brings
+   * that port down to the next largest one. Returns how many went (0: all entries are static).
+   */
+  private evictLocked(): number {
+    const w = this.w;
+    let victim = -1, most = 0, second = 0;
+    for (let p = 0, at = PORTS + P_LEARNED; p < MAX_FDB_PORTS; p++, at += PORT_STRIDE) {
+      const n = w[at];
+      if (n > most) [victim, most, second] = [p, n, most];
+      else if (n > second) second = n;
+    }
+    if (victim < 0) return 0;
+    const batch = Math.max(1, Math.min(this.capacity >> 6, most - second));
+    const base = this.tableBase(w[GEN]);
+    // The victim's slots and stamps, then the `batch` oldest of them.
+    const slots = this.evictSlots ??= new Int32Array(this.capacity);
+    const stamps = this.evictStamps ??= new Int32Array(this.capacity);
+    let n = 0;
+    for (let s = base; s < base + this.tableWords && n < slots.length; s += 4) {
+      if ((w[s + KEY] & LIVE) !== 0 && w[s + PORT] === victim) {
+        slots[n] = s;
+        stamps[n++] = w[s + STAMP];
+      }
+    }
+    const cutoff = stamps.slice(0, n).sort()[Math.min(batch, n) - 1];
+    let evicted = 0;
+    for (let i = 0; i < n && evicted < batch; i++) {
+      if (stamps[i] < cutoff) {
+        this.removeLocked(slots[i]);
+        evicted++;
+      }
+    }
+    for (let i = 0; i < n && evicted < batch; i++) {
+      if (stamps[i] === cutoff) {
+        this.removeLocked(slots[i]);
+        evicted++;
+      }
+    }
+    this.count(C_EVICTED, evicted);
+    Atomics.add(w, PORTS + victim * PORT_STRIDE + P_EVICTED, evicted);
+    return evicted;
   }
 
   private removeWhere(match: (key: number, port: number, stamp: number) => boolean): number {
@@ -465,7 +613,7 @@ export class Fdb {
     const w = this.w;
     const mask = this.mask;
     const gen = w[GEN];
-    for (let r = READERS; r < TABLE0; r += READER_STRIDE) {
+    for (let r = READERS; r < PORTS; r += READER_STRIDE) {
       const seen = Atomics.load(w, r);
       if (seen !== OFFLINE && seen < gen) {
         this.count(C_DEFERRED, 1);

@@ -22,7 +22,11 @@ import {
 /** The bridge's per-port counters under the same snake_case names as the port counters. */
 function bridgeCounters(bridge: Bridge, port: number): Record<string, number> {
   const c = bridge.portCounters(port);
+  const fdb = bridge.fdb.portCounters(port);
   return {
+    fdb_learned: fdb.learned,
+    fdb_evicted: fdb.evicted,
+    fdb_limit_refused: fdb.refusedLimit,
     drop_vlan: c.dropVlan,
     drop_multicast_src: c.dropMulticastSrc,
     drop_hairpin: c.dropHairpin,
@@ -92,6 +96,8 @@ export class SwitchStatus {
         learned: fdb.learned,
         moved: fdb.moved,
         refusedFull: fdb.refusedFull,
+        evicted: fdb.evicted,
+        refusedPortLimit: fdb.refusedPortLimit,
         aged: fdb.aged,
         flushed: fdb.flushed,
       },

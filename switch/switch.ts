@@ -8,6 +8,7 @@ import { FdbAging } from "./aging.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
 import { captureStream } from "./capture.ts";
 import { Datapath } from "./datapath.ts";
+import { Fdb } from "./fdb.ts";
 import { PortControl } from "./port_control.ts";
 import { SwitchStatus } from "./status.ts";
 import type { Topology, VlanConfig } from "./topology.ts";
@@ -34,7 +35,7 @@ function bridgeOf(topology: Topology, vlans: PortVlanConfig[]): Bridge {
   return new Bridge({
     vlans,
     statics: topology.fdb.static.map((s) => ({ mac: s.mac, vlan: s.vlan, port: nameOf(s.port) })),
-    fdbCapacity: topology.fdb.maxEntries,
+    fdb: Fdb.create({ capacity: topology.fdb.maxEntries, maxPerPort: topology.fdb.maxPerPort }),
     writers: topology.threads,
   });
 }

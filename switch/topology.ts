@@ -74,6 +74,8 @@ export interface StaticFdbEntry {
 export interface FdbConfig {
   agingSeconds: number;
   maxEntries: number;
+  /** Learned entries allowed per port; 0: no limit beyond maxEntries. */
+  maxPerPort: number;
   static: StaticFdbEntry[];
 }
 export interface Topology {
@@ -408,9 +410,10 @@ function parseAffinity(c: Checker, v: unknown, at: string, queues: number, threa
 }
 
 function parseFdb(c: Checker, v: unknown, ports: PortConfig[]): FdbConfig {
-  const o = c.section(v, "fdb", ["agingSeconds", "maxEntries", "static"]);
+  const o = c.section(v, "fdb", ["agingSeconds", "maxEntries", "maxPerPort", "static"]);
   const agingSeconds = c.int(o.agingSeconds, "fdb.agingSeconds", 10, 1_000_000, 300) ?? 300;
   const maxEntries = c.int(o.maxEntries, "fdb.maxEntries", 16, 1_048_576, 8192) ?? 8192;
+  const maxPerPort = c.int(o.maxPerPort, "fdb.maxPerPort", 0, maxEntries, 0) ?? 0;
   const list = Array.isArray(o.static) ? o.static : [];
   if (o.static !== undefined && !Array.isArray(o.static)) {
     c.add("fdb.static", `expected an array, got ${describe(o.static)}`);
@@ -435,7 +438,7 @@ function parseFdb(c: Checker, v: unknown, ports: PortConfig[]): FdbConfig {
     seen.set(key, `also ${path}`);
     return { mac: mac ?? "", vlan: vlan ?? 0, port: portName ?? "" };
   });
-  return { agingSeconds, maxEntries, static: entries };
+  return { agingSeconds, maxEntries, maxPerPort, static: entries };
 }
 
 function parseStaticMac(c: Checker, v: unknown, at: string): string | undefined {

@@ -101,6 +101,10 @@ export interface FdbStats {
   learned: number;
   moved: number;
   refusedFull: number;
+  /** Learned entries evicted (least recently seen of the fullest port) to make room. */
+  evicted?: number;
+  /** New MACs refused by the per-port limit (fdb.maxPerPort). */
+  refusedPortLimit?: number;
   aged: number;
   flushed: number;
 }

@@ -262,19 +262,22 @@ Deno.test("the three-range egress description matches applyEgressTag", () => {
   assert.deepEqual(Array.from(l.tag), [0x81, 0, 0, 10]);
 });
 
-Deno.test("a full FDB refuses to learn, counts it, and still forwards the frame", () => {
-  const b = new Bridge({ vlans: [undefined, undefined], fdbCapacity: 16 });
+Deno.test("a full FDB evicts to learn; a port at its limit is refused, counted, forwarded", () => {
+  const b = new Bridge({ vlans: [undefined, undefined], fdb: Fdb.create({ capacity: 16 }) });
   b.setLinkUp(0, true);
   b.setLinkUp(1, true);
   for (let i = 0; i < 16; i++) {
     send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, i) }));
   }
-  assert.equal(b.portCounters(0).learnRefused, 0);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, 16) })), [1]);
   assert.equal(b.dropReason, NO_DROP);
-  assert.equal(b.portCounters(0).learnRefused, 1);
-  assert.equal(b.fdb.counters().refusedFull, 1);
+  assert.equal(b.portCounters(0).learnRefused, 0);
+  assert.equal(b.fdb.counters().evicted, 1);
   assert.equal(b.fdb.size, 16);
+  b.fdb.maxPerPort = 16;
+  assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, 17) })), [1]);
+  assert.equal(b.dropReason, NO_DROP);
+  assert.deepEqual(b.fdb.portCounters(0), { learned: 16, evicted: 1, refusedLimit: 1 });
 });
 
 Deno.test("static MACs from the config are used and never moved by traffic", () => {

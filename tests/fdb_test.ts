@@ -5,6 +5,7 @@ import {
   LEARN_NEW,
   LEARN_REFRESHED,
   LEARN_REFUSED_FULL,
+  LEARN_REFUSED_PORT_LIMIT,
   LEARN_STATIC,
 } from "../switch/fdb.ts";
 import { parseMac } from "../ports/ethernet.ts";
@@ -50,6 +51,8 @@ Deno.test("a MAC seen on another port moves", () => {
     flushed: 0,
     compactions: 0,
     compactionsDeferred: 0,
+    evicted: 0,
+    refusedPortLimit: 0,
   });
 });
 
@@ -90,19 +93,81 @@ Deno.test("static entries are never moved by learning", () => {
   assert.throws(() => fdb.addStatic(A.hi, A.lo, 1, 70000), /port/);
 });
 
-Deno.test("a full table refuses new MACs and counts it, but refreshes and moves known ones", () => {
+Deno.test("a full table evicts the oldest entries of the port holding the most", () => {
   const fdb = Fdb.create({ capacity: 16 });
-  for (let i = 0; i < 16; i++) assert.equal(fdb.learn(0x0200, i, 0, 1, 0), LEARN_NEW);
-  assert.equal(fdb.learn(0x0200, 16, 0, 1, 0), LEARN_REFUSED_FULL);
-  assert.equal(fdb.learn(0x0200, 17, 0, 1, 0), LEARN_REFUSED_FULL);
-  assert.equal(fdb.lookup(0x0200, 16, 0), -1);
-  assert.equal(fdb.learn(0x0200, 3, 0, 1, 5), LEARN_REFRESHED);
-  assert.equal(fdb.learn(0x0200, 4, 0, 2, 5), LEARN_MOVED);
+  // Port 1: 10 entries seen at 0..9; port 2: 6 entries seen at 100.
+  for (let i = 0; i < 10; i++) assert.equal(fdb.learn(0x0200, i, 0, 1, i), LEARN_NEW);
+  for (let i = 0; i < 6; i++) assert.equal(fdb.learn(0x0300, i, 0, 2, 100), LEARN_NEW);
+  assert.equal(fdb.learn(0x0200, 3, 0, 1, 200), LEARN_REFRESHED, "3 is now port 1's newest");
+  // A new MAC on port 2 evicts port 1's least recently seen entry, not port 2's.
+  assert.equal(fdb.learn(0x0300, 6, 0, 2, 201), LEARN_NEW);
+  assert.equal(fdb.lookup(0x0200, 0, 0), -1, "port 1's oldest went");
   assert.equal(fdb.size, 16);
-  assert.equal(fdb.counters().refusedFull, 2);
+  for (let i = 1; i < 10; i++) assert.equal(fdb.lookup(0x0200, i, 0), 1);
+  // Port 1 and 2 hold 9 and 7 now: the next evictions take 1 and 2 (oldest), then 4 ...
+  assert.equal(fdb.learn(0x0400, 0, 0, 3, 202), LEARN_NEW);
+  assert.equal(fdb.lookup(0x0200, 1, 0), -1);
+  assert.equal(fdb.learn(0x0400, 1, 0, 3, 202), LEARN_NEW); // 8 and 7: port 1 again
+  assert.equal(fdb.lookup(0x0200, 2, 0), -1);
+  assert.equal(fdb.lookup(0x0200, 3, 0), 1, "refreshed at 200: survives");
+  assert.deepEqual(fdb.portCounters(1), { learned: 7, evicted: 3, refusedLimit: 0 });
+  assert.deepEqual(fdb.portCounters(2), { learned: 7, evicted: 0, refusedLimit: 0 });
+  assert.deepEqual(fdb.portCounters(3), { learned: 2, evicted: 0, refusedLimit: 0 });
+  assert.equal(fdb.counters().evicted, 3);
+  assert.equal(fdb.counters().refusedFull, 0);
+  // A static entry in a full table evicts a learned one too.
+  fdb.addStatic(0x0500, 1, 0, 4);
+  assert.equal(fdb.size, 16);
+  assert.equal(fdb.counters().evicted, 4);
+});
+
+Deno.test("a table full of static entries refuses new MACs and counts it", () => {
+  const fdb = Fdb.create({ capacity: 16 });
+  for (let i = 0; i < 16; i++) fdb.addStatic(0x0200, i, 0, 1);
+  assert.equal(fdb.learn(0x0200, 16, 0, 1, 0), LEARN_REFUSED_FULL);
+  assert.equal(fdb.lookup(0x0200, 16, 0), -1);
+  assert.equal(fdb.counters().refusedFull, 1);
   assert.throws(() => fdb.addStatic(0x0200, 99, 0, 1), /full/);
-  assert.equal(fdb.age(300, 300), 14, "all but the refreshed and the moved entry");
-  assert.equal(fdb.learn(0x0200, 16, 0, 1, 300), LEARN_NEW, "room again");
+});
+
+Deno.test("MAC flood from one port: its own entries are evicted, other ports' survive", () => {
+  const fdb = Fdb.create({ capacity: 1024 });
+  for (let i = 0; i < 100; i++) fdb.learn(0x0200, i, 0, 1, 0); // a quiet neighbour, long idle
+  for (let i = 0; i < 20_000; i++) fdb.learn(0x0666, i, 0, 2, 10 + (i >> 10));
+  for (let i = 0; i < 100; i++) assert.equal(fdb.lookup(0x0200, i, 0), 1, `neighbour ${i}`);
+  // Evicted a batch (1/64 of the table) at a time: the table refills to within a batch of full.
+  assert.ok(fdb.size > 1024 - 16 && fdb.size <= 1024, `size ${fdb.size}`);
+  const flooder = fdb.portCounters(2);
+  assert.equal(flooder.learned, fdb.size - 100);
+  assert.equal(
+    flooder.learned + flooder.evicted,
+    20_000,
+    "every flooded MAC learned, then evicted",
+  );
+  assert.equal(fdb.counters().evicted, flooder.evicted);
+  assert.deepEqual(fdb.portCounters(1), { learned: 100, evicted: 0, refusedLimit: 0 });
+  assert.equal(fdb.lookup(0x0666, 19_999, 0), 2, "the newest MAC is in");
+});
+
+Deno.test("per-port limit on learned MACs: refused beyond it, counted, changeable live", () => {
+  const fdb = Fdb.create({ capacity: 64, maxPerPort: 4 });
+  for (let i = 0; i < 4; i++) assert.equal(fdb.learn(0x0200, i, 0, 1, 0), LEARN_NEW);
+  assert.equal(fdb.learn(0x0200, 4, 0, 1, 0), LEARN_REFUSED_PORT_LIMIT);
+  assert.equal(fdb.learn(0x0200, 0, 0, 1, 1), LEARN_REFRESHED, "known MACs still refresh");
+  assert.equal(fdb.learn(0x0300, 0, 0, 2, 0), LEARN_NEW, "other ports have their own count");
+  fdb.addStatic(0x0200, 9, 0, 1);
+  assert.equal(fdb.portCounters(1).learned, 4, "static entries do not count");
+  assert.equal(fdb.learn(0x0300, 0, 0, 1, 2), LEARN_REFUSED_PORT_LIMIT, "no move onto a full port");
+  assert.equal(fdb.lookup(0x0300, 0, 0), 2);
+  assert.equal(fdb.delete(0x0200, 1, 0), true);
+  assert.equal(fdb.learn(0x0200, 4, 0, 1, 3), LEARN_NEW, "room after a delete");
+  assert.deepEqual(fdb.portCounters(1), { learned: 4, evicted: 0, refusedLimit: 2 });
+  assert.equal(fdb.counters().refusedPortLimit, 2);
+  fdb.maxPerPort = 0;
+  assert.equal(fdb.learn(0x0200, 5, 0, 1, 3), LEARN_NEW, "no limit");
+  assert.equal(fdb.flush({ port: 1 }), 5);
+  assert.equal(fdb.portCounters(1).learned, 0);
+  assert.throws(() => (fdb.maxPerPort = -1), RangeError);
 });
 
 Deno.test("flush by port, by VLAN, by both; statics only on request", () => {
@@ -130,6 +195,33 @@ function rng(seed: number): () => number {
   };
 }
 
+/** After a learn into a full table: what went are the oldest of the port that held the most. */
+function evictedAsExpected(
+  fdb: Fdb,
+  model: Map<string, { port: number; stamp: number }>,
+  step: number,
+): void {
+  const perPort = new Map<number, number>();
+  for (const m of model.values()) perPort.set(m.port, (perPort.get(m.port) ?? 0) + 1);
+  const most = Math.max(...perPort.values());
+  const gone: { port: number; stamp: number }[] = [];
+  for (const [k, m] of model) {
+    const [hi, lo, vlan] = k.split("/").map(Number);
+    if (fdb.lookup(hi, lo, vlan) === -1) {
+      gone.push(m);
+      model.delete(k);
+    }
+  }
+  assert.ok(gone.length >= 1 && gone.length <= 3, `step ${step}: evicted ${gone.length}`);
+  const victim = gone[0].port;
+  assert.equal(perPort.get(victim), most, `step ${step}: evicted from a port with fewer`);
+  const newestGone = Math.max(...gone.map((g) => g.stamp));
+  for (const g of gone) assert.equal(g.port, victim, `step ${step}`);
+  for (const m of model.values()) {
+    if (m.port === victim) assert.ok(m.stamp >= newestGone, `step ${step}: a newer one went`);
+  }
+}
+
 Deno.test("random learn/delete/age churn agrees with a reference map across compactions", () => {
   const fdb = Fdb.create({ capacity: 200 });
   const model = new Map<string, { port: number; stamp: number }>();
@@ -146,10 +238,11 @@ Deno.test("random learn/delete/age churn agrees with a reference map across comp
       const r = fdb.learn(hi, lo, vlan, port, now);
       const m = model.get(key);
       const expected = m === undefined
-        ? (model.size < 200 ? LEARN_NEW : LEARN_REFUSED_FULL)
+        ? LEARN_NEW
         : (m.port === port ? LEARN_REFRESHED : LEARN_MOVED);
       assert.equal(r, expected, `step ${step}`);
-      if (r !== LEARN_REFUSED_FULL) model.set(key, { port, stamp: now });
+      if (m === undefined && model.size === 200) evictedAsExpected(fdb, model, step);
+      model.set(key, { port, stamp: now });
     } else if (op < 9) {
       assert.equal(fdb.delete(hi, lo, vlan), model.delete(key), `step ${step}`);
     } else {

@@ -63,7 +63,7 @@ Deno.test("defaults fill every optional field", async () => {
     },
     threads: 1,
     poll: { mode: "adaptive", idleAfterMs: 200, cpus: null },
-    fdb: { agingSeconds: 300, maxEntries: 8192, static: [] },
+    fdb: { agingSeconds: 300, maxEntries: 8192, maxPerPort: 0, static: [] },
     ports: [
       {
         type: "vhost-user",
@@ -101,6 +101,7 @@ Deno.test("a full topology keeps every value given", async () => {
     fdb: {
       agingSeconds: 60,
       maxEntries: 1024,
+      maxPerPort: 100,
       static: [{ mac: "52-54-00-AB-CD-01", vlan: 10, port: "vm1" }],
     },
     ports: [
@@ -129,6 +130,7 @@ Deno.test("a full topology keeps every value given", async () => {
   assert.deepEqual(t.fdb, {
     agingSeconds: 60,
     maxEntries: 1024,
+    maxPerPort: 100,
     static: [{ mac: "52:54:00:ab:cd:01", vlan: 10, port: "vm1" }],
   });
   assert.deepEqual(t.ports[0], {
@@ -246,7 +248,7 @@ Deno.test("values out of range or not among the choices", async () => {
         name: "br 0",
         threads: 65,
         poll: { mode: "fast", idleAfterMs: -1 },
-        fdb: { agingSeconds: 5, maxEntries: 2_000_000 },
+        fdb: { agingSeconds: 5, maxEntries: 2_000_000, maxPerPort: -1 },
       }),
     ),
     [
@@ -260,6 +262,7 @@ Deno.test("values out of range or not among the choices", async () => {
       'F: ports[1].type: expected one of "vhost-user", "af-packet", "vxlan", got "tap"',
       "F: fdb.agingSeconds: expected an integer from 10 to 1000000, got 5",
       "F: fdb.maxEntries: expected an integer from 16 to 1048576, got 2000000",
+      "F: fdb.maxPerPort: expected an integer from 0 to 8192, got -1",
     ],
   );
   assert.deepEqual(await problems(topo([])), ["F: ports: expected 1 to 64 ports, got 0"]);
