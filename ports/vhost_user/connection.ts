@@ -80,7 +80,10 @@ export class VhostUserConnection {
         this.#reader.push(this.#buf.subarray(0, n), fds);
         for (const msg of this.#reader.ready.splice(0)) {
           this.#queued++;
-          this.#chain = this.#chain.then(() => this.#process(msg)).finally(() => this.#dequeued());
+          this.#chain = this.#chain.then(() => this.#process(msg))
+            // Whatever escaped the handler (a failed reply, a bug) ends this connection only.
+            .catch((err) => this.#fail(err, P.requestName(msg.request)))
+            .finally(() => this.#dequeued());
         }
         if (this.#reader.pendingFdCount > MAX_FDS) {
           throw new P.ProtocolError(`more than ${MAX_FDS} fds sent with one message`);
@@ -94,7 +97,7 @@ export class VhostUserConnection {
         }
       }
     } catch (err) {
-      this.#fail(err);
+      this.#fail(err, "protocol error");
     }
   }
 
@@ -128,8 +131,8 @@ export class VhostUserConnection {
       const reply = await this.device.handle(msg);
       if (reply !== null) this.#send(msg.request, reply);
       else if (ack) this.#send(msg.request, P.u64Payload(0n));
-    } catch (err) {
-      if (!(err instanceof Error)) throw err;
+    } catch (thrown) {
+      const err = thrown instanceof Error ? thrown : new Error(String(thrown));
       this.stats.errors++;
       this.stats.lastError = `${name}: ${err.message}`;
       // A front-end sending nothing but bad requests must not turn into a flood of log lines.
@@ -151,18 +154,25 @@ export class VhostUserConnection {
       !HAS_REPLY.has(msg.request);
   }
 
+  /** Sends a reply; a front-end that cannot take it (full buffer, EPIPE) is hung up on. */
   #send(request: number, payload: Uint8Array): void {
     if (this.#closed) return;
     const bytes = P.encodeMessage(request, P.VHOST_USER_VERSION | P.VHOST_USER_REPLY_MASK, payload);
-    const n = sendWithFds(this.fd, bytes);
+    let n: number;
+    try {
+      n = sendWithFds(this.fd, bytes);
+    } catch (err) {
+      this.#fail(err, `reply to ${P.requestName(request)}`);
+      return;
+    }
     if (n !== bytes.length) this.close("front-end is not reading its replies");
   }
 
-  #fail(err: unknown): void {
+  #fail(err: unknown, during = "protocol error"): void {
     const text = err instanceof Error ? err.message : String(err);
     this.stats.errors++;
     this.stats.lastError = text;
-    this.close(`protocol error: ${text}`);
+    this.close(`${during}: ${text}`);
   }
 
   /** Closes the socket; the device is reset (datapath stopped, memory freed) in order. */
@@ -172,7 +182,10 @@ export class VhostUserConnection {
     this.log(`connection closed: ${reason}`);
     if (!this.#paused) this.reactor.unwatch(this.fd);
     closeFd(this.fd);
+    // Every fd recvmsg gave us is owned here until a message is handled: the stray ones, and
+    // those of messages read but not queued (a framing error in the same read).
     for (const fd of this.#reader.takeStrayFds()) closeFd(fd);
+    for (const msg of this.#reader.ready.splice(0)) for (const fd of msg.fds) closeFd(fd);
     this.#chain = this.#chain
       .then(() => this.device.reset())
       .catch((err) => this.log(`reset failed: ${err}`))

@@ -148,7 +148,11 @@ export class VirtioNetDatapath implements DatapathPort {
       const head = q.popAvail();
       buffers++;
       const segs = q.walkChain(head, true);
-      if (segs < 0 || (buffers === 1 && q.segLength[0] < hdr)) {
+      // A buffer that holds nothing would only make us walk more chains for the same frame
+      // (a guest can post thousands): broken like any other impossible buffer.
+      if (
+        segs < 0 || (buffers === 1 ? q.segLength[0] < hdr : chainBytes(q, segs) === 0)
+      ) {
         // A guest that hands us broken RX buffers only hurts itself: stop filling its ring.
         q.unpopAvail(buffers);
         q.usedIdx = firstUsed;
@@ -296,6 +300,13 @@ export class VirtioNetDatapath implements DatapathPort {
   #publish(q: SplitQueue): void {
     if (q.publishUsed()) this.counters[NOTIFICATIONS]++;
   }
+}
+
+/** Bytes the last walked chain of `q` holds (its `segs` segments). */
+function chainBytes(q: SplitQueue, segs: number): number {
+  let n = 0;
+  for (let s = 0; s < segs; s++) n += q.segLength[s];
+  return n;
 }
 
 /** Gathers a frame scattered over several descriptors (after skipping the header) into `out`. */
