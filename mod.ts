@@ -25,6 +25,24 @@ function fail(message: string): never {
   Deno.exit(1);
 }
 
+/**
+ * The last resort: an error no handler caught (a rejected promise, an exception in a callback)
+ * anywhere in the control plane is logged with its stack and the switch keeps serving. Every
+ * path that talks to a peer already ends its own connection on failure; reaching this is a bug
+ * to report, and one bad code path must not take every port down with it.
+ */
+function keepServingAfterStrayErrors(log: (msg: string) => void): void {
+  const describe = (e: unknown) => e instanceof Error ? (e.stack ?? e.message) : String(e);
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    log(`internal error (unhandled rejection), still serving: ${describe(e.reason)}`);
+  });
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    log(`internal error (uncaught exception), still serving: ${describe(e.error)}`);
+  });
+}
+
 async function main(args: string[]): Promise<void> {
   const { Switch } = await import("./switch/switch.ts");
   const USAGE = usage(VERSION);
@@ -57,6 +75,7 @@ async function main(args: string[]): Promise<void> {
   }
 
   const log = (msg: string) => console.log(`${new Date().toISOString()} ${msg}`);
+  keepServingAfterStrayErrors(log);
   let sw: Switch;
   try {
     sw = await Switch.start(topology, log);

@@ -1,0 +1,284 @@
+// Hostile front-ends, one case per class of attack (and per variant found), against a switch
+// running as its own process. After every case:
+//   (a) the process is alive,
+//   (b) a fresh connection on every port gets a reply (GET_FEATURES),
+//   (c) a valid frame still crosses between two other ports (fresh front-ends on a and b),
+//   (d) fds, eventfds and guest-memory mappings are back to where they were before the suite.
+// All along, a prober connects to port p every 100 ms and asks GET_FEATURES: no gap between two
+// answers may exceed 2 s during the whole suite.
+import assert from "node:assert/strict";
+import { closeFd, eventfdCreate } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
+import { memfdCreate } from "../ffi/mem.ts";
+import * as P from "../ports/vhost_user/protocol.ts";
+import { DESC_F_WRITE, HDR_LEN, VhostFrontend } from "./helpers/frontend.ts";
+import { ethFrame } from "./helpers/frontend_harness.ts";
+import {
+  type ProcStats,
+  settledStats,
+  sleep,
+  SwitchRig,
+  until,
+  waitForBaseline,
+} from "./helpers/reliability.ts";
+
+const PORTS = ["a", "b", "h1", "h2", "h3", "p"];
+const MAC_A = "52:54:00:00:0a:0a";
+const MAC_B = "52:54:00:00:0b:0b";
+const BROADCAST = "ff:ff:ff:ff:ff:ff";
+const SHUT_RD = 0;
+const MAX_GAP_MS = 2000;
+
+/** Sends GET_FEATURES on a fresh connection; true once the reply arrived within timeoutMs. */
+async function answers(path: string, timeoutMs: number): Promise<boolean> {
+  let fe: VhostFrontend;
+  try {
+    fe = VhostFrontend.connect(path, {});
+  } catch {
+    return false;
+  }
+  try {
+    await fe.sendMessage(P.VHOST_USER_GET_FEATURES);
+    const msg = await fe.reply("GET_FEATURES", timeoutMs);
+    return msg.request === P.VHOST_USER_GET_FEATURES;
+  } catch {
+    return false;
+  } finally {
+    fe.close();
+  }
+}
+
+class Prober {
+  maxGapMs = 0;
+  probes = 0;
+  #last = performance.now();
+  #done = false;
+  readonly #loop: Promise<void>;
+  constructor(readonly path: string) {
+    this.#loop = this.#run();
+  }
+  async #run(): Promise<void> {
+    while (!this.#done) {
+      if (await answers(this.path, 3000)) {
+        const now = performance.now();
+        this.maxGapMs = Math.max(this.maxGapMs, now - this.#last);
+        this.#last = now;
+        this.probes++;
+      } else {
+        this.maxGapMs = Math.max(this.maxGapMs, performance.now() - this.#last);
+      }
+      await sleep(100);
+    }
+  }
+  async stop(): Promise<void> {
+    this.#done = true;
+    await this.#loop;
+    this.maxGapMs = Math.max(this.maxGapMs, performance.now() - this.#last);
+  }
+}
+
+Deno.test({
+  name: "hostile front-ends end at most their own connection; everything else keeps working",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    const rig = await SwitchRig.start({
+      name: "hostile",
+      threads: 2,
+      ports: PORTS.map((name) => ({ name, type: "vhost-user", socket: `$DIR/${name}.sock` })),
+    }, "vsw-hostile-");
+    let exited: Deno.CommandStatus | null = null;
+    rig.sw.exited.then((s) => (exited = s));
+    let base: ProcStats;
+    let prober: Prober | null = null;
+    const open: VhostFrontend[] = [];
+    const frontend = (port: string, opts = {}) => {
+      const fe = VhostFrontend.connect(rig.sock(port), opts);
+      open.push(fe);
+      return fe;
+    };
+    const closeAll = () => {
+      for (const fe of open.splice(0)) fe.close();
+    };
+    /** The switch's last log lines, without the prober's. */
+    const switchLog = () => rig.sw.output.filter((l) => !l.includes("[p] ")).slice(-40).join("\n");
+    const failWith = (what: string, err: unknown): never => {
+      throw new Error(`${what}: ${err instanceof Error ? err.message : err}\n${switchLog()}`);
+    };
+    // HOSTILE_CASE=text runs only the cases whose name contains it (to try one case alone).
+    const only = Deno.env.get("HOSTILE_CASE");
+    const step = (name: string, fn: () => Promise<void>) =>
+      only && !name.includes(only) ? Promise.resolve(true) : t.step(name, fn);
+
+    /** A frame from a fresh front-end on `from` arrives intact at a fresh one on `to`. */
+    const frameCrosses = async (from: string, to: string, seed: number) => {
+      const src = await VhostFrontend.open(rig.sock(from));
+      const dst = await VhostFrontend.open(rig.sock(to));
+      try {
+        await rig.waitRunning(from, 5000);
+        await rig.waitRunning(to, 5000);
+        dst.postRxBuffers(8);
+        const frame = ethFrame(BROADCAST, from === "a" ? MAC_A : MAC_B, 300, seed);
+        src.send(frame);
+        const [got] = await dst.waitFrames(1, 3000);
+        assert.deepEqual(got, frame);
+      } finally {
+        src.close();
+        dst.close();
+      }
+    };
+
+    let checks = 0;
+    const healthy = async (what: string) => {
+      closeAll();
+      // (a) alive
+      assert.equal(exited, null, `${what}: the switch exited (${JSON.stringify(exited)})`);
+      // (b) every port answers a fresh connection (its previous front-end may still be leaving)
+      for (const port of PORTS) {
+        await until(
+          `${what}: port ${port} to answer a fresh connection`,
+          () => answers(rig.sock(port), 2000),
+          5000,
+          50,
+        ).catch((e) => failWith(what, e));
+      }
+      // (c) frames cross between two other ports
+      await frameCrosses("a", "b", ++checks).catch((e) => failWith(`${what}: a -> b`, e));
+      await frameCrosses("b", "a", ++checks).catch((e) => failWith(`${what}: b -> a`, e));
+      // (d) nothing leaked
+      await waitForBaseline(rig.pid, base, what).catch((e) => failWith(what, e));
+      assert.equal(exited, null, `${what}: the switch exited`);
+    };
+
+    try {
+      // Deno opens a few fds lazily (first HTTP request, first Worker message): warm them up.
+      await frameCrosses("a", "b", 0);
+      base = await settledStats(rig.pid);
+      prober = new Prober(rig.sock("p"));
+
+      // ---- class 1: a failure talking to one peer ends at most that connection ----
+      const shutReadThen = async (port: string, send: (fe: VhostFrontend) => Promise<unknown>) => {
+        const fe = frontend(port, { replyAck: true });
+        await fe.negotiate();
+        assert.ok(fe.replyAck);
+        assert.equal(libc.shutdown(fe.fd, SHUT_RD), 0);
+        await send(fe);
+        await sleep(200);
+      };
+      const needReply = P.VHOST_USER_VERSION | P.VHOST_USER_NEED_REPLY_MASK;
+      await step("read side shut, then a request whose ack succeeds", async () => {
+        await shutReadThen(
+          "h1",
+          (fe) => fe.sendMessage(P.VHOST_USER_SET_OWNER, undefined, [], needReply),
+        );
+        await healthy("ack to a peer that stopped reading");
+      });
+      await step("read side shut, then a refused request asking for an ack", async () => {
+        await shutReadThen(
+          "h1",
+          (fe) =>
+            fe.sendMessage(P.VHOST_USER_SET_VRING_NUM, P.vringStatePayload(0, 3), [], needReply),
+        );
+        await healthy("refusal ack to a peer that stopped reading");
+      });
+      await step("read side shut, then a request with a reply", async () => {
+        await shutReadThen("h1", (fe) => fe.sendMessage(P.VHOST_USER_GET_FEATURES));
+        await healthy("reply to a peer that stopped reading");
+      });
+      await step("many acked requests, then the peer closes at once", async () => {
+        for (let i = 0; i < 20; i++) {
+          const fe = VhostFrontend.connect(rig.sock("h1"), { replyAck: true });
+          await fe.negotiate();
+          const burst = Array.from(
+            { length: 64 },
+            () => P.encodeMessage(P.VHOST_USER_SET_OWNER, needReply),
+          );
+          await fe.sendRaw(new Uint8Array(burst.flatMap((m) => [...m])));
+          fe.close();
+        }
+        await healthy("acks to a peer that hung up");
+      });
+
+      // ---- class 5: every fd received is closed on every path ----
+      await step("fds with a message completed in the same read as a framing error", async () => {
+        for (let i = 0; i < 30; i++) {
+          const fe = frontend("h1");
+          const efd = eventfdCreate();
+          const msg = P.encodeMessage(
+            P.VHOST_USER_SET_VRING_CALL,
+            P.VHOST_USER_VERSION,
+            P.u64Payload(0n),
+          );
+          // The header and half the payload with the fd; then the rest and a header claiming
+          // a payload of 4 GiB, in one write.
+          await fe.sendRaw(msg.subarray(0, 16), [efd]);
+          closeFd(efd);
+          await sleep(20);
+          const bad = P.encodeMessage(P.VHOST_USER_SET_OWNER, P.VHOST_USER_VERSION);
+          new DataView(bad.buffer).setUint32(8, 0xffffffff, true);
+          await fe.sendRaw(new Uint8Array([...msg.subarray(16), ...bad]));
+          await fe.waitClosed(2000);
+          closeAll();
+        }
+        await healthy("fds of a message next to a framing error");
+      });
+      await step("fds with a message in progress, then a framing error", async () => {
+        for (let i = 0; i < 30; i++) {
+          const fe = frontend("h1");
+          const fds = [eventfdCreate(), memfdCreate("hostile", 4096)];
+          const bad = P.encodeMessage(P.VHOST_USER_SET_OWNER, P.VHOST_USER_VERSION);
+          new DataView(bad.buffer).setUint32(8, 0x10000, true);
+          await fe.sendRaw(bad.subarray(0, 6), fds);
+          fds.forEach(closeFd);
+          await sleep(5);
+          await fe.sendRaw(bad.subarray(6));
+          await fe.waitClosed(2000);
+          closeAll();
+        }
+        await healthy("fds of a message with a framing error");
+      });
+
+      // ---- class 7: zero-length mergeable RX buffers ----
+      await step("mergeable RX buffers of length 0 are bad descriptors", async () => {
+        const fe = frontend("h2", { mrgRxbuf: true });
+        await fe.setup();
+        await rig.waitRunning("h2", 5000);
+        const before = (await rig.port("h2")).counters.drop_bad_descriptor ?? 0;
+        // One buffer with room for the header and 100 bytes, then 255 empty ones.
+        const ids = Array.from({ length: 256 }, (_, i) => i);
+        for (const id of ids) {
+          fe.writeDesc(0, id, {
+            addr: fe.slot(0, id),
+            len: id === 0 ? HDR_LEN + 100 : 0,
+            flags: DESC_F_WRITE,
+          });
+        }
+        fe.publish(0, ids);
+        const src = frontend("a");
+        await src.setup();
+        src.send(ethFrame(BROADCAST, MAC_A, 1000, 7));
+        const p = await rig.waitPort(
+          "h2",
+          (p) => (p.counters.drop_bad_descriptor ?? 0) > before,
+          "a zero-length RX buffer counted as a bad descriptor",
+          5000,
+        );
+        assert.equal(p.counters.drop_bad_descriptor, before + 1);
+        await healthy("zero-length mergeable RX buffers");
+      });
+
+      await prober.stop();
+      console.log(
+        `prober: ${prober.probes} answers on port p, longest gap ${prober.maxGapMs.toFixed(0)} ms`,
+      );
+      assert.ok(
+        prober.maxGapMs <= MAX_GAP_MS,
+        `port p did not answer for ${prober.maxGapMs.toFixed(0)} ms`,
+      );
+    } finally {
+      closeAll();
+      await prober?.stop();
+      await rig.close();
+    }
+  },
+});
