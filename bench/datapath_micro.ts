@@ -7,11 +7,8 @@ import { cpuUsage } from "node:process";
 import { memfdCreate, mmap } from "../ffi/mem.ts";
 import { CounterTable } from "../ports/counters.ts";
 import { GuestMemory, type RegionSpec } from "../ports/vhost_user/memory.ts";
-import {
-  SplitQueue,
-  VRING_AVAIL_F_NO_INTERRUPT,
-  VRING_DESC_F_WRITE,
-} from "../ports/vhost_user/split_queue.ts";
+import { SplitQueue, VRING_AVAIL_F_NO_INTERRUPT } from "../ports/vhost_user/split_queue.ts";
+import { VRING_DESC_F_WRITE } from "../ports/vhost_user/virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
@@ -67,6 +64,8 @@ class Guest {
     return new SplitQueue(this.mem, {
       index,
       size: SIZE,
+      packed: false,
+      inOrder: false,
       desc: { region: 0, offset: DESC },
       avail: { region: 0, offset: AVAIL },
       used: { region: 0, offset: USED },
@@ -105,7 +104,7 @@ function run(frameLen: number, vlanB: PortVlanConfig | undefined): number {
   const portA = new VirtioNetDatapath(VIRTIO_NET_HDR_LEN, true, 9018, counters.block(0, 0));
   const portB = new VirtioNetDatapath(VIRTIO_NET_HDR_LEN, true, 9018, counters.block(0, 1));
   portA.txQueues.push(a.queue(1));
-  portB.rxQueue = b.queue(0);
+  portB.setRxQueue(b.queue(0));
   const fw = new Forwarder(bridge, 2, [counters.block(0, 0), counters.block(0, 1)]);
   fw.polled = [{ index: 0, port: portA }];
   fw.targets[0] = portA;

@@ -3,7 +3,7 @@
 // datapath state on every worker, resolving only when all of them acknowledged.
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
-import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/split_queue.ts";
+import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/virtqueue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";

@@ -74,7 +74,14 @@ export class PortControl {
       },
     };
     const port = new VhostUserPort(
-      { name: cfg.name, socket: cfg.socket, mode: cfg.mode, queues: cfg.queues, mtu: cfg.mtu },
+      {
+        name: cfg.name,
+        socket: cfg.socket,
+        mode: cfg.mode,
+        queues: cfg.queues,
+        mtu: cfg.mtu,
+        packedRing: cfg.packedRing,
+      },
       this.reactor,
       datapath,
       log,

@@ -21,6 +21,8 @@ export interface VhostUserPortConfig extends PortCommon {
   /** Absolute path (relative paths are resolved against the topology file's directory). */
   socket: string;
   mode: "server" | "client";
+  /** Offer packed virtqueues (VIRTIO_F_RING_PACKED); true unless the topology turns it off. */
+  packedRing: boolean;
 }
 export interface AfPacketPortConfig extends PortCommon {
   type: "af-packet";
@@ -124,7 +126,7 @@ const MAX_SOCKET_PATH = 107;
 
 const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports"];
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity"];
-const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues"];
+const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing"];
 const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
 const VXLAN_KEYS = [...COMMON_KEYS, "vni", "local", "remotes", "udpPort", "remoteMacs", "strict"];
 const ANY_PORT_KEYS = [...new Set([...VHOST_KEYS, ...AF_PACKET_KEYS, ...VXLAN_KEYS])];
@@ -234,7 +236,8 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
       if (socket && checkSocket(c, `${path}.socket`, socket, mode)) {
         unique("socket", socket, path, "socket");
       }
-      ports.push({ type, ...common, socket, mode: mode ?? "server" });
+      const packedRing = c.bool(item.packedRing, `${path}.packedRing`, true);
+      ports.push({ type, ...common, socket, mode: mode ?? "server", packedRing });
     } else if (type === "vxlan") {
       const vxlan = parseVxlan(c, item, path);
       if (vxlan.local) unique("VTEP", `${vxlan.local}:${vxlan.udpPort}`, path, "local");

@@ -5,8 +5,8 @@
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathPort } from "../ports/port.ts";
 import { GuestMemory } from "../ports/vhost_user/memory.ts";
-import { SplitQueue } from "../ports/vhost_user/split_queue.ts";
-import { VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
+import type { VirtQueue } from "../ports/vhost_user/virtqueue.ts";
+import { openQueue, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
@@ -35,7 +35,7 @@ const IDLE_HOUSEKEEPING_MS = 100;
 interface PortRuntime {
   datapath: VirtioNetDatapath;
   /** Ring index -> queue, for the rings this worker holds. */
-  rings: Map<number, SplitQueue>;
+  rings: Map<number, VirtQueue>;
 }
 
 class DatapathWorker {
@@ -76,7 +76,7 @@ class DatapathWorker {
 
   /** Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken. */
   idle(): boolean {
-    const rings: SplitQueue[] = [];
+    const rings: VirtQueue[] = [];
     for (const { index } of this.forwarder.polled) {
       for (const q of this.ports[index]?.datapath.txQueues ?? []) rings.push(q);
     }
@@ -97,21 +97,21 @@ class DatapathWorker {
   apply(msg: WorkerApplyPort): [number, number][] {
     const old = this.ports[msg.port];
     const stopped: [number, number][] = [];
-    for (const [ring, q] of old?.rings ?? []) stopped.push([ring, q.lastAvail]);
+    for (const [ring, q] of old?.rings ?? []) stopped.push([ring, q.position()]);
     let next: PortRuntime | null = null;
     const state = msg.state;
     if (state !== null) {
       const mem = new GuestMemory(state.regions);
       const block = this.counters.block(this.init.worker, msg.port);
       const datapath = new VirtioNetDatapath(state.hdrLen, state.mergeable, state.maxFrame, block);
-      const rings = new Map<number, SplitQueue>();
+      const rings = new Map<number, VirtQueue>();
       for (const spec of state.queues) {
         if (!msg.pollRings.includes(spec.index) && spec.index !== msg.fillRing) continue;
-        const q = new SplitQueue(mem, spec);
+        const q = openQueue(mem, spec); // split or packed, for the ring's whole life
         q.setGuestKicks(false); // while we busy-poll, the guest need not kick us
         rings.set(spec.index, q);
         if (spec.index & 1) datapath.txQueues.push(q);
-        else datapath.rxQueue = q;
+        else datapath.setRxQueue(q);
       }
       next = { datapath, rings };
     }

@@ -87,7 +87,7 @@ export type ToWorker =
 export interface WorkerAck {
   type: "ack";
   id: number;
-  /** Rings this worker stopped, with their last avail index: [ring, lastAvail]. */
+  /** Rings this worker stopped, with where each stands (SET_VRING_BASE encoding): [ring, base]. */
   stopped: [number, number][];
   error?: string;
 }

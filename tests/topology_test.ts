@@ -74,6 +74,7 @@ Deno.test("defaults fill every optional field", async () => {
         rxqAffinity: [0],
         socket: join(dir.path, "vm1.sock"), // relative to the topology file
         mode: "server",
+        packedRing: true,
       },
       {
         type: "af-packet",
@@ -112,6 +113,7 @@ Deno.test("a full topology keeps every value given", async () => {
         mtu: 9000,
         vlan: { mode: "access", tag: 10 },
         rxqAffinity: [3, 1],
+        packedRing: false,
       }),
       uplink({ mtu: 1400, vlan: { mode: "trunk", allowed: [20, 10, 20], native: 20 } }),
     ],
@@ -142,6 +144,7 @@ Deno.test("a full topology keeps every value given", async () => {
     rxqAffinity: [3, 1],
     socket: join(dir.path, "run", "vm1.sock"),
     mode: "client",
+    packedRing: false,
   });
   // allowed is de-duplicated and sorted; the unpinned uplink queue goes round-robin from worker 0.
   assert.deepEqual(t.ports[1].vlan, { mode: "trunk", allowed: [10, 20], native: 20 });

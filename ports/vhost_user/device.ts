@@ -6,7 +6,7 @@ import { closeFd, isEventFd, setNonblocking } from "../../ffi/fd.ts";
 import type { RegionSpec } from "./memory.ts";
 import { MemoryTable } from "./memory.ts";
 import * as P from "./protocol.ts";
-import type { QueueSpec } from "./split_queue.ts";
+import type { QueueSpec } from "./virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN_LEGACY } from "./virtio_net.ts";
 
 // virtio-net feature bits offered (virtio 1.x 5.1.3); offloads we do not implement are not offered.
@@ -20,6 +20,8 @@ export const VIRTIO_F_ANY_LAYOUT = 27;
 export const VIRTIO_RING_F_INDIRECT_DESC = 28;
 export const VIRTIO_RING_F_EVENT_IDX = 29;
 export const VIRTIO_F_VERSION_1 = 32;
+export const VIRTIO_F_RING_PACKED = 34;
+export const VIRTIO_F_IN_ORDER = 35;
 
 const bit = (n: number) => 1n << BigInt(n);
 const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
@@ -67,6 +69,8 @@ export interface DeviceConfig {
   name: string;
   queuePairs: number;
   mtu: number;
+  /** Offer VIRTIO_F_RING_PACKED (a per-port topology option turns it off). */
+  packedRing: boolean;
 }
 
 export class VhostUserDevice {
@@ -94,8 +98,11 @@ export class VhostUserDevice {
       VIRTIO_F_ANY_LAYOUT,
       VIRTIO_RING_F_INDIRECT_DESC,
       VIRTIO_RING_F_EVENT_IDX,
+      // The datapath uses every ring's buffers in the order they were made available.
+      VIRTIO_F_IN_ORDER,
       P.VHOST_USER_F_PROTOCOL_FEATURES,
     ].reduce((acc, n) => acc | bit(n), 0n);
+    if (config.packedRing) f |= bit(VIRTIO_F_RING_PACKED);
     if (config.queuePairs > 1) f |= bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ);
     this.offeredFeatures = f;
     this.offeredProtocolFeatures = [
@@ -308,23 +315,33 @@ export class VhostUserDevice {
     const eventIdx = has(this.features, VIRTIO_RING_F_EVENT_IDX);
     const modern = has(this.features, VIRTIO_F_VERSION_1);
     const mergeable = has(this.features, VIRTIO_NET_F_MRG_RXBUF);
+    const packed = has(this.features, VIRTIO_F_RING_PACKED);
+    const inOrder = has(this.features, VIRTIO_F_IN_ORDER);
     const queues: QueueSpec[] = [];
     this.rings.forEach((ring, index) => {
       if (!this.#live(ring)) return;
       const n = ring.num;
       const a = ring.addr!;
+      // Packed (virtio 1.2 2.8.10): the descriptor ring, then the driver's and the device's
+      // event suppression structures (4 bytes each) where the split avail and used rings are.
       const desc = mem.translateUser(Number(a.desc), 16 * n);
-      const avail = mem.translateUser(Number(a.avail), 6 + 2 * n);
-      const used = mem.translateUser(Number(a.used), 6 + 8 * n);
+      const avail = mem.translateUser(Number(a.avail), packed ? 4 : 6 + 2 * n);
+      const used = mem.translateUser(Number(a.used), packed ? 4 : 6 + 8 * n);
       if (!desc || !avail || !used) {
         this.log(`ring ${index}: addresses outside guest memory, ring not started`);
         return;
       }
-      if ((desc.offset & 15) || (avail.offset & 1) || (used.offset & 3)) {
+      if ((desc.offset & 15) || (avail.offset & (packed ? 3 : 1)) || (used.offset & 3)) {
         this.log(`ring ${index}: misaligned ring addresses, ring not started`);
         return;
       }
-      if (!this.#running?.queues.some((q) => q.index === index)) {
+      if (packed && (ring.base & 0x7fff) >= n) {
+        this.log(
+          `ring ${index}: base position ${ring.base & 0x7fff} >= ring size ${n}, not started`,
+        );
+        return;
+      }
+      if (!packed && !this.#running?.queues.some((q) => q.index === index)) {
         // A ring (re)starts. A front-end that reconnects after a back-end restart may send a
         // base of 0 (DPDK virtio-user does) while its used ring says otherwise; like DPDK's
         // vhost library, trust the used index: a few frames may be sent again or dropped.
@@ -337,6 +354,8 @@ export class VhostUserDevice {
       queues.push({
         index,
         size: n,
+        packed,
+        inOrder,
         desc,
         avail,
         used,

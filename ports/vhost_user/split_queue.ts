@@ -5,72 +5,35 @@
 import { eventfdWrite } from "../../ffi/fd.ts";
 import type { GuestMemory } from "./memory.ts";
 import { wordView } from "../copy.ts";
+import {
+  appendSplitSegments,
+  CHAIN_BAD_ADDRESS,
+  CHAIN_BAD_DIRECTION,
+  CHAIN_BAD_INDEX,
+  CHAIN_BAD_INDIRECT,
+  CHAIN_TOO_LONG,
+  lockShared,
+  PLAIN_LOADS_ACQUIRE,
+  type QueueSpec,
+  SHARED_LAST_AVAIL,
+  SHARED_LOCK,
+  SHARED_SIGNALLED,
+  SHARED_USED_IDX,
+  type VirtQueue,
+  VRING_DESC_F_INDIRECT,
+  VRING_DESC_F_NEXT,
+  VRING_DESC_F_WRITE,
+  vringNeedEvent,
+} from "./virtqueue.ts";
 
-export const VRING_DESC_F_NEXT = 1;
-export const VRING_DESC_F_WRITE = 2;
-export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
 
-/** Why a chain was refused (the frame is dropped and counted under this reason). */
-export const CHAIN_BAD_INDEX = -1;
-export const CHAIN_TOO_LONG = -2;
-export const CHAIN_BAD_ADDRESS = -3;
-export const CHAIN_BAD_DIRECTION = -4;
-export const CHAIN_BAD_INDIRECT = -5;
-
-/** Where the control plane found the ring's three parts (region index + byte offset). */
-export interface QueueSpec {
-  index: number;
-  size: number;
-  desc: { region: number; offset: number };
-  avail: { region: number; offset: number };
-  used: { region: number; offset: number };
-  lastAvail: number;
-  eventIdx: boolean;
-  callFd: number;
-  /** The guest's kick eventfd (-1 in polling-only mode): slept on when the worker is idle. */
-  kickFd: number;
-  /**
-   * For a ring that several workers transmit into: [lock, lastAvail, usedIdx, signalled] as
-   * Int32 in shared memory, so every worker continues where the previous one left off.
-   */
-  shared: SharedArrayBuffer | null;
-}
-
-// Reading what the guest publishes (avail index, used_event, flags) needs acquire order. On
-// x86-64 a plain load has it (TSO: loads are not reordered with older loads, nor with the older
-// locked store Atomics.store compiles to), and V8 neither caches typed-array loads nor moves them
-// past one another; Atomics.load is a builtin call costing ~13 ns where the load costs ~1.
-const PLAIN_LOADS_ACQUIRE = Deno.build.arch === "x86_64";
-
-const SHARED_LOCK = 0;
-const SHARED_LAST_AVAIL = 1;
-const SHARED_USED_IDX = 2;
-const SHARED_SIGNALLED = 3;
-export const SHARED_RING_WORDS = 4;
-
-/** Shared state for a ring whose avail/used positions start at `base`. */
-export function sharedRingState(base: number): SharedArrayBuffer {
-  const sab = new SharedArrayBuffer(4 * SHARED_RING_WORDS);
-  const s = new Int32Array(sab);
-  s[SHARED_LAST_AVAIL] = s[SHARED_USED_IDX] = s[SHARED_SIGNALLED] = base & 0xffff;
-  return sab;
-}
-
-/** Where a shared ring's avail position stands (read by the control plane once it stopped). */
-export function sharedLastAvail(sab: SharedArrayBuffer): number {
-  return Atomics.load(new Int32Array(sab), SHARED_LAST_AVAIL);
-}
-
-export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
-  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
-}
-
-export class SplitQueue {
+export class SplitQueue implements VirtQueue {
   readonly size: number;
   readonly mask: number;
   readonly eventIdx: boolean;
+  readonly inOrder: boolean;
   readonly kickFd: number;
   readonly shared: Int32Array | null;
   callFd: number;
@@ -106,6 +69,7 @@ export class SplitQueue {
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = spec.eventIdx;
+    this.inOrder = spec.inOrder;
     this.callFd = spec.callFd;
     this.kickFd = spec.kickFd;
     this.shared = spec.shared ? new Int32Array(spec.shared) : null;
@@ -185,9 +149,22 @@ export class SplitQueue {
     return 4 * (this.#avail[2 + ((this.lastAvail + k) & this.mask)] & this.mask);
   }
 
-  /** Gives back the last `n` chains taken with popAvail (a frame that found too little room). */
-  unpopAvail(n: number): void {
-    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  #markAvail = 0;
+  #markUsed = 0;
+
+  mark(): void {
+    this.#markAvail = this.lastAvail;
+    this.#markUsed = this.usedIdx;
+  }
+
+  /** Gives back what was taken since mark() (a frame that found too little room). */
+  rewind(): void {
+    this.lastAvail = this.#markAvail;
+    this.usedIdx = this.#markUsed;
+  }
+
+  position(): number {
+    return this.lastAvail;
   }
 
   /**
@@ -259,7 +236,7 @@ export class SplitQueue {
         n++;
       } else {
         // Contiguous in guest memory but spread over adjacent regions: one segment per region.
-        n = this.#splitSegments(addr, len, n);
+        n = appendSplitSegments(this, mem, addr, len, n);
         if (n < 0) return n;
       }
       if ((fl & VRING_DESC_F_NEXT) === 0) break;
@@ -270,29 +247,26 @@ export class SplitQueue {
     return n;
   }
 
-  #splitSegments(addr: number, len: number, n: number): number {
-    const mem = this.mem;
-    while (len > 0) {
-      if (n >= this.size) return CHAIN_TOO_LONG;
-      const off = mem.translatePart(addr);
-      if (off < 0) return CHAIN_BAD_ADDRESS;
-      const part = Math.min(len, mem.partLength);
-      this.segRegion[n] = mem.region;
-      this.segOffset[n] = off;
-      this.segLength[n] = part;
-      n++;
-      addr += part;
-      len -= part;
-    }
-    return n;
-  }
-
-  /** Writes a used element; the guest sees it once publishUsed() stores the index. */
+  /** Writes a used element; the guest sees it once storeUsed() stores the index. */
   putUsed(head: number, len: number): void {
     const slot = 1 + 2 * (this.usedIdx & this.mask);
     this.#used32[slot] = head;
     this.#used32[slot + 1] = len;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  /**
+   * With IN_ORDER the guest frees buffers in the order it made them available, so one used
+   * element (the last chain's head) stands for the whole batch (virtio 1.x 2.7.9).
+   */
+  putUsedBatch(heads: Int32Array, n: number): void {
+    if (n === 0) return;
+    if (this.inOrder) {
+      this.usedIdx = (this.usedIdx + n - 1) & 0xffff;
+      this.putUsed(heads[n - 1], 0);
+      return;
+    }
+    for (let k = 0; k < n; k++) this.putUsed(heads[k], 0);
   }
 
   /** Makes the used elements put so far visible to the guest (no interrupt yet). */
@@ -323,16 +297,10 @@ export class SplitQueue {
     return true;
   }
 
-  /** Publishes used elements and signals if needed (returns true when it signalled). */
-  publishUsed(): boolean {
-    this.storeUsed();
-    return this.signal();
-  }
-
   /** Takes a shared ring's lock and its current positions. */
   acquire(): void {
     const s = this.shared!;
-    while (Atomics.compareExchange(s, SHARED_LOCK, 0, 1) !== 0) { /* held briefly: spin */ }
+    lockShared(s);
     this.lastAvail = s[SHARED_LAST_AVAIL];
     this.usedIdx = this.#stored = s[SHARED_USED_IDX];
     this.#signalled = s[SHARED_SIGNALLED];

@@ -15,6 +15,8 @@ export interface VhostUserPortConfig {
   mode: "server" | "client";
   queues: number;
   mtu: number;
+  /** Offer packed virtqueues. */
+  packedRing: boolean;
 }
 
 export type VhostUserPortState = "listening" | "connecting" | "connected" | "running" | "stopped";
@@ -113,7 +115,12 @@ export class VhostUserPort {
   #attach(fd: number): void {
     this.connections++;
     const device = new VhostUserDevice(
-      { name: this.config.name, queuePairs: this.config.queues, mtu: this.config.mtu },
+      {
+        name: this.config.name,
+        queuePairs: this.config.queues,
+        mtu: this.config.mtu,
+        packedRing: this.config.packedRing,
+      },
       this.datapath,
       this.log,
     );

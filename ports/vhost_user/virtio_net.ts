@@ -1,6 +1,9 @@
-// virtio-net on top of the split ring ops: the 12-byte virtio_net_hdr (10 bytes for a legacy
-// driver without MRG_RXBUF), mergeable RX buffers (num_buffers), and frame size limits.
-// This is the datapath side of a vhost-user port, living in a Worker.
+// virtio-net on top of the ring ops (virtqueue.ts; split or packed, chosen once when a ring
+// starts): the 12-byte virtio_net_hdr (10 bytes for a legacy driver without MRG_RXBUF),
+// mergeable RX buffers (num_buffers), and frame size limits. The routine that fills the
+// guest's RX ring is chosen once per ring too: mergeable, one buffer per frame, or either of
+// them under a lock for a ring several workers fill. This is the datapath side of a
+// vhost-user port, living in a Worker.
 import {
   DROP_BAD_DESCRIPTOR,
   DROP_NO_BUFFER,
@@ -13,7 +16,10 @@ import {
   TX_PACKETS,
 } from "../counters.ts";
 import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
-import type { SplitQueue } from "./split_queue.ts";
+import type { GuestMemory } from "./memory.ts";
+import { PackedQueue } from "./packed_queue.ts";
+import { SplitQueue } from "./split_queue.ts";
+import type { QueueSpec, VirtQueue } from "./virtqueue.ts";
 import { copyBytes, wordView } from "../copy.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
 import { ETH_HLEN } from "../ethernet.ts";
@@ -21,13 +27,22 @@ import { ETH_HLEN } from "../ethernet.ts";
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
 
+/** The ring ops for one ring, by the layout negotiated (fixed for the ring's life). */
+export function openQueue(mem: GuestMemory, spec: QueueSpec): VirtQueue {
+  return spec.packed ? new PackedQueue(mem, spec) : new SplitQueue(mem, spec);
+}
+
+type Fill = (src: Uint8Array, f: EgressFrame) => boolean;
+
 export class VirtioNetDatapath implements DatapathPort {
   /** Guest TX queues this worker polls (frames the guest sends: our receive). */
-  txQueues: SplitQueue[] = [];
+  txQueues: VirtQueue[] = [];
   /** The guest RX queue this worker fills (our transmit), or null while it is not running. */
-  rxQueue: SplitQueue | null = null;
+  #rxQueue: VirtQueue | null = null;
+  /** How a frame goes into the guest's RX ring (see setRxQueue). */
+  #fill: Fill;
   #cursor = 0;
-  #relQueue: SplitQueue | null = null;
+  #relQueue: VirtQueue | null = null;
   readonly #relHeads = new Int32Array(BURST);
   #relCount = 0;
   #lastSrc: Uint8Array | null = null;
@@ -41,7 +56,42 @@ export class VirtioNetDatapath implements DatapathPort {
     /** Largest frame accepted or delivered (MTU + Ethernet header + one VLAN tag). */
     readonly maxFrame: number,
     readonly counters: Float64Array,
-  ) {}
+  ) {
+    this.#fill = this.#noRing;
+  }
+
+  get rxQueue(): VirtQueue | null {
+    return this.#rxQueue;
+  }
+
+  /**
+   * Sets the guest RX ring this worker fills and chooses, once, how frames go in: spread over
+   * several buffers (MRG_RXBUF) or one buffer per frame, under the ring's lock when other
+   * workers fill it too.
+   */
+  setRxQueue(q: VirtQueue | null): void {
+    this.#rxQueue = q;
+    if (q === null) {
+      this.#fill = this.#noRing;
+      return;
+    }
+    const fill: Fill = this.mergeable
+      ? (src, f) => this.#fillMergeable(q, src, f)
+      : (src, f) => this.#fillOne(q, src, f);
+    this.#fill = q.shared === null ? fill : (src, f) => {
+      // A ring other workers fill too: hold its lock for this one frame only, so no worker
+      // ever waits for one lock while holding another.
+      q.acquire();
+      const sent = fill(src, f);
+      q.releaseShared();
+      return sent;
+    };
+  }
+
+  #noRing: Fill = () => {
+    this.counters[DROP_NO_BUFFER]++;
+    return false;
+  };
 
   receive(batch: FrameBatch): number {
     batch.count = 0;
@@ -103,28 +153,55 @@ export class VirtioNetDatapath implements DatapathPort {
   release(): void {
     const q = this.#relQueue;
     if (q === null) return;
-    for (let k = 0; k < this.#relCount; k++) q.putUsed(this.#relHeads[k], 0);
+    q.putUsedBatch(this.#relHeads, this.#relCount);
     this.#relQueue = null;
     this.#relCount = 0;
     this.#publish(q);
   }
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
-    const q = this.rxQueue;
-    if (q === null) {
-      this.counters[DROP_NO_BUFFER]++;
-      return false;
-    }
-    if (q.shared === null) return this.#transmit(q, src, f);
-    // A ring other workers fill too: hold its lock for this one frame only, so no worker
-    // ever waits for one lock while holding another.
-    q.acquire();
-    const sent = this.#transmit(q, src, f);
-    q.releaseShared();
-    return sent;
+    return this.#fill(src, f);
   }
 
-  #transmit(q: SplitQueue, src: Uint8Array, f: EgressFrame): boolean {
+  /** Without MRG_RXBUF: the header and the whole frame go into one chain. */
+  #fillOne(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
+    const c = this.counters;
+    const frameLen = f.length;
+    if (frameLen > this.maxFrame) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    if (q.availCount() === 0) {
+      c[DROP_NO_BUFFER]++;
+      return false;
+    }
+    const hdr = this.hdrLen;
+    const total = hdr + frameLen;
+    q.mark();
+    const head = q.popAvail();
+    const segs = q.walkChain(head, true);
+    if (segs < 0 || q.segLength[0] < hdr) return this.#badBuffer(q);
+    if (q.segLength[0] >= total) {
+      // The common case: header and frame fit the first descriptor.
+      const r = q.segRegion[0];
+      this.#writeWhole(q.regionBytes[r], q.regionWords[r], q.segOffset[0], src, f);
+      q.putUsed(head, total);
+    } else {
+      if (chainBytes(q, segs) < total) {
+        // The guest's buffers are too small for this frame: they stay with the guest.
+        q.rewind();
+        c[DROP_TOO_BIG]++;
+        return false;
+      }
+      q.putUsed(head, this.#copyChain(q, segs, 0, total, src, f));
+    }
+    c[TX_PACKETS]++;
+    c[TX_BYTES] += frameLen;
+    return true;
+  }
+
+  /** With MRG_RXBUF: as many buffers as the frame needs, their count in num_buffers. */
+  #fillMergeable(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
     const frameLen = f.length;
     if (frameLen > this.maxFrame) {
@@ -132,16 +209,15 @@ export class VirtioNetDatapath implements DatapathPort {
       return false;
     }
     const hdr = this.hdrLen;
-    const firstUsed = q.usedIdx;
     let remaining = hdr + frameLen;
     let pos = 0; // position in (virtio header ++ frame) written so far
     let buffers = 0;
     let firstBytes: Uint8Array | null = null;
     let firstOffset = 0;
+    q.mark();
     while (remaining > 0) {
-      if (q.availCount() === 0 || (buffers > 0 && !this.mergeable)) {
-        q.unpopAvail(buffers);
-        q.usedIdx = firstUsed;
+      if (q.availCount() === 0) {
+        q.rewind();
         c[buffers > 0 ? DROP_TOO_BIG : DROP_NO_BUFFER]++;
         return false;
       }
@@ -150,15 +226,8 @@ export class VirtioNetDatapath implements DatapathPort {
       const segs = q.walkChain(head, true);
       // A buffer that holds nothing would only make us walk more chains for the same frame
       // (a guest can post thousands): broken like any other impossible buffer.
-      if (
-        segs < 0 || (buffers === 1 ? q.segLength[0] < hdr : chainBytes(q, segs) === 0)
-      ) {
-        // A guest that hands us broken RX buffers only hurts itself: stop filling its ring.
-        q.unpopAvail(buffers);
-        q.usedIdx = firstUsed;
-        q.broken = true;
-        c[DROP_BAD_DESCRIPTOR]++;
-        return false;
+      if (segs < 0 || (buffers === 1 ? q.segLength[0] < hdr : chainBytes(q, segs) === 0)) {
+        return this.#badBuffer(q);
       }
       if (buffers === 1) {
         firstBytes = q.regionBytes[q.segRegion[0]];
@@ -172,21 +241,9 @@ export class VirtioNetDatapath implements DatapathPort {
           return true;
         }
       }
-      let put = 0;
-      for (let s = 0; s < segs && remaining > 0; s++) {
-        const dst = q.regionBytes[q.segRegion[s]];
-        const dw = q.regionWords[q.segRegion[s]];
-        let dOff = q.segOffset[s];
-        let room = q.segLength[s];
-        while (room > 0 && remaining > 0) {
-          const n = this.#copyPiece(dst, dw, dOff, room, pos, src, f);
-          dOff += n;
-          room -= n;
-          pos += n;
-          remaining -= n;
-          put += n;
-        }
-      }
+      const put = this.#copyChain(q, segs, pos, remaining, src, f);
+      pos += put;
+      remaining -= put;
       q.putUsed(head, put);
     }
     // num_buffers sits in the last two bytes of the 12-byte header.
@@ -197,6 +254,44 @@ export class VirtioNetDatapath implements DatapathPort {
     c[TX_PACKETS]++;
     c[TX_BYTES] += frameLen;
     return true;
+  }
+
+  /** A guest that hands us broken RX buffers only hurts itself: stop filling its ring. */
+  #badBuffer(q: VirtQueue): boolean {
+    q.rewind();
+    q.broken = true;
+    this.counters[DROP_BAD_DESCRIPTOR]++;
+    return false;
+  }
+
+  /**
+   * Copies (virtio header ++ frame) from output position `pos` into the walked chain's
+   * segments, at most `remaining` bytes; returns the bytes copied.
+   */
+  #copyChain(
+    q: VirtQueue,
+    segs: number,
+    pos: number,
+    remaining: number,
+    src: Uint8Array,
+    f: EgressFrame,
+  ): number {
+    let put = 0;
+    for (let s = 0; s < segs && remaining > 0; s++) {
+      const dst = q.regionBytes[q.segRegion[s]];
+      const dw = q.regionWords[q.segRegion[s]];
+      let dOff = q.segOffset[s];
+      let room = q.segLength[s];
+      while (room > 0 && remaining > 0) {
+        const n = this.#copyPiece(dst, dw, dOff, room, pos, src, f);
+        dOff += n;
+        room -= n;
+        pos += n;
+        remaining -= n;
+        put += n;
+      }
+    }
+    return put;
   }
 
   /** Header (num_buffers 1) and the whole frame into one buffer at dst[o]. */
@@ -283,7 +378,7 @@ export class VirtioNetDatapath implements DatapathPort {
   }
 
   flush(): void {
-    const q = this.rxQueue;
+    const q = this.#rxQueue;
     if (q === null) return;
     if (q.shared === null) {
       this.#publish(q);
@@ -297,20 +392,21 @@ export class VirtioNetDatapath implements DatapathPort {
     q.releaseShared();
   }
 
-  #publish(q: SplitQueue): void {
-    if (q.publishUsed()) this.counters[NOTIFICATIONS]++;
+  #publish(q: VirtQueue): void {
+    q.storeUsed();
+    if (q.signal()) this.counters[NOTIFICATIONS]++;
   }
 }
 
 /** Bytes the last walked chain of `q` holds (its `segs` segments). */
-function chainBytes(q: SplitQueue, segs: number): number {
+function chainBytes(q: VirtQueue, segs: number): number {
   let n = 0;
   for (let s = 0; s < segs; s++) n += q.segLength[s];
   return n;
 }
 
 /** Gathers a frame scattered over several descriptors (after skipping the header) into `out`. */
-function gather(q: SplitQueue, skip: number, out: Uint8Array): void {
+function gather(q: VirtQueue, skip: number, out: Uint8Array): void {
   let w = 0;
   for (let s = 0; s < q.segCount; s++) {
     let off = q.segOffset[s];

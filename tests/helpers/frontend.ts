@@ -10,7 +10,7 @@ import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../../ffi/fd.
 import { type Mapping, memfdCreate, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
 import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
 import * as P from "../../ports/vhost_user/protocol.ts";
-import { vringNeedEvent } from "../../ports/vhost_user/split_queue.ts";
+import { vringNeedEvent } from "../../ports/vhost_user/virtqueue.ts";
 
 export const UVA_OFFSET = 0x7f00_0000_0000;
 export const F_MRG_RXBUF = 15;
