@@ -613,45 +613,6 @@ export class PingResponder {
   }
 }
 
-// ---- busybox ping in a guest ----
-
-export interface PingResult {
-  transmitted: number;
-  received: number;
-  lost: number;
-  /** seq numbers answered, in order of arrival. */
-  seqs: number[];
-  maxRttMs: number;
-  /** Longest run of consecutive seq numbers never answered. */
-  longestLossRun: number;
-  /** Replies to pings sent after that run (traffic that resumed). */
-  answeredAfterLossRun: number;
-}
-
-/** Parses busybox ping output (per-reply lines and the statistics). */
-export function parsePing(output: string): PingResult {
-  const seqs = [...output.matchAll(/seq=(\d+)/g)].map((m) => Number(m[1]));
-  const rtts = [...output.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-  const stats = output.match(/(\d+) packets transmitted, (\d+) packets received/);
-  const transmitted = stats ? Number(stats[1]) : Math.max(-1, ...seqs) + 1;
-  const received = stats ? Number(stats[2]) : seqs.length;
-  const answered = new Set(seqs);
-  let run = 0, longest = 0, end = -1;
-  for (let s = 0; s < transmitted; s++) {
-    run = answered.has(s) ? 0 : run + 1;
-    if (run > longest) [longest, end] = [run, s];
-  }
-  return {
-    transmitted,
-    received,
-    lost: transmitted - received,
-    seqs,
-    maxRttMs: rtts.length ? Math.max(...rtts) : 0,
-    longestLossRun: longest,
-    answeredAfterLossRun: seqs.filter((s) => s > end).length,
-  };
-}
-
 // ---- QMP (QEMU machine protocol) ----
 
 /** Runs one QMP command on QEMU's monitor socket; returns its "return" value. */
