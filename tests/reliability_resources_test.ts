@@ -10,12 +10,14 @@
 //   send one frame to a peer port, hang up.
 //
 // RSS: the switch runs on V8, whose heap grows in steps and is given back lazily, and mapping a
-// front-end's memory counts the pages it touches as shared RSS while mapped. So the figures are
-// taken after 20 warm-up cycles, with no front-end attached, and the RSS may grow by at most
-// 10 MiB over the 200 cycles. Measured here: +4 to +6 MiB, all of it V8's heap growing towards
-// its working size (with the switch's old space capped at 20 MiB, 2000 TS front-end cycles
-// level off at the same RSS as 1000). A leaked guest memory mapping or eventfd shows in the
-// exact counts instead; a leak of one 64 KiB read buffer per cycle would be 12.5 MiB.
+// front-end's memory counts the pages it touches as shared RSS while mapped. A flat allowance
+// (10 MiB over 200 cycles, say) would hide any leak under ~50 KiB a cycle, so the test measures
+// the trend instead: RSS after every cycle, and the least-squares growth from cycle 50 to 200
+// may be at most 2.5 MiB (~17 KiB a cycle). Measured here: +0.3 MiB (testpmd) and +1.2 MiB (TS
+// front-end; V8's heap still growing towards its working size: with the switch's old space
+// capped at 20 MiB, 2000 cycles level off at the same RSS as 1000). A switch that kept 20 KiB
+// per connection grew 4 MiB over those cycles and failed; the flat 10 MiB had let it pass.
+// A leaked guest memory mapping or eventfd shows in the exact counts.
 import assert from "node:assert/strict";
 import { VhostFrontend } from "./helpers/frontend.ts";
 import {
@@ -37,7 +39,8 @@ if (testpmdMissing) console.warn(`SKIPPING testpmd reconnect cycles: ${testpmdMi
 
 const CYCLES = 200;
 const WARMUP = 20;
-const RSS_TOLERANCE_KIB = 10 * 1024;
+const TREND_FROM = 50;
+const RSS_TREND_LIMIT_KIB = 2.5 * 1024;
 const PMD_MAC = "02:00:00:00:0d:02";
 const PEER_MAC = "52:54:00:00:0e:01";
 const FE_MAC = "52:54:00:00:0e:02";
@@ -51,19 +54,44 @@ function report(what: string, base: ProcStats, after: ProcStats, ms: number, mid
         mib(base.rssKiB)
       } -> ${mib(mid.rssKiB)} (cycle ${CYCLES / 2}) -> ${mib(after.rssKiB)} MiB (${
         after.rssKiB >= base.rssKiB ? "+" : ""
-      }${mib(after.rssKiB - base.rssKiB)} MiB; tolerance ${mib(RSS_TOLERANCE_KIB)} MiB)`,
+      }${mib(after.rssKiB - base.rssKiB)} MiB)`,
   );
 }
 
-function assertFlat(base: ProcStats, after: ProcStats) {
+/**
+ * The switch's RSS after each cycle. A leak is a trend: the least-squares slope from cycle
+ * TREND_FROM on (V8's heap has reached its working size by then) times the cycles measured.
+ */
+class RssTrend {
+  readonly points: [number, number][] = [];
+  constructor(readonly pid: number) {}
+  sample(cycle: number) {
+    this.points.push([cycle, procStats(this.pid).rssKiB]);
+  }
+  growthKiB(): number {
+    const pts = this.points.filter(([c]) => c >= TREND_FROM);
+    const n = pts.length;
+    const mx = pts.reduce((s, [x]) => s + x, 0) / n;
+    const my = pts.reduce((s, [, y]) => s + y, 0) / n;
+    const sxy = pts.reduce((s, [x, y]) => s + (x - mx) * (y - my), 0);
+    const sxx = pts.reduce((s, [x]) => s + (x - mx) ** 2, 0);
+    return (sxy / sxx) * (CYCLES - TREND_FROM);
+  }
+  describe(): string {
+    const at = (c: number) => this.points.find(([x]) => x === c)?.[1] ?? NaN;
+    return `RSS at cycle ${TREND_FROM}: ${mib(at(TREND_FROM))} MiB, at ${CYCLES}: ${
+      mib(at(CYCLES))
+    } MiB; trend over cycles ${TREND_FROM}-${CYCLES}: ${this.growthKiB().toFixed(0)} KiB`;
+  }
+}
+
+function assertFlat(base: ProcStats, after: ProcStats, rss: RssTrend) {
+  console.log(`    ${rss.describe()}`);
   assert.equal(after.fds, base.fds, "open fds");
   assert.equal(after.eventfds, base.eventfds, "eventfds");
   assert.equal(after.memfdMaps, base.memfdMaps, "memfd mappings");
   assert.equal(after.memfdFds, base.memfdFds, "memfd fds");
-  assert.ok(
-    after.rssKiB - base.rssKiB <= RSS_TOLERANCE_KIB,
-    `RSS grew by ${mib(after.rssKiB - base.rssKiB)} MiB`,
-  );
+  assert.ok(rss.growthKiB() <= RSS_TREND_LIMIT_KIB, `RSS trend: ${rss.describe()}`);
 }
 
 Deno.test({
@@ -130,10 +158,12 @@ Deno.test({
       const conns0 = (await rig.port("pmd")).counters.connections;
       const t0 = performance.now();
       let mid = base;
+      const rss = new RssTrend(rig.pid);
       for (let i = 0; i < CYCLES; i++) {
         await attach(i % 50 === 0);
         await detach();
         if (i === CYCLES / 2 - 1) mid = procStats(rig.pid);
+        rss.sample(i + 1);
       }
       const ms = performance.now() - t0;
       const after = await waitForBaseline(rig.pid, base, `after ${CYCLES} testpmd cycles`)
@@ -150,7 +180,7 @@ Deno.test({
       assert.equal(port.counters.connections - conns0, CYCLES, "one connection per cycle");
       assert.equal(fromPmd, 32 * bursts, "every burst from testpmd arrived");
       assert.equal(port.counters.protocol_errors, 0);
-      assertFlat(base, after);
+      assertFlat(base, after, rss);
     } finally {
       await pmd?.quit();
       peer.close();
@@ -195,9 +225,11 @@ Deno.test({
       const conns0 = (await rig.port("fe")).counters.connections;
       const t0 = performance.now();
       let mid = base;
+      const rss = new RssTrend(rig.pid);
       for (let i = 0; i < CYCLES; i++) {
         await cycle(WARMUP + i);
         if (i === CYCLES / 2 - 1) mid = procStats(rig.pid);
+        rss.sample(i + 1);
       }
       const ms = performance.now() - t0;
       const after = await waitForBaseline(rig.pid, base, `after ${CYCLES} front-end cycles`)
@@ -209,7 +241,7 @@ Deno.test({
       report("TS front-end", base, after, ms, mid);
       assert.equal(port.counters.connections - conns0, CYCLES, "one connection per cycle");
       assert.equal(received, WARMUP + CYCLES);
-      assertFlat(base, after);
+      assertFlat(base, after, rss);
     } finally {
       peer.close();
     }

@@ -169,19 +169,28 @@ Deno.test({
         peer = await VhostFrontend.open(rig.sock("peer"));
         const fe = peer;
         fe.postRxBuffers(128);
+        const [pmdTx0] = await pmd.portStats();
+        const taken0 = (await rig.port("pmd")).counters.rx_packets;
+        const handed0 = (await rig.port("peer")).counters.tx_packets;
         await pmd.cmd("start tx_first");
         let burst = 0;
-        const count = () => {
+        // Settled once testpmd's burst left, the switch took at least that many frames from
+        // testpmd's ring, and the peer holds every frame the switch handed it. A frame sent
+        // twice then shows as more taken than testpmd sent, or more than 32 at the peer.
+        await until(`${what}: testpmd's burst at the peer, everything handed over`, async () => {
           for (const f of fe.receive()) if (macString(f, 6) === PMD_MAC) burst++;
-          return burst >= 32;
-        };
-        await until(`${what}: testpmd's burst at the peer`, count, 10_000);
-        await sleep(300); // anything more would be frames sent twice
-        count();
+          const sent = (await pmd.portStats())[0].txPackets - pmdTx0.txPackets;
+          const taken = (await rig.port("pmd")).counters.rx_packets - taken0;
+          const handed = (await rig.port("peer")).counters.tx_packets - handed0;
+          return sent >= 32 && taken >= sent && handed === burst && burst >= 32;
+        }, 10_000);
+        const sent = (await pmd.portStats())[0].txPackets - pmdTx0.txPackets;
+        const taken = (await rig.port("pmd")).counters.rx_packets - taken0;
+        assert.equal(taken, sent, `${what}: the switch took ${taken} frames, testpmd sent ${sent}`);
         const [before] = await pmd.portStats();
         for (let i = 0; i < 10; i++) fe.send(seqFrame(PMD_MAC, PEER_MAC, 6, i, 80));
         const delivered = async () => (await pmd.portStats())[0].rxPackets - before.rxPackets;
-        await until(`${what}: 10 frames at testpmd`, async () => await delivered() >= 10, 2000)
+        await until(`${what}: 10 frames at testpmd`, async () => await delivered() >= 10, 10_000)
           .catch(() => {});
         await pmd.cmd("stop");
         const r = {
