@@ -6,7 +6,7 @@
 // back in a small part of that period: ignoring kicks costs each echo and each reply a wait of
 // 0-100 ms, a median of 50 ms or more.
 import assert from "node:assert/strict";
-import type { SwitchInfo } from "../http/view.ts";
+import type { SwitchInfo } from "../switch/view.ts";
 import { medianRtt, pingAll } from "./helpers/ping.ts";
 import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
 import { cpuSeconds, SwitchProcess } from "./helpers/switch_process.ts";
