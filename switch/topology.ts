@@ -1,6 +1,16 @@
 // Loads the topology file. One pass collects every problem, so an operator fixes them all at once,
 // and the result is fully defaulted: the rest of the switch never re-applies a default.
 import { dirname, resolve } from "node:path";
+import { Checker, closest, describe, isObject, normalizeMac } from "./config_checker.ts";
+
+export { normalizeMac };
+import {
+  type MirrorConfig,
+  parseMirrors,
+  parsePortSafety,
+  PORT_SAFETY_KEYS,
+  type PortSafetyConfig,
+} from "./safety_config.ts";
 
 /** `native` 0 means untagged frames on the trunk stay untagged (the VLAN 0 domain). */
 export type VlanConfig =
@@ -15,6 +25,8 @@ interface PortCommon {
   queues: number;
   /** Worker index polling each queue pair (explicit, or assigned round-robin). */
   rxqAffinity: number[];
+  /** Port security, storm control, policing, loop guard (safety_config.ts). */
+  safety: PortSafetyConfig;
 }
 export interface VhostUserPortConfig extends PortCommon {
   type: "vhost-user";
@@ -87,6 +99,8 @@ export interface Topology {
   poll: PollConfig;
   fdb: FdbConfig;
   ports: PortConfig[];
+  /** Port mirrors (SPAN); their output ports are not part of the bridge. */
+  mirrors: MirrorConfig[];
 }
 
 /** Every problem found, one per line: `file: json.path: what is wrong`. */
@@ -107,12 +121,6 @@ export function loadTopology(path: string): Topology {
   return parseTopology(text, path);
 }
 
-/** "52-54-00-AB-00-01" → "52:54:00:ab:00:01"; null when not six hex pairs with one separator. */
-export function normalizeMac(text: string): string | null {
-  if (!/^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$/.test(text)) return null;
-  return text.toLowerCase().replaceAll("-", ":");
-}
-
 const NAME_RE = /^[a-zA-Z0-9_.-]{1,32}$/;
 const NAME_RULE = "use 1 to 32 letters, digits, '_', '.' or '-'";
 const TOKEN_RULE = "use letters, digits and ._~+/- (a Bearer token)";
@@ -124,8 +132,8 @@ const LISTEN_RE = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/;
 // sun_path is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH = 107;
 
-const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports"];
-const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity"];
+const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports", "mirrors"];
+const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity", ...PORT_SAFETY_KEYS];
 const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing"];
 const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
 const VXLAN_KEYS = [...COMMON_KEYS, "vni", "local", "remotes", "udpPort", "remoteMacs", "strict"];
@@ -159,7 +167,8 @@ export function parseTopology(text: string, fileName: string): Topology {
   const idleAfterMs = c.int(poll.idleAfterMs, "poll.idleAfterMs", 0, 60_000, 200) ?? 200;
   const cpus = parseCpus(c, poll.cpus, threads ?? 1);
   const ports = parsePorts(c, root.ports, dirname(resolve(fileName)), threads);
-  const fdb = parseFdb(c, root.fdb, ports);
+  const mirrors = parseMirrors(c, root.mirrors, ports);
+  const fdb = parseFdb(c, root.fdb, ports, mirrors);
   if (c.list.length) throw new TopologyError(c.list);
   return {
     name,
@@ -168,6 +177,7 @@ export function parseTopology(text: string, fileName: string): Topology {
     poll: { mode: pollMode ?? "adaptive", idleAfterMs, cpus },
     fdb,
     ports,
+    mirrors,
   };
 }
 
@@ -225,7 +235,8 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
     const rxqAffinity =
       parseAffinity(c, item.rxqAffinity, `${path}.rxqAffinity`, queues, threads) ??
         Array.from({ length: queues }, () => nextWorker++ % (threads ?? 1));
-    const common = { name, mtu, vlan, queues, rxqAffinity };
+    const safety = parsePortSafety(c, item, path, mtu);
+    const common = { name, mtu, vlan, queues, rxqAffinity, safety };
     if (type === "vhost-user") {
       if (item.io !== undefined) {
         c.add(`${path}.io`, "not used by vhost-user ports (af-packet only)");
@@ -412,7 +423,12 @@ function parseAffinity(c: Checker, v: unknown, at: string, queues: number, threa
   });
 }
 
-function parseFdb(c: Checker, v: unknown, ports: PortConfig[]): FdbConfig {
+function parseFdb(
+  c: Checker,
+  v: unknown,
+  ports: PortConfig[],
+  mirrors: MirrorConfig[],
+): FdbConfig {
   const o = c.section(v, "fdb", ["agingSeconds", "maxEntries", "maxPerPort", "static"]);
   const agingSeconds = c.int(o.agingSeconds, "fdb.agingSeconds", 10, 1_000_000, 300) ?? 300;
   const maxEntries = c.int(o.maxEntries, "fdb.maxEntries", 16, 1_048_576, 8192) ?? 8192;
@@ -433,6 +449,8 @@ function parseFdb(c: Checker, v: unknown, ports: PortConfig[]): FdbConfig {
     if (portName !== undefined && !port) {
       const hint = closest(portName, ports.map((x) => x.name));
       c.add(`${path}.port`, `no port named ${JSON.stringify(portName)}${hint}`);
+    } else if (port && mirrors.some((m) => m.output === port.name)) {
+      c.add(`${path}.port`, `${port.name} is a mirror output: it is not part of the bridge`);
     } else if (port && vlan !== undefined && !carries(port.vlan, vlan)) {
       c.add(`${path}.vlan`, `port ${port.name} does not carry VLAN ${vlan}`);
     }
@@ -461,104 +479,6 @@ function parseStaticMac(c: Checker, v: unknown, at: string): string | undefined 
 function carries(vlan: VlanConfig, id: number): boolean {
   if (vlan.mode === "access") return id === vlan.tag;
   return id === vlan.native || (id > 0 && (vlan.allowed === "all" || vlan.allowed.includes(id)));
-}
-
-type Obj = Record<string, unknown>;
-
-/** Collects problems; each reader reports into it and returns undefined when the value is unusable. */
-class Checker {
-  list: string[] = [];
-  constructor(readonly file: string) {}
-  add(at: string, message: string): undefined {
-    this.list.push(`${this.file}: ${at || "$"}: ${message}`);
-  }
-  /** Checks v is an object whose keys are all known; reports each unknown key. */
-  object(v: unknown, at: string, keys: string[]): Obj | undefined {
-    if (!isObject(v)) return this.add(at, `expected an object, got ${describe(v)}`);
-    for (const key of Object.keys(v).filter((k) => !keys.includes(k))) {
-      this.add(join(at, key), `unknown key ${JSON.stringify(key)}${closest(key, keys)}`);
-    }
-    return v;
-  }
-  /** An optional section: absent means all defaults. */
-  section(v: unknown, at: string, keys: string[]): Obj {
-    return v === undefined ? {} : this.object(v, at, keys) ?? {};
-  }
-  /** No default means required. */
-  present(v: unknown, at: string, dflt: unknown): boolean {
-    if (v === undefined && dflt === undefined) this.add(at, "required key is missing");
-    return v !== undefined;
-  }
-  int(v: unknown, at: string, min: number, max: number, dflt?: number): number | undefined {
-    if (!this.present(v, at, dflt)) return dflt;
-    if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return v as number;
-    this.add(at, `expected an integer from ${min} to ${max}, got ${describe(v)}`);
-  }
-  str<D extends string | null = never>(
-    v: unknown,
-    at: string,
-    dflt?: D,
-    re?: RegExp,
-    rule?: string,
-  ) {
-    if (!this.present(v, at, dflt)) return dflt;
-    if (typeof v !== "string") return this.add(at, `expected a string, got ${describe(v)}`);
-    if (re && !re.test(v)) return this.add(at, `${JSON.stringify(v)} is not valid: ${rule}`);
-    return v;
-  }
-  bool(v: unknown, at: string, dflt: boolean): boolean {
-    if (v === undefined || typeof v === "boolean") return v ?? dflt;
-    this.add(at, `expected true or false, got ${describe(v)}`);
-    return dflt;
-  }
-  oneOf<T extends string>(v: unknown, at: string, choices: readonly T[], dflt?: T): T | undefined {
-    if (!this.present(v, at, dflt)) return dflt;
-    if (choices.includes(v as T)) return v as T;
-    const hint = typeof v === "string" ? closest(v, choices) : "";
-    const list = choices.map((c) => `"${c}"`).join(", ");
-    this.add(at, `expected one of ${list}, got ${describe(v)}${hint}`);
-  }
-}
-
-function join(path: string, key: string): string {
-  return path ? `${path}.${key}` : key;
-}
-
-function isObject(v: unknown): v is Obj {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-function describe(v: unknown): string {
-  if (Array.isArray(v)) return "an array";
-  if (isObject(v)) return "an object";
-  return v === undefined ? "nothing" : JSON.stringify(v);
-}
-
-/** ` (did you mean "x"?)` when a known name is within a typo's reach (Levenshtein). */
-function closest(word: string, known: readonly string[]): string {
-  let best = "", bestD = Infinity;
-  for (const k of known) {
-    const d = distance(word.toLowerCase(), k.toLowerCase());
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  const reach = Math.max(1, Math.floor(Math.max(word.length, best.length) / 3));
-  return best && bestD <= reach ? ` (did you mean ${JSON.stringify(best)}?)` : "";
-}
-
-/** Edit distance counting a swap of two neighbours as one edit ("vlna" → "vlan"). */
-function distance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => [i]);
-  for (let j = 1; j <= b.length; j++) d[0][j] = j;
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
-        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
-      }
-    }
-  }
-  return d[a.length][b.length];
 }
 
 /** Where and why JSON.parse failed: a minimal JSON syntax walk that stops at the first error. */
