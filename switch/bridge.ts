@@ -7,7 +7,14 @@
  * and that FDB reader slot (lookups need no atomics; call `offline()` before idling).
  */
 
-import { Fdb, LEARN_REFRESHED, LEARN_REFUSED_FULL, LEARN_STATIC, MAX_READERS } from "./fdb.ts";
+import {
+  Fdb,
+  LEARN_MOVED,
+  LEARN_REFRESHED,
+  LEARN_REFUSED_FULL,
+  LEARN_STATIC,
+  MAX_READERS,
+} from "./fdb.ts";
 import {
   ETH_ADDRS_LEN,
   ETH_HLEN,
@@ -79,7 +86,9 @@ export const CNT_LEARN_REFUSED = 5;
 export const CNT_FLOODED = 6;
 /** Frames sent to one known port. */
 export const CNT_UNICAST = 7;
-export const PORT_COUNTERS = 8;
+/** Source MACs learned on another port that moved to this one (loop guard watches the rate). */
+export const CNT_MAC_MOVED = 8;
+export const PORT_COUNTERS = 9;
 const CACHE_WORDS = 5;
 
 /** `dropReason` when the frame was not dropped. */
@@ -101,6 +110,7 @@ export interface BridgePortCounters {
   learnRefused: number;
   flooded: number;
   unicast: number;
+  macMoved: number;
 }
 
 const STATE_MAGIC = 0x42524731;
@@ -121,6 +131,8 @@ export class Bridge {
   ingressTci = -1;
   /** Set by decide(): a DROP_* code, or NO_DROP. */
   dropReason = NO_DROP;
+  /** Set by decide() when it returned ports: true if the frame is flooded, false if unicast. */
+  flooded = false;
 
   /** Whether the last decided frame came with an 802.1Q tag (priority tags included). */
   get ingressTagged(): boolean {
@@ -319,6 +331,7 @@ export class Bridge {
     ) {
       const learned = fdb.learn(sHi, sLo, vlan, ingressPort, now);
       if (learned === LEARN_REFUSED_FULL) this.counters[cb + CNT_LEARN_REFUSED]++;
+      else if (learned === LEARN_MOVED) this.counters[cb + CNT_MAC_MOVED]++;
       // Only a learn that changed nothing may be skipped next time (new and moved entries
       // bumped the version anyway).
       const keep = learned === LEARN_REFRESHED || learned === LEARN_STATIC;
@@ -353,6 +366,7 @@ export class Bridge {
           return this.drop(cb, DROP_DEST_DOWN);
         }
         out[0] = port;
+        this.flooded = false;
         this.counters[cb + CNT_UNICAST]++;
         return 1;
       }
@@ -363,6 +377,7 @@ export class Bridge {
       const p = ports[i];
       if (p !== ingressPort && this.linkUp[p] !== 0) out[n++] = p;
     }
+    this.flooded = true;
     this.counters[cb + CNT_FLOODED]++;
     return n;
   }
@@ -410,6 +425,7 @@ export class Bridge {
       learnRefused: sum[CNT_LEARN_REFUSED],
       flooded: sum[CNT_FLOODED],
       unicast: sum[CNT_UNICAST],
+      macMoved: sum[CNT_MAC_MOVED],
     };
   }
 

@@ -8,6 +8,7 @@ import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
+import type { SafetyPlan } from "./safety.ts";
 import {
   type BridgeShare,
   type FromWorker,
@@ -32,6 +33,8 @@ export interface DatapathOptions {
   cpus: number[] | null;
   /** Per port: the worker polling each queue pair, when the topology pins it. */
   affinity: (number[] | undefined)[];
+  /** The L2 safety counters (SafetyCounters.buffer), written by the workers. */
+  safety: SharedArrayBuffer;
 }
 
 export class Datapath {
@@ -81,6 +84,7 @@ export class Datapath {
           workers: options.threads,
           counters: dp.counters.buffer,
           bridge: options.bridge,
+          safety: options.safety,
           mailbox,
           stats,
           portCount: options.portCount,
@@ -210,6 +214,15 @@ export class Datapath {
           poll: this.pollerOf(port, 0) === w,
         })
       ),
+    );
+    const failed = acks.find((a) => a.error);
+    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+  }
+
+  /** Gives every worker the port guards and mirrors to run from now on. */
+  async setSafety(plan: SafetyPlan): Promise<void> {
+    const acks = await Promise.all(
+      this.#workers.map((_, w) => this.#request(w, { type: "safety", id: this.#nextId++, plan })),
     );
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);

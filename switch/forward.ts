@@ -5,6 +5,8 @@ import { type DatapathPort, FrameBatch } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
 import type { Bridge } from "./bridge.ts";
 import type { TapWriter } from "./tap.ts";
+import type { IngressGuard } from "./port_guard.ts";
+import { Clock } from "./token_bucket.ts";
 
 export interface PolledPort {
   index: number;
@@ -18,6 +20,15 @@ export class Forwarder {
   readonly targets: (DatapathPort | null)[];
   /** Per port, the captures running on it (usually none). */
   readonly taps: TapWriter[][];
+  /**
+   * Per port, its ingress guard (port security, storm control, policing, loop guard block); null
+   * for a port with none of them, so such a port costs one null check per frame.
+   */
+  readonly guards: (IngressGuard | null)[];
+  /** What storm control and the policers meter time with: read once per pass, not per frame. */
+  readonly clock = new Clock();
+  /** Whether anything on this worker meters time (the clock is only read then). */
+  timed = false;
   readonly #batch = new FrameBatch();
   readonly #out: Int32Array;
   readonly #touched: Uint8Array;
@@ -26,6 +37,7 @@ export class Forwarder {
   constructor(readonly bridge: Bridge, portCount: number, readonly counters: Float64Array[]) {
     this.targets = new Array(portCount).fill(null);
     this.taps = Array.from({ length: portCount }, () => []);
+    this.guards = new Array(portCount).fill(null);
     this.#out = new Int32Array(portCount);
     this.#touched = new Uint8Array(portCount);
   }
@@ -40,6 +52,8 @@ export class Forwarder {
     const targets = this.targets;
     const taps = this.taps;
     const polled = this.polled;
+    const guards = this.guards;
+    if (this.timed) this.clock.tick();
     for (let p = 0; p < polled.length; p++) {
       const { index, port } = polled[p];
       const n = port.receive(batch);
@@ -48,12 +62,16 @@ export class Forwarder {
         continue;
       }
       const rxTaps = taps[index];
+      const guard = guards[index];
       for (let i = 0; i < n; i++) {
         const bytes = batch.bytes[i];
         const off = batch.offset[i];
         const len = batch.length[i];
         for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
+        // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
+        if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, out);
+        if (guard !== null && k > 0 && bridge.flooded && !guard.admitFlood(bytes, off)) continue;
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];

@@ -5,7 +5,7 @@
 // learned from it, flooded or forwarded to it), so a copy never loops back into the switch.
 import type { DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { describeEgress, EGRESS_KEEP, EgressLayout } from "./bridge.ts";
-import { ETH_P_8021Q, VLAN_VID_MASK } from "./ethernet.ts";
+import { ETH_P_8021Q, VLAN_VID_MASK } from "../ports/ethernet.ts";
 import { MIRRORED } from "./safety_counters.ts";
 
 /** One mirror as a worker runs it (structured-cloneable). */

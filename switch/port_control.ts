@@ -21,6 +21,11 @@ export class PortControl {
   /** The VXLAN ports, by port index, with the aging of their MAC -> VTEP tables. */
   readonly vxlan = new Map<number, { port: VxlanPort; aging: FdbAging }>();
   #sigbusSeen = 0;
+  /** Ports kept out of the bridge whatever their link does (loop guard's blocks). */
+  readonly held = new Set<number>();
+  /** Per port: the link state its peer reports, and when (ms, performance.now()) it came up. */
+  readonly linkUp: boolean[] = [];
+  readonly upSince: number[] = [];
 
   constructor(
     readonly topology: Topology,
@@ -37,10 +42,25 @@ export class PortControl {
 
   /** Link state for the bridge; when a link goes down, what was learned on it is forgotten. */
   setLink(index: number, up: boolean): void {
+    const was = this.linkUp[index] ?? false;
+    if (up && !was) this.upSince[index] = performance.now();
+    this.linkUp[index] = up;
+    this.#bridgeLink(index);
+    if (was !== up) this.log(`[${this.topology.ports[index].name}] link ${up ? "up" : "down"}`);
+  }
+
+  /** Keeps a port out of the bridge (or lets it back), whatever its link state. */
+  hold(index: number, held: boolean): void {
+    if (held) this.held.add(index);
+    else this.held.delete(index);
+    this.#bridgeLink(index);
+  }
+
+  #bridgeLink(index: number): void {
+    const up = (this.linkUp[index] ?? false) && !this.held.has(index);
     if (this.bridge.isLinkUp(index) === up) return;
     this.bridge.setLinkUp(index, up);
     if (!up) this.bridge.fdb.flush({ port: index });
-    this.log(`[${this.topology.ports[index].name}] link ${up ? "up" : "down"}`);
   }
 
   async start(cfg: PortConfig, index: number): Promise<void> {

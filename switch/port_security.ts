@@ -3,7 +3,7 @@
 // anyone nor moves a victim's MAC table entry. IP checks follow what cloud switches enforce:
 // the IPv4 source, the ARP sender (hardware and protocol address) and the IPv6 source and
 // Neighbor Advertisement target must be the port's own.
-import { ETH_HLEN, ETH_P_8021Q, macHiAt, macLoAt, VLAN_HLEN } from "./ethernet.ts";
+import { ETH_HLEN, ETH_P_8021Q, macHiAt, macLoAt, VLAN_HLEN } from "../ports/ethernet.ts";
 
 export const ETH_P_IP = 0x0800;
 export const ETH_P_ARP = 0x0806;

@@ -8,6 +8,7 @@ import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
 import { parseMac } from "../ports/ethernet.ts";
 import type { PortControl } from "./port_control.ts";
+import type { SafetyPlane } from "./safety.ts";
 import type { Topology } from "./topology.ts";
 import { VERSION } from "./version.ts";
 import {
@@ -35,6 +36,7 @@ function bridgeCounters(bridge: Bridge, port: number): Record<string, number> {
     learn_refused: c.learnRefused,
     flooded: c.flooded,
     unicast: c.unicast,
+    mac_moved: c.macMoved,
   };
 }
 
@@ -50,6 +52,7 @@ export class SwitchStatus {
     readonly bridge: Bridge,
     readonly datapath: Datapath,
     readonly ports: PortControl,
+    readonly safety?: SafetyPlane,
   ) {}
 
   /** Takes the counters' sample that rates are computed from; called once a second. */
@@ -125,7 +128,14 @@ export class SwitchStatus {
 
   #status(i: number): PortStatus {
     const cfg = this.topology.ports[i];
-    const counters = { ...this.datapath.counters.port(i), ...bridgeCounters(this.bridge, i) };
+    const counters = {
+      ...this.datapath.counters.port(i),
+      ...bridgeCounters(this.bridge, i),
+      ...this.safety?.counters.port(i),
+    };
+    // Only ports with something configured carry a `safety` object.
+    const safety = this.safety?.status(i);
+    const extra = safety && Object.keys(safety).length ? { safety } : {};
     if (cfg.type === "vxlan") {
       const vx = this.ports.vxlan.get(i)?.port;
       return {
@@ -140,6 +150,7 @@ export class SwitchStatus {
         features: [],
         queues: [{ index: 0, worker: this.datapath.pollerOf(i, 0) }],
         counters,
+        ...extra,
       };
     }
     if (cfg.type !== "vhost-user") {
@@ -153,6 +164,7 @@ export class SwitchStatus {
         features: [],
         queues: [{ index: 0, worker: this.datapath.pollerOf(i, 0) }],
         counters: { ...counters, kernel_drops: packet?.kernelStats().drops ?? 0 },
+        ...extra,
       };
     }
     const port = this.ports.vhostPort(cfg.name);
@@ -175,6 +187,7 @@ export class SwitchStatus {
         connections: port?.connections ?? 0,
         protocol_errors: port?.protocolErrors ?? 0,
       },
+      ...extra,
     };
   }
 

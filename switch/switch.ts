@@ -12,6 +12,8 @@ import { Fdb } from "./fdb.ts";
 import { PortControl } from "./port_control.ts";
 import { SwitchStatus } from "./status.ts";
 import type { Topology, VlanConfig } from "./topology.ts";
+import { SafetyPlane } from "./safety.ts";
+import { SAMPLE_MS } from "./loop_guard.ts";
 import type {
   CaptureOptions,
   FdbEntry,
@@ -45,6 +47,7 @@ export class Switch implements SwitchView {
   readonly #captures = new AbortController();
   #aging: FdbAging | undefined;
   #housekeepingTimer: ReturnType<typeof setInterval> | undefined;
+  #loopGuardTimer: ReturnType<typeof setInterval> | undefined;
   #stopping: Promise<void> | null = null;
   readonly portControl: PortControl;
   readonly status: SwitchStatus;
@@ -55,9 +58,10 @@ export class Switch implements SwitchView {
     readonly datapath: Datapath,
     readonly reactor: Reactor,
     readonly log: (msg: string) => void,
+    readonly safety: SafetyPlane,
   ) {
     this.portControl = new PortControl(topology, bridge, datapath, reactor, log);
-    this.status = new SwitchStatus(topology, bridge, datapath, this.portControl);
+    this.status = new SwitchStatus(topology, bridge, datapath, this.portControl, safety);
   }
 
   static async start(
@@ -65,7 +69,12 @@ export class Switch implements SwitchView {
     log: (msg: string) => void = console.log,
   ): Promise<Switch> {
     installSigbusHandler();
-    const vlans = topology.ports.map((p) => bridgeVlan(p.vlan));
+    const safety = new SafetyPlane(topology.ports, topology.mirrors, topology.threads);
+    // A mirror output carries only copies: it is in no VLAN, so the bridge never learns from it,
+    // floods to it or forwards to it.
+    const vlans = topology.ports.map((p, i): PortVlanConfig =>
+      safety.isMirrorOutput(i) ? { mode: "trunk", allowed: [] } : bridgeVlan(p.vlan)
+    );
     const bridge = bridgeOf(topology, vlans);
     const datapath = await Datapath.start({
       threads: topology.threads,
@@ -75,9 +84,11 @@ export class Switch implements SwitchView {
       idleAfterMs: topology.poll.idleAfterMs,
       cpus: topology.poll.cpus,
       affinity: topology.ports.map((p) => p.rxqAffinity),
+      safety: safety.counters.buffer,
     });
-    const sw = new Switch(topology, bridge, datapath, new Reactor(), log);
+    const sw = new Switch(topology, bridge, datapath, new Reactor(), log, safety);
     try {
+      await datapath.setSafety(safety.plan());
       for (const [index, cfg] of topology.ports.entries()) await sw.portControl.start(cfg, index);
     } catch (err) {
       await sw.stop();
@@ -86,7 +97,39 @@ export class Switch implements SwitchView {
     sw.#housekeeping();
     sw.#housekeepingTimer = setInterval(() => sw.#housekeeping(), 1000);
     sw.#aging = new FdbAging(bridge.fdb, topology.fdb.agingSeconds);
+    if (safety.loopGuard.enabled) {
+      sw.#loopGuardTimer = setInterval(() => sw.#loopGuard(), SAMPLE_MS);
+    }
     return sw;
+  }
+
+  /** Loop guard's sample: blocks a port whose MACs flap at a loop's rate, lets it back later. */
+  #loopGuard(): void {
+    const guard = this.safety.loopGuard;
+    const ports = this.topology.ports;
+    ports.forEach((_, i) => guard.upSince[i] = this.portControl.upSince[i] ?? 0);
+    const moves = ports.map((_, i) => this.bridge.portCounters(i).macMoved);
+    const { block, unblock } = guard.sample(performance.now(), moves);
+    for (const b of block) {
+      const cfg = ports[b.port];
+      this.log(
+        `[${cfg.name}] loop guard: blocked: MACs moving between ${cfg.name} and ` +
+          `${
+            ports[b.partner].name
+          } at ${b.moves}/s (limit ${cfg.safety.loopGuard?.movesPerSecond}/s); ` +
+          `frames from and to ${cfg.name} are dropped, retry in ${cfg.safety.loopGuard?.retrySeconds} s`,
+      );
+      this.portControl.hold(b.port, true);
+    }
+    for (const p of unblock) {
+      this.log(`[${ports[p].name}] loop guard: unblocked, forwarding again`);
+      this.portControl.hold(p, false);
+    }
+    if (block.length || unblock.length) {
+      this.datapath.setSafety(this.safety.plan()).catch((err) =>
+        this.log(`loop guard: cannot update the workers: ${(err as Error).message}`)
+      );
+    }
   }
 
   /** Once a second: ports' link state and memory, and the counters' sample for rates. */
@@ -137,6 +180,7 @@ export class Switch implements SwitchView {
     this.#stopping ??= (async () => {
       this.endCaptures();
       this.#aging?.stop();
+      clearInterval(this.#loopGuardTimer);
       clearInterval(this.#housekeepingTimer);
       await this.portControl.stop();
       await this.datapath.stop();

@@ -1,7 +1,7 @@
 // Loads the topology file. One pass collects every problem, so an operator fixes them all at once,
 // and the result is fully defaulted: the rest of the switch never re-applies a default.
 import { dirname, resolve } from "node:path";
-import { Checker, closest, describe, isObject, normalizeMac } from "./config_checker.ts";
+import { Checker, closest, describe, isObject, normalizeMac, type Obj } from "./config_checker.ts";
 
 export { normalizeMac };
 import {

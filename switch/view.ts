@@ -2,6 +2,8 @@
 // switch layer owns this contract (the Switch implements SwitchView; HTTP tests use an in-memory
 // double), so the layers above depend on the switch and never the reverse.
 
+import type { PortSafetyStatus } from "./safety.ts";
+
 export type MaybePromise<T> = T | Promise<T>;
 
 export interface SwitchInfo {
@@ -40,6 +42,8 @@ interface PortStatusCommon {
   queues: QueueStatus[];
   /** e.g. { rx_packets: 10, tx_dropped: 0 }: plain numbers so it serialises as JSON. */
   counters: Record<string, number>;
+  /** Port security, storm control, policing, loop guard and mirrors, when any is configured. */
+  safety?: PortSafetyStatus;
 }
 export type PortStatus =
   | PortStatusCommon & { type: "vhost-user"; socket: string; mode: "server" | "client" }

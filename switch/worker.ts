@@ -15,6 +15,10 @@ import { TapWriter } from "./tap.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
+import { guardsIngress, IngressGuard, PolicedPort } from "./port_guard.ts";
+import { MirrorEgress, MirrorIngress } from "./mirror.ts";
+import type { SafetyPlan } from "./safety.ts";
+import { SafetyCounters } from "./safety_counters.ts";
 import {
   type FromWorker,
   STAT_BUSY_MS,
@@ -52,6 +56,10 @@ class DatapathWorker {
   readonly stats: Float64Array;
   readonly busyPoll: boolean;
   readonly idleAfterMs: number;
+  readonly safety: SafetyCounters;
+  /** Every port frames can be sent to, as the port runs it (before guards and mirrors). */
+  readonly #raw: (DatapathPort | null)[];
+  #plan: SafetyPlan = { guards: [], mirrors: [] };
 
   constructor(readonly init: WorkerInit) {
     this.counters = new CounterTable(init.counters, init.workers, init.portCount);
@@ -72,6 +80,8 @@ class DatapathWorker {
     this.stats = new Float64Array(init.stats);
     this.busyPoll = init.busyPoll;
     this.idleAfterMs = init.idleAfterMs;
+    this.safety = new SafetyCounters(init.safety, init.workers, init.portCount);
+    this.#raw = new Array(init.portCount).fill(null);
   }
 
   /** Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken. */
@@ -116,7 +126,7 @@ class DatapathWorker {
       next = { datapath, rings };
     }
     this.ports[msg.port] = next;
-    this.forwarder.targets[msg.port] = next?.datapath ?? null;
+    this.#raw[msg.port] = next?.datapath ?? null;
     this.#refresh();
     return stopped;
   }
@@ -125,35 +135,90 @@ class DatapathWorker {
   attachPacket(msg: WorkerAttachPacket): void {
     const block = this.counters.block(this.init.worker, msg.port);
     const dp = msg.spec ? createAfPacketDatapath(msg.spec, block, this.init.worker) : null;
-    this.forwarder.targets[msg.port] = dp;
+    this.#raw[msg.port] = dp;
     this.packets[msg.port] = dp && msg.poll ? { datapath: dp, fd: msg.spec!.fd } : null;
     this.#refresh();
   }
 
   /** Attaches (or, with spec null, detaches) a VXLAN port; only its poller receives. */
   attachVxlan(msg: WorkerAttachVxlan): void {
-    const old = this.forwarder.targets[msg.port];
+    const old = this.#raw[msg.port];
     if (old instanceof VxlanDatapath) old.close();
     const block = this.counters.block(this.init.worker, msg.port);
     const table = msg.spec ? Fdb.attach(msg.spec.table) : null;
     const dp = msg.spec && table ? new VxlanDatapath(msg.spec, block, table, msg.poll) : null;
-    this.forwarder.targets[msg.port] = dp;
+    this.#raw[msg.port] = dp;
     this.packets[msg.port] = dp && msg.poll ? { datapath: dp, fd: msg.spec!.fd } : null;
     this.#refresh();
   }
 
+  /** Replaces the port guards and mirrors. */
+  setSafety(plan: SafetyPlan): void {
+    this.#plan = plan;
+    this.#refresh();
+  }
+
+  /**
+   * Binds each port's safety features once, here, rather than testing for them per frame:
+   * a guard per port that has one, egress policing and mirroring as wrappers around the port.
+   */
+  #bind(): void {
+    const { guards, mirrors } = this.#plan;
+    const fw = this.forwarder;
+    const w = this.init.worker;
+    let timed = false;
+    for (let p = 0; p < this.#raw.length; p++) {
+      const g = guards[p] ?? null;
+      const block = this.safety.block(w, p);
+      fw.guards[p] = g && guardsIngress(g) ? new IngressGuard(g, block, fw.clock) : null;
+      timed ||= g !== null && (g.storm !== null || g.ingress !== null || g.egress !== null);
+      let target = this.#raw[p];
+      if (target && g?.egress) target = new PolicedPort(target, g.egress, block, fw.clock);
+      const out = mirrors.filter((m) => m.egress && m.ports.includes(p));
+      if (target && out.length) {
+        const outputs = out.map((m) => m.output);
+        target = new MirrorEgress(
+          target,
+          outputs,
+          out.map((m) => m.vlan),
+          this.bridge,
+          fw.targets,
+          block,
+        );
+      }
+      fw.targets[p] = target;
+    }
+    fw.timed = timed;
+  }
+
+  /** The port polled for `index`: wrapped when a mirror copies what it receives. */
+  #receiver(index: number, port: DatapathPort): DatapathPort {
+    const mirrors = this.#plan.mirrors.filter((m) => m.ingress && m.ports.includes(index));
+    if (!mirrors.length) return port;
+    const untagged = mirrors[0].untaggedVlan[mirrors[0].ports.indexOf(index)];
+    return new MirrorIngress(
+      port,
+      mirrors.map((m) => m.output),
+      mirrors.map((m) => m.vlan),
+      untagged,
+      this.forwarder.targets,
+      this.safety.block(this.init.worker, index),
+    );
+  }
+
   /** Rebuilds the list of ports to poll and the fds an idle sleep wakes on. */
   #refresh(): void {
+    this.#bind();
     const polled: PolledPort[] = [];
     const wakeOn: number[] = [];
     this.ports.forEach((p, index) => {
       if (!p || p.datapath.txQueues.length === 0) return;
-      polled.push({ index, port: p.datapath });
+      polled.push({ index, port: this.#receiver(index, p.datapath) });
       for (const q of p.datapath.txQueues) wakeOn.push(q.kickFd);
     });
     this.packets.forEach((p, index) => {
       if (!p) return;
-      polled.push({ index, port: p.datapath });
+      polled.push({ index, port: this.#receiver(index, p.datapath) });
       wakeOn.push(p.fd); // readable once the kernel hands a block of frames to us
     });
     this.forwarder.polled = polled;
@@ -191,6 +256,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "vxlan") {
       worker.attachVxlan(msg);
+      post({ type: "ack", id: msg.id, stopped: [] });
+    } else if (msg.type === "safety") {
+      worker.setSafety(msg.plan);
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
       const taps = worker.forwarder.taps[msg.port];

@@ -5,6 +5,7 @@ import type { DatapathState } from "../ports/vhost_user/device.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
 import type { PortVlanConfig } from "./bridge.ts";
+import type { SafetyPlan } from "./safety.ts";
 
 /** What a worker needs to attach to the shared bridge: FDB, link state and counters. */
 export interface BridgeShare {
@@ -21,6 +22,8 @@ export interface WorkerInit {
   counters: SharedArrayBuffer;
   /** The learning table, VLAN config, link state and bridge counters, shared by all. */
   bridge: BridgeShare;
+  /** The L2 safety counters (safety_counters.ts), shared like `counters`. */
+  safety: SharedArrayBuffer;
   /** Raised by the main thread when a message waits, so a busy-polling worker yields to it. */
   mailbox: SharedArrayBuffer;
   /** WORKER_STATS float64 fields this worker writes. */
@@ -71,6 +74,13 @@ export interface WorkerTap {
   remove?: SharedArrayBuffer;
 }
 
+/** Replace the port guards and mirrors (the whole plan: it changes rarely). */
+export interface WorkerSafety {
+  type: "safety";
+  id: number;
+  plan: SafetyPlan;
+}
+
 export interface WorkerStop {
   type: "stop";
   id: number;
@@ -82,6 +92,7 @@ export type ToWorker =
   | WorkerAttachPacket
   | WorkerAttachVxlan
   | WorkerTap
+  | WorkerSafety
   | WorkerStop;
 
 export interface WorkerAck {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { NO_SAFETY } from "../switch/safety_config.ts";
 import {
   loadTopology,
   parseTopology,
@@ -75,6 +76,7 @@ Deno.test("defaults fill every optional field", async () => {
         socket: join(dir.path, "vm1.sock"), // relative to the topology file
         mode: "server",
         packedRing: true,
+        safety: NO_SAFETY,
       },
       {
         type: "af-packet",
@@ -85,8 +87,10 @@ Deno.test("defaults fill every optional field", async () => {
         rxqAffinity: [0],
         interface: "eth0",
         io: "ring",
+        safety: NO_SAFETY,
       },
     ],
+    mirrors: [],
   };
   assert.deepEqual(loadTopology(file), expected);
 });
@@ -145,6 +149,7 @@ Deno.test("a full topology keeps every value given", async () => {
     socket: join(dir.path, "run", "vm1.sock"),
     mode: "client",
     packedRing: false,
+    safety: NO_SAFETY,
   });
   // allowed is de-duplicated and sorted; the unpinned uplink queue goes round-robin from worker 0.
   assert.deepEqual(t.ports[1].vlan, { mode: "trunk", allowed: [10, 20], native: 20 });
