@@ -63,6 +63,11 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   rx_csum_partial: ["rx_csum_partial", "Frames received with their L4 checksum left to offload."],
   connections: ["connections", "vhost-user connections the port accepted or made."],
   protocol_errors: ["protocol_errors", "Malformed vhost-user messages on the current connection."],
+  mac_moved: [
+    "mac_moved",
+    "Learned MACs that moved to the port from another (loop guard watches it).",
+  ],
+  mirrored: ["mirrored", "Copies of the port's frames sent to a mirror output."],
 };
 
 const snake = (name: string) =>
@@ -107,6 +112,16 @@ export function renderMetrics(info: SwitchInfo, stats: SwitchStats, ports: PortS
   }
   for (const p of ports) {
     x.add("vswitch_port_mtu_bytes", "gauge", "The port's MTU.", { port: p.name }, p.mtu);
+  }
+  for (const p of ports) {
+    if (!p.safety?.loopGuard) continue;
+    x.add(
+      "vswitch_port_loop_blocked",
+      "gauge",
+      "1 while loop guard keeps the port out of the bridge.",
+      { port: p.name },
+      p.safety.loopGuard.blocked ? 1 : 0,
+    );
   }
   // Known counters first, in a fixed order, then drops, then anything new.
   const names = [...new Set(ports.flatMap((p) => Object.keys(p.counters)))];

@@ -521,6 +521,7 @@ Deno.test("vxlan ports: defaults (UDP 4789, inner MTU 1450, not strict, no stati
     udpPort: 4789,
     remoteMacs: [{ mac: "52:54:00:aa:00:02", remote: "192.0.2.9" }],
     strict: false,
+    safety: NO_SAFETY,
   });
 });
 
