@@ -8,27 +8,38 @@ export class IdleSleeper {
   #wakeFd = eventfdCreate();
   #epfd = -1;
   #fds: number[] = [];
+  #sockets = new Set<number>();
   readonly #events = new Uint8Array(new ArrayBuffer(32 * EPOLL_EVENT_SIZE));
 
   get wakeFd(): number {
     return this.#wakeFd;
   }
 
-  /** The fds to wake on (rings' kick eventfds); a fresh epoll set, as old fds may be closed. */
-  watch(fds: number[]): void {
+  /**
+   * The fds to wake on: rings' kick eventfds, and sockets (AF_PACKET, UDP) that are readable
+   * while frames wait; a fresh epoll set, as old fds may be closed.
+   */
+  watch(fds: number[], sockets: number[] = []): void {
     closeFd(this.#epfd);
     this.#epfd = epollCreate();
     this.#fds = fds.filter((fd) => fd >= 0);
+    this.#sockets = new Set(sockets.filter((fd) => fd >= 0));
     epollAdd(this.#epfd, this.#wakeFd);
-    for (const fd of this.#fds) epollAdd(this.#epfd, fd);
+    for (const fd of [...this.#fds, ...this.#sockets]) epollAdd(this.#epfd, fd);
   }
 
-  /** Blocks up to `timeoutMs`; drains whatever woke it. Returns the number of fds that fired. */
+  /**
+   * Blocks up to `timeoutMs`; drains the eventfds that woke it (never a socket: a read would
+   * consume a datagram). Returns the number of fds that fired.
+   */
   sleep(timeoutMs: number): number {
     if (this.#wakeFd < 0) return 0;
     if (this.#epfd < 0) this.watch([]);
     const n = epollWait(this.#epfd, this.#events, timeoutMs);
-    for (let i = 0; i < n; i++) eventfdRead(eventFd(this.#events, i));
+    for (let i = 0; i < n; i++) {
+      const fd = eventFd(this.#events, i);
+      if (!this.#sockets.has(fd)) eventfdRead(fd);
+    }
     return n;
   }
 

@@ -211,6 +211,7 @@ class DatapathWorker {
     this.#bind();
     const polled: PolledPort[] = [];
     const wakeOn: number[] = [];
+    const sockets: number[] = [];
     this.ports.forEach((p, index) => {
       if (!p || p.datapath.txQueues.length === 0) return;
       polled.push({ index, port: this.#receiver(index, p.datapath) });
@@ -219,10 +220,10 @@ class DatapathWorker {
     this.packets.forEach((p, index) => {
       if (!p) return;
       polled.push({ index, port: this.#receiver(index, p.datapath) });
-      wakeOn.push(p.fd); // readable once the kernel hands a block of frames to us
+      sockets.push(p.fd); // readable once the kernel hands us frames (a ring block, datagrams)
     });
     this.forwarder.polled = polled;
-    this.sleeper.watch(wakeOn);
+    this.sleeper.watch(wakeOn, sockets);
   }
 }
 

@@ -16,9 +16,14 @@ export class SwitchProcess {
   #child: Deno.ChildProcess;
   readonly exited: Promise<Deno.CommandStatus>;
 
-  constructor(readonly topologyPath: string) {
-    this.#child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", MOD, topologyPath],
+  /** `netns`: run it inside that network namespace (`ip netns exec`, which keeps the pid). */
+  constructor(readonly topologyPath: string, opts: { netns?: string } = {}) {
+    const args = ["run", "--allow-all", MOD, topologyPath];
+    const [cmd, argv] = opts.netns
+      ? ["ip", ["netns", "exec", opts.netns, Deno.execPath(), ...args]]
+      : [Deno.execPath(), args];
+    this.#child = new Deno.Command(cmd, {
+      args: argv,
       stdout: "piped",
       stderr: "piped",
     }).spawn();

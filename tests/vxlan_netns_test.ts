@@ -1,0 +1,74 @@
+// VXLAN against real peers in network namespaces: two instances of this switch ("two hosts")
+// and the Linux kernel's own VXLAN + bridge as a third VTEP, on one underlay. Stations behind
+// each VTEP ping each other and move a hash-checked TCP transfer across the tunnels; each
+// switch learns the stations' MACs against the VTEP they sit behind (/fdb remote column).
+import assert from "node:assert/strict";
+import { netnsSkipReason } from "./helpers/netns.ts";
+import { commandMissing } from "./helpers/peers.ts";
+import { VxlanLab } from "./helpers/vxlan_lab.ts";
+import type { FdbEntry, PortStatus } from "../switch/view.ts";
+
+const skip = netnsSkipReason() ?? commandMissing("busybox", "busybox-static");
+if (skip) console.warn(`SKIPPING VXLAN namespace tests: ${skip}`);
+
+const MIB = 1 << 20;
+
+Deno.test({
+  name:
+    "vxlan: two switches and the kernel's VXLAN on one underlay: ping, TCP, learning across tunnels",
+  ignore: skip !== null,
+  async fn(t) {
+    // Host 1 and 2 run this switch, host 3 the kernel's VXLAN (created with `remote 10.20.0.1`,
+    // 10.20.0.2 added to its flood list); each floods to the two others.
+    await using lab = await VxlanLab.up([
+      { kind: "switch", flood: [2, 3] },
+      { kind: "switch", flood: [1, 3] },
+      { kind: "kernel", flood: [1, 2] },
+    ], { offloads: false });
+    const fail = (what: string) => `${what}\n${lab.logs()}`;
+
+    await t.step("ping across every tunnel (ARP flooded by head-end replication)", async () => {
+      for (const [a, b] of [[1, 2], [1, 3], [2, 3], [3, 1]]) {
+        assert.equal(await lab.ping(a, b), 3, fail(`ping ${a} -> ${b}`));
+      }
+    });
+
+    await t.step("each switch learned the remote stations behind their VTEPs", async () => {
+      const macOf = async (n: number) =>
+        (await lab.exec(lab.vtep(n).station, ["cat", "/sys/class/net/eth0/address"])).trim();
+      const { entries } = await lab.get<{ entries: FdbEntry[] }>(1, "/fdb");
+      const on = (mac: string) => entries.find((e) => e.mac === mac);
+      assert.deepEqual(
+        [on(await macOf(2))?.port, on(await macOf(2))?.remote],
+        ["vx42", "10.20.0.2"],
+        fail(JSON.stringify(entries)),
+      );
+      assert.deepEqual([on(await macOf(3))?.port, on(await macOf(3))?.remote], [
+        "vx42",
+        "10.20.0.3",
+      ]);
+      assert.equal(on(await macOf(1))?.port, "station");
+      assert.equal(on(await macOf(1))?.remote, undefined);
+    });
+
+    await t.step(
+      "hash-checked TCP: switch <-> switch and switch <-> kernel, both ways",
+      async () => {
+        for (const [a, b] of [[1, 2], [2, 1], [1, 3], [3, 1]]) {
+          const r = await lab.transfer(a, b, 4 * MIB);
+          assert.equal(r.received, r.sent, fail(`TCP ${a} -> ${b}: sha256 differs`));
+        }
+      },
+    );
+
+    await t.step("nothing dropped on the tunnel ports but what the counters explain", async () => {
+      const port = await lab.get<PortStatus>(1, "/ports/vx42");
+      const c = port.counters;
+      assert.ok(c.rx_packets > 1000 && c.tx_packets > 1000, fail(JSON.stringify(c)));
+      for (const k of ["drop_vni", "drop_vxlan_header", "drop_vtep_unknown", "drop_too_big"]) {
+        assert.equal(c[k], 0, `${k}: ${JSON.stringify(c)}`);
+      }
+      assert.equal(port.type === "vxlan" && port.remotes.join(), "10.20.0.2,10.20.0.3");
+    });
+  },
+});
