@@ -10,7 +10,7 @@ import { bindToInterface, ifNameToIndex } from "../ffi/packet.ts";
 import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { COUNTER_FIELDS, DROP_NO_BUFFER } from "../ports/counters.ts";
-import { BURST, type DatapathPort, type EgressFrame, FrameBatch } from "../ports/port.ts";
+import { BURST, type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
 
 type Variant = "ring" | "syscall";
@@ -20,15 +20,7 @@ function frame(len: number): Uint8Array {
   f.set([0x02, 0, 0, 0, 0, 0x99, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5]);
   return f;
 }
-const whole = (f: Uint8Array): EgressFrame => ({
-  headStart: 0,
-  headEnd: 12,
-  tagLength: 0,
-  tag: new Uint8Array(4),
-  tailStart: 12,
-  tailEnd: f.length,
-  length: f.length,
-});
+const whole = (f: Uint8Array): EgressFrame => new EgressFrame().setWhole(f, 0, f.length);
 
 function open(ifname: string, variant: Variant): { port: AfPacketPort; dp: DatapathPort } {
   const port = AfPacketPort.open({ name: "bench", interface: ifname }, { variant, linkPollMs: 0 });

@@ -1,6 +1,6 @@
 // ns per frame for Bridge.decide() over bursts of 64-byte frames with a warm FDB.
 // Run: deno run --allow-all bench/bridge_micro.ts
-import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
+import { Bridge, Decision, type PortVlanConfig } from "../switch/bridge.ts";
 import { writeMac } from "../ports/ethernet.ts";
 
 const PORTS = 8;
@@ -80,11 +80,11 @@ function run(c: Case): number {
   const buf = new Uint8Array(FRAMES * FRAME_LEN);
   const ingress = new Int32Array(FRAMES);
   for (let i = 0; i < FRAMES; i++) ingress[i] = c.build(buf, i * FRAME_LEN, i);
-  const out = new Int32Array(PORTS);
+  const decision = new Decision(PORTS);
   let sink = 0;
   const burst = (first: number) => {
     for (let i = first; i < first + BURST; i++) {
-      sink += bridge.decide(ingress[i], buf, i * FRAME_LEN, FRAME_LEN, NOW, out);
+      sink += bridge.decide(ingress[i], buf, i * FRAME_LEN, FRAME_LEN, NOW, decision);
     }
   };
   const rounds = 200_000;

@@ -1,22 +1,57 @@
 // The one small interface every kind of port offers the datapath (Snabb's pull/push, in
 // bursts): receive a burst, release it once forwarded, transmit frames, flush once per burst.
+import { ETH_ADDRS_LEN, VLAN_HLEN } from "./ethernet.ts";
 
 /** Largest frame (without virtio header) any port accepts: 9000 MTU + Ethernet + 2 VLAN tags. */
 export const MAX_FRAME_LEN = 9000 + 14 + 8 + 4;
 export const BURST = 32;
 
 /**
- * A frame to send, as src[headStart, headEnd) ++ tag[0, tagLength) ++ src[tailStart, tailEnd):
- * VLAN tags are pushed, rewritten or stripped while the frame is copied out, not before.
+ * How many of a frame's first bytes the bridge decides on and sends from its own copy: both MAC
+ * addresses and the 802.1Q tag (or the EtherType and two bytes after it: 16 keeps the rest of the
+ * frame as word-aligned in the output as it was in the input).
  */
-export interface EgressFrame {
-  headStart: number;
-  headEnd: number;
-  tagLength: number;
-  tag: Uint8Array;
-  tailStart: number;
-  tailEnd: number;
-  length: number;
+export const HEADER_COPY_LEN = ETH_ADDRS_LEN + VLAN_HLEN;
+/** The longest head: the copied header with a tag pushed in front of the EtherType. */
+const MAX_HEAD_LEN = HEADER_COPY_LEN + VLAN_HLEN;
+
+/**
+ * A frame to send, as head[0, headLength) ++ src[tailStart, tailEnd). The head is private to the
+ * switch (the addresses and the tag as sent, built from the bytes the bridge decided on, never
+ * read from guest memory again); the tail is copied straight from the source buffer. VLAN tags
+ * are pushed, rewritten or stripped in the head, so the frame is never edited in place.
+ */
+export class EgressFrame {
+  readonly head: Uint8Array;
+  /** The head as 32-bit words (the same bytes), for word copies into aligned buffers. */
+  readonly headWords: Uint32Array;
+  headLength = 0;
+  tailStart = 0;
+  tailEnd = 0;
+  /** Total output length: headLength + tailEnd - tailStart. */
+  length = 0;
+
+  constructor() {
+    const buffer = new ArrayBuffer(MAX_HEAD_LEN);
+    this.head = new Uint8Array(buffer);
+    this.headWords = new Uint32Array(buffer);
+  }
+
+  /** The byte at output position `p`, whose tail lies in `src`. */
+  byteAt(src: Uint8Array, p: number): number {
+    return p < this.headLength ? this.head[p] : src[this.tailStart + p - this.headLength];
+  }
+
+  /** Sets this to src[off, off + len) sent as it is (for senders that are not the bridge). */
+  setWhole(src: Uint8Array, off: number, len: number): this {
+    const n = Math.min(len, HEADER_COPY_LEN);
+    for (let i = 0; i < n; i++) this.head[i] = src[off + i];
+    this.headLength = n;
+    this.tailStart = off + n;
+    this.tailEnd = off + len;
+    this.length = len;
+    return this;
+  }
 }
 
 /**

@@ -5,6 +5,13 @@
  * the main thread reads and updates while Workers call `decide()`. Each thread that calls
  * decide() has its own `writer` index: it owns that row of counters (increments need no atomics)
  * and that FDB reader slot (lookups need no atomics; call `offline()` before idling).
+ *
+ * The hand-off to the copy is explicit: decide() fills a Decision (the output ports, the VLAN,
+ * the received tag, and a private copy of the header bytes it decided on), and egress() builds
+ * the frame sent out one port from that Decision alone. Frames usually sit in guest memory that
+ * the guest can rewrite at any time, so nothing the decision depends on is read from the frame
+ * twice: the addresses and the tag (or EtherType) leave from the private copy, and only the bytes
+ * after them are copied from the frame.
  */
 
 import {
@@ -26,6 +33,8 @@ import {
   VLAN_HLEN,
   VLAN_VID_MASK,
 } from "../ports/ethernet.ts";
+import { wordView } from "../ports/copy.ts";
+import { EgressFrame, HEADER_COPY_LEN } from "../ports/port.ts";
 
 /**
  * access: untagged (or priority-tagged, VID 0) frames belong to `tag`; frames tagged with any
@@ -115,8 +124,49 @@ export interface BridgePortCounters {
 
 const STATE_MAGIC = 0x42524731;
 const MAX_PORTS = 4096;
-/** End of an 802.1Q tag that follows the MAC addresses. */
-const TAG_END = ETH_ADDRS_LEN + VLAN_HLEN;
+
+/**
+ * What Bridge.decide() found out about one frame, and everything egress() needs to send it: the
+ * decision is made on `header`, a private copy of the frame's first bytes, never on the frame
+ * again. One instance is reused for every frame (decide() overwrites all of it), so deciding
+ * allocates nothing; it is valid until the next decide().
+ */
+export class Decision {
+  /** Output ports: ports[0, count). Room for every port but the ingress one. */
+  readonly ports: Int32Array;
+  count = 0;
+  /** A DROP_* code, or NO_DROP. */
+  dropReason = NO_DROP;
+  /** The frame's VLAN; -1 if it was dropped before that was known. */
+  vlan = -1;
+  /** The received 802.1Q TCI, or -1 if the frame came untagged. */
+  ingressTci = -1;
+  /** When ports were returned: true if the frame is flooded, false if sent to one known port. */
+  flooded = false;
+  /**
+   * header[0, headerLength): the frame's first min(length, HEADER_COPY_LEN) bytes as they were
+   * when decided on: both MAC addresses, then the 802.1Q tag or the EtherType.
+   */
+  readonly header: Uint8Array;
+  /** The same bytes as 32-bit words, for copying them four at a time. */
+  readonly headerWords: Uint32Array;
+  headerLength = 0;
+  /** Where the frame is in its buffer; the bytes after the header are sent from there. */
+  offset = 0;
+  length = 0;
+
+  constructor(portCount: number) {
+    this.ports = new Int32Array(portCount);
+    const header = new ArrayBuffer(HEADER_COPY_LEN);
+    this.header = new Uint8Array(header);
+    this.headerWords = new Uint32Array(header);
+  }
+
+  /** Whether the frame came with an 802.1Q tag (priority tags included). */
+  get ingressTagged(): boolean {
+    return this.ingressTci >= 0;
+  }
+}
 
 export class Bridge {
   /** The shared table, for any thread (checked lookups). */
@@ -125,21 +175,6 @@ export class Bridge {
   readonly state: SharedArrayBuffer;
   readonly portCount: number;
   readonly writers: number;
-  /** Set by decide(): the frame's VLAN (-1 if dropped before it was known). */
-  vlan = -1;
-  /** Set by decide(): the received 802.1Q TCI, or -1 if the frame came untagged. */
-  ingressTci = -1;
-  /** Set by decide(): a DROP_* code, or NO_DROP. */
-  dropReason = NO_DROP;
-  /** Set by decide() when it returned ports: true if the frame is flooded, false if unicast. */
-  flooded = false;
-
-  /** Whether the last decided frame came with an 802.1Q tag (priority tags included). */
-  get ingressTagged(): boolean {
-    return this.ingressTci >= 0;
-  }
-  /** Reused by egressFrame(). */
-  readonly layout = new EgressLayout();
 
   private readonly isAccess: Uint8Array;
   /** VLAN of untagged and priority-tagged ingress frames. */
@@ -164,6 +199,9 @@ export class Bridge {
    */
   private readonly cacheSrc: Int32Array;
   private readonly cacheDst: Int32Array;
+  /** The buffer of the last frame decided on, and its word view (a burst shares one). */
+  #lastFrame: Uint8Array | null = null;
+  #lastFrameWords: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
 
   /** A zeroed `state` buffer: all links down. */
   static createState(portCount: number, writers: number): SharedArrayBuffer {
@@ -288,9 +326,10 @@ export class Bridge {
   }
 
   /**
-   * Decides where the frame at frame[offset, offset + length) received on `ingressPort` goes.
-   * Learns its source, writes output ports into `out` (room for portCount - 1) and returns how
-   * many; 0 with `dropReason` set when dropped. Also sets `vlan` and `ingressTci`.
+   * Decides where the frame at frame[offset, offset + length) received on `ingressPort` goes:
+   * copies its first bytes into `d.header` once and decides on that copy only; learns its
+   * source; fills `d` (output ports, VLAN, received tag, drop reason) and returns `d.count`,
+   * 0 when dropped.
    */
   decide(
     ingressPort: number,
@@ -298,31 +337,53 @@ export class Bridge {
     offset: number,
     length: number,
     now: number,
-    out: Int32Array,
+    d: Decision,
   ): number {
     const cb = this.counterBase + ingressPort * PORT_COUNTERS;
-    this.vlan = -1;
-    this.ingressTci = -1;
-    if (length < ETH_HLEN) return this.drop(cb, DROP_MALFORMED);
+    d.count = 0;
+    d.vlan = -1;
+    d.ingressTci = -1;
+    d.offset = offset;
+    d.length = length;
+    const h = d.header;
+    const hl = length < HEADER_COPY_LEN ? length : HEADER_COPY_LEN;
+    if (hl === HEADER_COPY_LEN && (offset & 3) === 0 && frame.byteOffset === 0) {
+      // Four word loads (frames in guest memory are nearly always 4-byte aligned).
+      if (frame !== this.#lastFrame) {
+        this.#lastFrame = frame;
+        this.#lastFrameWords = wordView(frame);
+      }
+      const fw = this.#lastFrameWords;
+      const hw = d.headerWords;
+      const w = offset / 4; // exact beyond 4 GiB, where `>>> 2` wraps
+      hw[0] = fw[w];
+      hw[1] = fw[w + 1];
+      hw[2] = fw[w + 2];
+      hw[3] = fw[w + 3];
+    } else {
+      for (let i = 0; i < hl; i++) h[i] = frame[offset + i];
+    }
+    d.headerLength = hl;
+    if (length < ETH_HLEN) return this.drop(cb, d, DROP_MALFORMED);
     let vlan = this.untaggedIngress[ingressPort];
-    if (((frame[offset + 12] << 8) | frame[offset + 13]) === ETH_P_8021Q) {
-      if (length < ETH_HLEN + VLAN_HLEN) return this.drop(cb, DROP_MALFORMED);
-      const tci = (frame[offset + 14] << 8) | frame[offset + 15];
-      this.ingressTci = tci;
+    if (((h[12] << 8) | h[13]) === ETH_P_8021Q) {
+      if (length < ETH_HLEN + VLAN_HLEN) return this.drop(cb, d, DROP_MALFORMED);
+      const tci = (h[14] << 8) | h[15];
+      d.ingressTci = tci;
       const vid = tci & VLAN_VID_MASK;
       if (vid !== 0) {
-        if (this.isAccess[ingressPort] === 1) return this.drop(cb, DROP_VLAN);
+        if (this.isAccess[ingressPort] === 1) return this.drop(cb, d, DROP_VLAN);
         vlan = vid;
       }
     }
-    this.vlan = vlan;
-    if (this.member[(ingressPort << 12) | vlan] === 0) return this.drop(cb, DROP_VLAN);
-    if ((frame[offset + 6] & 1) !== 0) return this.drop(cb, DROP_MULTICAST_SRC);
+    d.vlan = vlan;
+    if (this.member[(ingressPort << 12) | vlan] === 0) return this.drop(cb, d, DROP_VLAN);
+    if ((h[6] & 1) !== 0) return this.drop(cb, d, DROP_MULTICAST_SRC);
 
     const fdb = this.datapathFdb;
     const version = fdb.version;
-    const sHi = macHiAt(frame, offset + 6);
-    const sLo = macLoAt(frame, offset + 6) | 0;
+    const sHi = macHiAt(h, 6);
+    const sLo = macLoAt(h, 6) | 0;
     const src = this.cacheSrc;
     const cs = ingressPort * CACHE_WORDS;
     if (
@@ -341,11 +402,12 @@ export class Bridge {
       src[cs + 3] = vlan;
       src[cs + 4] = now;
     }
-    this.dropReason = NO_DROP;
+    d.dropReason = NO_DROP;
+    const out = d.ports;
 
-    if ((frame[offset] & 1) === 0) {
-      const dHi = macHiAt(frame, offset);
-      const dLo = macLoAt(frame, offset) | 0;
+    if ((h[0] & 1) === 0) {
+      const dHi = macHiAt(h, 0);
+      const dLo = macLoAt(h, 0) | 0;
       const dst = this.cacheDst;
       let port: number;
       if (
@@ -361,13 +423,14 @@ export class Bridge {
         dst[cs + 4] = port;
       }
       if (port >= 0) {
-        if (port === ingressPort) return this.drop(cb, DROP_HAIRPIN);
+        if (port === ingressPort) return this.drop(cb, d, DROP_HAIRPIN);
         if (this.linkUp[port] === 0 || this.member[(port << 12) | vlan] === 0) {
-          return this.drop(cb, DROP_DEST_DOWN);
+          return this.drop(cb, d, DROP_DEST_DOWN);
         }
         out[0] = port;
-        this.flooded = false;
+        d.flooded = false;
         this.counters[cb + CNT_UNICAST]++;
+        d.count = 1;
         return 1;
       }
     }
@@ -377,8 +440,9 @@ export class Bridge {
       const p = ports[i];
       if (p !== ingressPort && this.linkUp[p] !== 0) out[n++] = p;
     }
-    this.flooded = true;
+    d.flooded = true;
     this.counters[cb + CNT_FLOODED]++;
+    d.count = n;
     return n;
   }
 
@@ -387,26 +451,21 @@ export class Bridge {
     this.datapathFdb.offline();
   }
 
-  /** EGRESS_* for sending the last decided frame out `port`. */
-  egressOp(port: number): number {
-    const vlan = this.vlan;
-    const tagged = this.ingressTci >= 0;
+  /** EGRESS_* for sending the decided frame out `port`. */
+  egressOp(d: Decision, port: number): number {
+    const vlan = d.vlan;
+    const tagged = d.ingressTci >= 0;
     if (vlan === 0 || vlan === this.untaggedEgress[port]) {
       return tagged ? EGRESS_STRIP : EGRESS_KEEP;
     }
     if (!tagged) return EGRESS_PUSH;
-    return (this.ingressTci & VLAN_VID_MASK) === vlan ? EGRESS_KEEP : EGRESS_SET;
+    return (d.ingressTci & VLAN_VID_MASK) === vlan ? EGRESS_KEEP : EGRESS_SET;
   }
 
-  /** The TCI that EGRESS_PUSH / EGRESS_SET write: the frame's VLAN with the received priority. */
-  egressTci(): number {
-    return (this.ingressTci < 0 ? 0 : this.ingressTci & 0xf000) | this.vlan;
-  }
-
-  /** Describes the last decided frame, at [off, off + len) of its buffer, as sent out `port`. */
-  egressFrame(port: number, off: number, len: number): EgressLayout {
-    describeEgress(off, len, this.egressOp(port), this.egressTci(), this.layout);
-    return this.layout;
+  /** The frame `d` describes as sent out `port`, written into `out` (returned). */
+  egress(d: Decision, port: number, out: EgressFrame): EgressFrame {
+    describeEgress(d, this.egressOp(d, port), out);
+    return out;
   }
 
   /** Counters of one port summed over all writers (main thread / management API). */
@@ -429,83 +488,85 @@ export class Bridge {
     };
   }
 
-  private drop(counterBase: number, reason: number): number {
+  private drop(counterBase: number, d: Decision, reason: number): number {
     this.counters[counterBase + reason]++;
-    this.dropReason = reason;
+    d.dropReason = reason;
     return 0;
   }
 }
 
-/**
- * The output frame as src[headStart, headEnd) ++ tag[0, tagLength) ++ src[tailStart, tailEnd),
- * so a transmit routine can apply the tag op while scattering into guest buffers.
- */
-export class EgressLayout {
-  headStart = 0;
-  headEnd = 0;
-  /** 0 or 4. */
-  tagLength = 0;
-  readonly tag = new Uint8Array(VLAN_HLEN);
-  tailStart = 0;
-  tailEnd = 0;
-  /** Total output length. */
-  length = 0;
+/** The TCI that EGRESS_PUSH / EGRESS_SET write: the frame's VLAN with the received priority. */
+export function egressTci(d: Decision): number {
+  return (d.ingressTci < 0 ? 0 : d.ingressTci & 0xf000) | d.vlan;
 }
 
 /**
- * Fills `layout` for sending the frame at [off, off + len) of its buffer with EGRESS_* `op`; `tci` (a plain VID is a TCI
- * of priority 0) is the tag written by PUSH and SET. Returns the output length.
+ * Fills `out` for sending the decided frame with EGRESS_* `op` applied: its head is built from
+ * the private `d.header` (addresses, then the tag as sent, then the EtherType of an untagged
+ * frame) and its tail is the frame after the header, which the decision did not read. Returns
+ * the output length.
  */
-export function describeEgress(
-  off: number,
-  len: number,
-  op: number,
-  tci: number,
-  layout: EgressLayout,
-): number {
-  const received = op === EGRESS_STRIP || op === EGRESS_SET; // frame came tagged
-  const sent = op === EGRESS_PUSH || op === EGRESS_SET; // frame leaves tagged by us
-  layout.headStart = off;
-  layout.headEnd = off + ETH_ADDRS_LEN;
-  layout.tagLength = sent ? VLAN_HLEN : 0;
-  layout.tailStart = off + (received ? TAG_END : ETH_ADDRS_LEN);
-  layout.tailEnd = off + len;
-  if (sent) {
-    const t = layout.tag;
-    t[0] = ETH_P_8021Q >>> 8;
-    t[1] = ETH_P_8021Q & 0xff;
-    t[2] = (tci >>> 8) & 0xff;
-    t[3] = tci & 0xff;
+export function describeEgress(d: Decision, op: number, out: EgressFrame): number {
+  const hl = d.headerLength;
+  if (hl === HEADER_COPY_LEN) return describeEgressWords(d, op, out);
+  const h = d.header;
+  const o = out.head;
+  for (let i = 0; i < ETH_ADDRS_LEN; i++) o[i] = h[i];
+  let at = ETH_ADDRS_LEN;
+  if (op === EGRESS_KEEP) {
+    // As received: the tag (or the EtherType) from the copy, never from the frame again.
+    for (let i = ETH_ADDRS_LEN; i < hl; i++) o[at++] = h[i];
+  } else if (op === EGRESS_PUSH || op === EGRESS_SET) {
+    const tci = egressTci(d);
+    o[at++] = ETH_P_8021Q >>> 8;
+    o[at++] = ETH_P_8021Q & 0xff;
+    o[at++] = (tci >>> 8) & 0xff;
+    o[at++] = tci & 0xff;
+    // PUSH: the EtherType follows the new tag; SET replaced the received one.
+    if (op === EGRESS_PUSH) { for (let i = ETH_ADDRS_LEN; i < hl; i++) o[at++] = h[i]; }
+  } else if (op !== EGRESS_STRIP) {
+    throw new RangeError(`unknown egress op ${op}`);
   }
-  layout.length = len + (sent ? VLAN_HLEN : 0) - (received ? VLAN_HLEN : 0);
-  return layout.length;
+  out.headLength = at;
+  out.tailStart = d.offset + hl;
+  out.tailEnd = d.offset + d.length;
+  out.length = at + d.length - hl;
+  return out.length;
+}
+
+/** The tag EGRESS_PUSH / EGRESS_SET write, as the 32-bit word it is in memory (little-endian). */
+function tagWord(tci: number): number {
+  return (ETH_P_8021Q >>> 8) | ((ETH_P_8021Q & 0xff) << 8) | ((tci >>> 8) & 0xff) << 16 |
+    (tci & 0xff) << 24;
 }
 
 /**
- * Writes src[off, off + len) with EGRESS_* `op` applied to dst at dstOff; returns the bytes
- * written. For simple callers: it makes subarray views, where the datapath uses describeEgress.
+ * describeEgress() for a whole copied header (every frame of 16 bytes or more), a word at a
+ * time: words 0-2 are the addresses, word 3 the received tag or the EtherType.
  */
-export function applyEgressTag(
-  src: Uint8Array,
-  off: number,
-  len: number,
-  op: number,
-  tci: number,
-  dst: Uint8Array,
-  dstOff: number,
-): number {
-  if (op < EGRESS_KEEP || op > EGRESS_SET) throw new RangeError(`unknown egress op ${op}`);
-  const received = op === EGRESS_STRIP || op === EGRESS_SET;
-  const from = off + (received ? TAG_END : ETH_ADDRS_LEN);
-  let at = dstOff;
-  dst.set(src.subarray(off, off + ETH_ADDRS_LEN), at);
-  at += ETH_ADDRS_LEN;
-  if (op === EGRESS_PUSH || op === EGRESS_SET) {
-    dst[at++] = ETH_P_8021Q >>> 8;
-    dst[at++] = ETH_P_8021Q & 0xff;
-    dst[at++] = (tci >>> 8) & 0xff;
-    dst[at++] = tci & 0xff;
+function describeEgressWords(d: Decision, op: number, out: EgressFrame): number {
+  const h = d.headerWords;
+  const o = out.headWords;
+  o[0] = h[0];
+  o[1] = h[1];
+  o[2] = h[2];
+  let headLength = ETH_ADDRS_LEN;
+  if (op === EGRESS_KEEP) {
+    o[3] = h[3]; // as received: the tag (or EtherType) from the copy, not from the frame again
+    headLength = HEADER_COPY_LEN;
+  } else if (op === EGRESS_PUSH) {
+    o[3] = tagWord(egressTci(d));
+    o[4] = h[3]; // the EtherType, after the new tag
+    headLength = HEADER_COPY_LEN + VLAN_HLEN;
+  } else if (op === EGRESS_SET) {
+    o[3] = tagWord(egressTci(d));
+    headLength = HEADER_COPY_LEN;
+  } else if (op !== EGRESS_STRIP) {
+    throw new RangeError(`unknown egress op ${op}`);
   }
-  dst.set(src.subarray(from, off + len), at);
-  return at + (off + len - from) - dstOff;
+  out.headLength = headLength;
+  out.tailStart = d.offset + HEADER_COPY_LEN;
+  out.tailEnd = d.offset + d.length;
+  out.length = headLength + d.length - HEADER_COPY_LEN;
+  return out.length;
 }

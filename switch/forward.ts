@@ -1,9 +1,9 @@
 // The burst loop at the heart of a datapath worker: receive a burst from each polled port,
 // ask the bridge where each frame goes, copy it out to every destination (VLAN tags applied
 // during the copy), hand the burst back to the sender, and flush each destination once.
-import { type DatapathPort, FrameBatch } from "../ports/port.ts";
+import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
-import type { Bridge } from "./bridge.ts";
+import { type Bridge, Decision } from "./bridge.ts";
 import type { TapWriter } from "./tap.ts";
 import type { IngressGuard } from "./port_guard.ts";
 import { Clock } from "./token_bucket.ts";
@@ -30,7 +30,9 @@ export class Forwarder {
   /** Whether anything on this worker meters time (the clock is only read then). */
   timed = false;
   readonly #batch = new FrameBatch();
-  readonly #out: Int32Array;
+  /** The decision on the frame being forwarded, and that frame as sent out one port. */
+  readonly decision: Decision;
+  readonly #egress = new EgressFrame();
   readonly #touched: Uint8Array;
 
   /** `counters[port]`: this worker's counter block of each port. */
@@ -38,7 +40,7 @@ export class Forwarder {
     this.targets = new Array(portCount).fill(null);
     this.taps = Array.from({ length: portCount }, () => []);
     this.guards = new Array(portCount).fill(null);
-    this.#out = new Int32Array(portCount);
+    this.decision = new Decision(portCount);
     this.#touched = new Uint8Array(portCount);
   }
 
@@ -46,7 +48,9 @@ export class Forwarder {
   poll(now: number): number {
     let moved = 0;
     const batch = this.#batch;
-    const out = this.#out;
+    const decision = this.decision;
+    const out = decision.ports;
+    const egress = this.#egress;
     const bridge = this.bridge;
     const touched = this.#touched;
     const targets = this.targets;
@@ -70,8 +74,8 @@ export class Forwarder {
         for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
-        const k = bridge.decide(index, bytes, off, len, now, out);
-        if (guard !== null && k > 0 && bridge.flooded && !guard.admitFlood(bytes, off)) continue;
+        const k = bridge.decide(index, bytes, off, len, now, decision);
+        if (guard !== null && k > 0 && decision.flooded && !guard.admitFlood(bytes, off)) continue;
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];
@@ -80,7 +84,7 @@ export class Forwarder {
             this.counters[dst][DROP_LINK_DOWN]++;
             continue;
           }
-          const frame = bridge.egressFrame(dst, off, len);
+          const frame = bridge.egress(decision, dst, egress);
           touched[dst] = 1;
           if (!target.transmit(bytes, frame)) continue;
           const txTaps = taps[dst];

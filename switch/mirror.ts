@@ -3,8 +3,7 @@
 // datapath once, when the mirror is configured, so ports without a mirror run exactly the code
 // they ran before. The output port is taken out of the bridge (no VLAN membership: nothing is
 // learned from it, flooded or forwarded to it), so a copy never loops back into the switch.
-import type { DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
-import { describeEgress, EGRESS_KEEP, EgressLayout } from "./bridge.ts";
+import { type DatapathPort, EgressFrame, type FrameBatch } from "../ports/port.ts";
 import { ETH_P_8021Q, VLAN_VID_MASK } from "../ports/ethernet.ts";
 import { MIRRORED } from "./safety_counters.ts";
 
@@ -23,7 +22,7 @@ export interface MirrorSpec {
   untaggedVlan: number[];
 }
 
-/** The decided VLAN of the frame being forwarded (the bridge). */
+/** The decided VLAN of the frame being forwarded (the forwarder's Decision). */
 export interface VlanSource {
   readonly vlan: number;
 }
@@ -33,7 +32,7 @@ export type Outputs = readonly (DatapathPort | null)[];
 
 /** Wraps a mirrored port: copies what it receives (before any decision) to the outputs. */
 export class MirrorIngress implements DatapathPort {
-  readonly #layout = new EgressLayout();
+  readonly #frame = new EgressFrame();
   #sent = false;
 
   constructor(
@@ -58,8 +57,7 @@ export class MirrorIngress implements DatapathPort {
         if (want >= 0 && want !== vlan) continue;
         const out = this.targets[this.outputs[m]];
         if (out === null) continue;
-        describeEgress(off, len, EGRESS_KEEP, 0, this.#layout);
-        if (out.transmit(bytes, this.#layout)) this.counters[MIRRORED]++;
+        if (out.transmit(bytes, this.#frame.setWhole(bytes, off, len))) this.counters[MIRRORED]++;
         this.#sent = true;
       }
     }

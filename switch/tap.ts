@@ -57,14 +57,12 @@ export class TapWriter extends TapRing {
     this.#publish();
   }
 
-  /** A frame as transmitted: head ++ tag ++ tail (see EgressFrame). */
+  /** A frame as transmitted: head ++ tail (see EgressFrame). */
   writeEgress(src: Uint8Array, f: EgressFrame): void {
     const at = this.#slot(f.length);
     if (at < 0) return;
-    const headLen = f.headEnd - f.headStart;
-    copyMemory(this.bytes, at, src, f.headStart, headLen);
-    copyMemory(this.bytes, at + headLen, f.tag, 0, f.tagLength);
-    copyMemory(this.bytes, at + headLen + f.tagLength, src, f.tailStart, f.tailEnd - f.tailStart);
+    copyMemory(this.bytes, at, f.head, 0, f.headLength);
+    copyMemory(this.bytes, at + f.headLength, src, f.tailStart, f.tailEnd - f.tailStart);
     this.#publish();
   }
 }

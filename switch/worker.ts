@@ -181,7 +181,7 @@ class DatapathWorker {
           target,
           outputs,
           out.map((m) => m.vlan),
-          this.bridge,
+          fw.decision,
           fw.targets,
           block,
         );

@@ -18,7 +18,7 @@ import {
   RX_PACKETS,
   TX_PACKETS,
 } from "../ports/counters.ts";
-import { type DatapathPort, type EgressFrame, FrameBatch } from "../ports/port.ts";
+import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { createVethNetns, netnsSkipReason, run, type VethNetns } from "./helpers/netns.ts";
 import { checkTestFrame, diffFrames, ETHERTYPE_TEST, ethFrame, formatMac } from "./helpers/pcap.ts";
 
@@ -106,15 +106,7 @@ async function capture(fd: number, want: number, timeoutMs = 2000): Promise<Uint
 }
 
 /** An egress frame that sends `f` unchanged. */
-const whole = (f: Uint8Array): EgressFrame => ({
-  headStart: 0,
-  headEnd: f.length,
-  tagLength: 0,
-  tag: new Uint8Array(4),
-  tailStart: f.length,
-  tailEnd: f.length,
-  length: f.length,
-});
+const whole = (f: Uint8Array): EgressFrame => new EgressFrame().setWhole(f, 0, f.length);
 
 function sendAll(fd: number, frames: Uint8Array[]): void {
   for (const f of frames) assert.equal(sendFrame(fd, f, f.length), f.length, "send in namespace");
@@ -240,24 +232,19 @@ nsTest("transmit: frames reach the wire byte-identical, tags pushed and popped",
   const tagged = ethFrame({ dst: BCAST, src: SW_MAC, vlan: 7, length: 1518, seq: 2 });
   const untagged = ethFrame({ dst: BCAST, src: SW_MAC, length: 300, seq: 3 });
   const tag = Uint8Array.from([0x81, 0x00, 0x20, 0x07]);
-  const push = (f: Uint8Array): EgressFrame => ({
-    headStart: 0,
-    headEnd: 12,
-    tagLength: 4,
-    tag,
-    tailStart: 12,
-    tailEnd: f.length,
-    length: f.length + 4,
-  });
-  const pop = (f: Uint8Array): EgressFrame => ({
-    headStart: 0,
-    headEnd: 12,
-    tagLength: 0,
-    tag,
-    tailStart: 16,
-    tailEnd: f.length,
-    length: f.length - 4,
-  });
+  /** Egress frames as the bridge builds them: addresses (+ tag) + EtherType in the head. */
+  const egress = (head: ArrayLike<number>, f: Uint8Array, tailStart: number): EgressFrame => {
+    const e = new EgressFrame();
+    e.head.set(head);
+    e.headLength = head.length;
+    e.tailStart = tailStart;
+    e.tailEnd = f.length;
+    e.length = head.length + f.length - tailStart;
+    return e;
+  };
+  const push = (f: Uint8Array) =>
+    egress([...f.subarray(0, 12), ...tag, ...f.subarray(12, 16)], f, 16);
+  const pop = (f: Uint8Array) => egress(f.subarray(0, 12), f, 16);
   const expected = [
     ...plain,
     tagged,

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import {
-  applyEgressTag,
   Bridge,
+  Decision,
   describeEgress,
   DROP_DEST_DOWN,
   DROP_HAIRPIN,
@@ -12,10 +12,11 @@ import {
   EGRESS_PUSH,
   EGRESS_SET,
   EGRESS_STRIP,
-  EgressLayout,
+  egressTci,
   NO_DROP,
   type PortVlanConfig,
 } from "../switch/bridge.ts";
+import { EgressFrame } from "../ports/port.ts";
 import { Fdb } from "../switch/fdb.ts";
 import {
   formatMac,
@@ -50,12 +51,34 @@ function frame(o: { dst: string; src: string; vid?: number; pcp?: number; len?: 
   return f;
 }
 
-const out = new Int32Array(16);
+/** The decision on the last frame sent, reused as the datapath reuses one. */
+const d = new Decision(16);
 
 /** decide() on a whole buffer; output ports sorted. */
 function send(b: Bridge, port: number, f: Uint8Array, now = 0): number[] {
-  const n = b.decide(port, f, 0, f.length, now, out);
-  return Array.from(out.subarray(0, n)).sort((x, y) => x - y);
+  const n = b.decide(port, f, 0, f.length, now, d);
+  assert.equal(d.count, n);
+  return Array.from(d.ports.subarray(0, n)).sort((x, y) => x - y);
+}
+
+/** The bytes of an egress frame whose tail lies in `src`. */
+function bytesOf(src: Uint8Array, f: EgressFrame): number[] {
+  return [...f.head.subarray(0, f.headLength), ...src.subarray(f.tailStart, f.tailEnd)];
+}
+
+/**
+ * What each EGRESS_* op makes of src[off, off + len), written plainly (slices, one piece at a
+ * time): the reference the datapath's head + tail description is checked against.
+ */
+function referenceEgress(src: Uint8Array, off: number, len: number, op: number, tci: number) {
+  const frame = Array.from(src.subarray(off, off + len));
+  const tag = [0x81, 0x00, (tci >>> 8) & 0xff, tci & 0xff];
+  const addrs = frame.slice(0, 12);
+  if (op === EGRESS_KEEP) return frame;
+  if (op === EGRESS_STRIP) return [...addrs, ...frame.slice(16)];
+  if (op === EGRESS_PUSH) return [...addrs, ...tag, ...frame.slice(12)];
+  if (op === EGRESS_SET) return [...addrs, ...tag, ...frame.slice(16)];
+  throw new RangeError(`unknown egress op ${op}`);
 }
 
 function bridge(vlans: (PortVlanConfig | undefined)[], opts: { down?: number[] } = {}) {
@@ -72,10 +95,10 @@ function where(b: Bridge, mac: string, vlan: number): number {
 Deno.test("learns sources, floods unknown and group destinations, forwards known unicast", () => {
   const b = bridge([undefined, undefined, undefined, undefined]);
   assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [1, 2, 3]);
-  assert.equal(b.dropReason, NO_DROP);
-  assert.equal(b.vlan, 0);
-  assert.equal(b.ingressTci, -1);
-  assert.ok(!b.ingressTagged);
+  assert.equal(d.dropReason, NO_DROP);
+  assert.equal(d.vlan, 0);
+  assert.equal(d.ingressTci, -1);
+  assert.ok(!d.ingressTagged);
   assert.equal(where(b, A, 0), 0);
   assert.deepEqual(send(b, 2, frame({ dst: A, src: B })), [0]);
   assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [2]);
@@ -91,7 +114,7 @@ Deno.test("a frame whose destination is on its ingress port is dropped, never se
   const b = bridge([undefined, undefined]);
   send(b, 0, frame({ dst: BCAST, src: B }));
   assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), []);
-  assert.equal(b.dropReason, DROP_HAIRPIN);
+  assert.equal(d.dropReason, DROP_HAIRPIN);
   assert.equal(b.portCounters(0).dropHairpin, 1);
 });
 
@@ -122,7 +145,7 @@ Deno.test("link down flushes the port's MACs; a static entry behind a down port 
   assert.equal(where(b, B, 0), -1);
   assert.deepEqual(send(b, 0, frame({ dst: B, src: A })), [2]);
   assert.deepEqual(send(b, 0, frame({ dst: C, src: A })), []);
-  assert.equal(b.dropReason, DROP_DEST_DOWN);
+  assert.equal(d.dropReason, DROP_DEST_DOWN);
   assert.equal(b.portCounters(0).dropDestDown, 1);
   b.setLinkUp(1, true);
   assert.deepEqual(send(b, 0, frame({ dst: C, src: A })), [1]);
@@ -131,7 +154,7 @@ Deno.test("link down flushes the port's MACs; a static entry behind a down port 
 Deno.test("a multicast source is dropped, counted and not learned", () => {
   const b = bridge([undefined, undefined]);
   assert.deepEqual(send(b, 0, frame({ dst: B, src: "03:00:00:00:00:01" })), []);
-  assert.equal(b.dropReason, DROP_MULTICAST_SRC);
+  assert.equal(d.dropReason, DROP_MULTICAST_SRC);
   assert.equal(b.fdb.size, 0);
   assert.equal(b.portCounters(0).dropMulticastSrc, 1);
 });
@@ -142,17 +165,17 @@ Deno.test("access port: untagged and priority-tagged frames join its VLAN, tagge
     allowed: [10, 20],
   }]);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A })), [1, 2]);
-  assert.equal(b.vlan, 10);
+  assert.equal(d.vlan, 10);
   assert.equal(where(b, A, 10), 0);
   // OVS: any nonzero VID is dropped on an access port, its own VLAN's included.
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 20 })), []);
-  assert.equal(b.dropReason, DROP_VLAN);
+  assert.equal(d.dropReason, DROP_VLAN);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 10 })), []);
   assert.equal(b.portCounters(0).dropVlan, 2);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 0, pcp: 3 })), [1, 2]);
-  assert.equal(b.vlan, 10);
-  assert.equal(b.ingressTci, 3 << 13);
-  assert.ok(b.ingressTagged);
+  assert.equal(d.vlan, 10);
+  assert.equal(d.ingressTci, 3 << 13);
+  assert.ok(d.ingressTagged);
 });
 
 Deno.test("trunk port: allowed list, native VLAN, VLAN 0 and config errors", () => {
@@ -163,19 +186,19 @@ Deno.test("trunk port: allowed list, native VLAN, VLAN 0 and config errors", () 
     { mode: "access", tag: 5 }, // 3
   ]);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A })), []);
-  assert.equal(b.dropReason, DROP_VLAN);
+  assert.equal(d.dropReason, DROP_VLAN);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 10 })), [1, 2]);
-  assert.equal(b.vlan, 10);
+  assert.equal(d.vlan, 10);
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: A, vid: 30 })), []);
   assert.equal(b.portCounters(0).dropVlan, 2);
   assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B })), [2, 3]);
-  assert.equal(b.vlan, 5);
+  assert.equal(d.vlan, 5);
   assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B, vid: 5 })), [2, 3]);
   assert.deepEqual(send(b, 1, frame({ dst: BCAST, src: B, vid: 20 })), []);
   assert.deepEqual(send(b, 2, frame({ dst: BCAST, src: C })), [], "VLAN 0 is only on port 2");
   assert.deepEqual(send(b, 2, frame({ dst: BCAST, src: C, vid: 0 })), []);
-  assert.equal(b.vlan, 0);
-  assert.equal(b.dropReason, NO_DROP);
+  assert.equal(d.vlan, 0);
+  assert.equal(d.dropReason, NO_DROP);
 
   assert.throws(
     () => new Bridge({ vlans: [{ mode: "trunk", allowed: [0, 10], native: 5 }] }),
@@ -194,72 +217,93 @@ Deno.test("egress ops keep, strip, push or set the tag per output port", () => {
     undefined, // 3
   ]);
   send(b, 0, frame({ dst: BCAST, src: A }));
-  assert.deepEqual([1, 2, 3].map((p) => b.egressOp(p)), [EGRESS_PUSH, EGRESS_KEEP, EGRESS_PUSH]);
-  assert.equal(b.egressTci(), 10);
+  assert.deepEqual([1, 2, 3].map((p) => b.egressOp(d, p)), [EGRESS_PUSH, EGRESS_KEEP, EGRESS_PUSH]);
+  assert.equal(egressTci(d), 10);
   send(b, 1, frame({ dst: BCAST, src: B, vid: 10, pcp: 5 }));
-  assert.deepEqual([0, 2, 3].map((p) => b.egressOp(p)), [EGRESS_STRIP, EGRESS_STRIP, EGRESS_KEEP]);
+  assert.deepEqual([0, 2, 3].map((p) => b.egressOp(d, p)), [
+    EGRESS_STRIP,
+    EGRESS_STRIP,
+    EGRESS_KEEP,
+  ]);
   send(b, 0, frame({ dst: BCAST, src: A, vid: 0, pcp: 6 }));
-  assert.deepEqual([1, 2].map((p) => b.egressOp(p)), [EGRESS_SET, EGRESS_STRIP]);
-  assert.equal(b.egressTci(), (6 << 13) | 10, "the received priority is kept");
+  assert.deepEqual([1, 2].map((p) => b.egressOp(d, p)), [EGRESS_SET, EGRESS_STRIP]);
+  assert.equal(egressTci(d), (6 << 13) | 10, "the received priority is kept");
   send(b, 3, frame({ dst: BCAST, src: C, vid: 0 }));
-  assert.equal(b.vlan, 0);
-  assert.equal(b.egressOp(3), EGRESS_STRIP, "VLAN 0 leaves untagged");
+  assert.equal(d.vlan, 0);
+  assert.equal(b.egressOp(d, 3), EGRESS_STRIP, "VLAN 0 leaves untagged");
 });
 
-Deno.test("applyEgressTag writes the expected bytes", () => {
-  const untagged = frame({ dst: B, src: A });
-  const tagged = frame({ dst: B, src: A, vid: 10, pcp: 5 });
-  const prio = frame({ dst: B, src: A, vid: 0, pcp: 6 });
-  const dst = new Uint8Array(100).fill(0xee);
-  const cat = (...parts: ArrayLike<number>[]) => parts.flatMap((p) => Array.from(p));
-
-  assert.equal(applyEgressTag(untagged, 0, 64, EGRESS_PUSH, 10, dst, 3), 68);
-  assert.deepEqual(
-    Array.from(dst.subarray(3, 71)),
-    cat(untagged.subarray(0, 12), [0x81, 0, 0, 10], untagged.subarray(12)),
-  );
-  assert.equal(dst[2], 0xee);
-  assert.equal(dst[71], 0xee);
-  assert.equal(applyEgressTag(tagged, 0, 64, EGRESS_STRIP, 0, dst, 0), 60);
-  assert.deepEqual(
-    Array.from(dst.subarray(0, 60)),
-    cat(tagged.subarray(0, 12), tagged.subarray(16)),
-  );
-  assert.equal(applyEgressTag(prio, 0, 64, EGRESS_SET, (6 << 13) | 10, dst, 0), 64);
-  assert.deepEqual(
-    Array.from(dst.subarray(0, 64)),
-    cat(prio.subarray(0, 12), [0x81, 0, 0xc0, 10], prio.subarray(16)),
-  );
-  assert.equal(applyEgressTag(tagged, 0, 64, EGRESS_KEEP, 99, dst, 0), 64);
-  assert.deepEqual(dst.subarray(0, 64), tagged);
-  assert.throws(() => applyEgressTag(tagged, 0, 64, 7, 1, dst, 0), /egress op/);
-});
-
-Deno.test("the three-range egress description matches applyEgressTag", () => {
-  const layout = new EgressLayout();
-  const buf = new Uint8Array(1600);
-  for (let i = 0; i < buf.length; i++) buf[i] = (i * 31 + 7) & 0xff;
-  buf.set([0x81, 0x00, 0xa0, 0x05], 7 + 12); // a tag for the ops that expect one
-  for (const op of [EGRESS_KEEP, EGRESS_STRIP, EGRESS_PUSH, EGRESS_SET]) {
-    for (const len of [18, 60, 1514]) {
-      const expected = new Uint8Array(1600);
-      const n = applyEgressTag(buf, 7, len, op, 0x2123, expected, 0);
-      assert.equal(describeEgress(7, len, op, 0x2123, layout), n);
-      assert.equal(layout.length, n);
-      const built = [
-        ...buf.subarray(layout.headStart, layout.headEnd),
-        ...layout.tag.subarray(0, layout.tagLength),
-        ...buf.subarray(layout.tailStart, layout.tailEnd),
-      ];
-      assert.deepEqual(built, Array.from(expected.subarray(0, n)), `op ${op}, length ${len}`);
+Deno.test("egress builds each op's bytes: head from the decided copy, tail from the frame", () => {
+  const b = bridge([
+    { mode: "access", tag: 10 }, // 0
+    { mode: "trunk", allowed: [10, 0x123] }, // 1
+    { mode: "trunk", allowed: [0x123] }, // 2
+  ]);
+  const buf = new Uint8Array(2048);
+  const out = new EgressFrame();
+  const cases = [
+    // [ingress port, frame, egress port, op]
+    [0, frame({ dst: BCAST, src: A }), 1, EGRESS_PUSH],
+    [0, frame({ dst: BCAST, src: A, vid: 0, pcp: 6 }), 1, EGRESS_SET],
+    [1, frame({ dst: BCAST, src: B, vid: 10, pcp: 5 }), 0, EGRESS_STRIP],
+    [1, frame({ dst: BCAST, src: B, vid: 0x123, pcp: 1 }), 2, EGRESS_KEEP],
+    [1, frame({ dst: BCAST, src: B, vid: 0x123, len: 18 }), 2, EGRESS_KEEP],
+    [1, frame({ dst: BCAST, src: B, vid: 10, len: 1514 }), 0, EGRESS_STRIP],
+    [0, frame({ dst: BCAST, src: C, len: 14 }), 1, EGRESS_PUSH],
+    [0, frame({ dst: BCAST, src: C, len: 15 }), 1, EGRESS_PUSH],
+  ] as const;
+  for (const [ingress, f, egress, op] of cases) {
+    for (const off of [0, 7, 100]) {
+      const what = `${f.length} B at ${off}, port ${ingress} -> ${egress}`;
+      buf.fill(0xee);
+      buf.set(f, off);
+      assert.ok(b.decide(ingress, buf, off, f.length, 0, d) > 0, what);
+      assert.equal(b.egressOp(d, egress), op, what);
+      assert.equal(b.egress(d, egress, out), out);
+      const expected = referenceEgress(buf, off, f.length, op, egressTci(d));
+      assert.equal(out.length, expected.length, what);
+      assert.deepEqual(bytesOf(buf, out), expected, what);
     }
   }
-  const b = bridge([{ mode: "access", tag: 10 }, { mode: "trunk", allowed: [10] }]);
-  const f = frame({ dst: BCAST, src: A });
-  send(b, 0, f);
-  const l = b.egressFrame(1, 0, 64);
-  assert.deepEqual([l.headEnd, l.tagLength, l.tailStart, l.tailEnd, l.length], [12, 4, 12, 64, 68]);
-  assert.deepEqual(Array.from(l.tag), [0x81, 0, 0, 10]);
+  assert.throws(() => describeEgress(d, 7, out), /egress op/);
+});
+
+Deno.test("the frame sent is the frame decided on, whatever its source holds by then", () => {
+  // A guest owns the memory its frames sit in and may rewrite them at any moment: after the
+  // decision, before (or while) they are copied out. Nothing the decision depended on may be
+  // read again: not the tag or EtherType (rewriting them would hop VLANs), nor the addresses.
+  const b = bridge([
+    { mode: "access", tag: 10 }, // 0
+    { mode: "trunk", allowed: [10, 20], native: 10 }, // 1: VLAN 10 leaves untagged
+    { mode: "trunk", allowed: [10, 20] }, // 2
+    { mode: "access", tag: 20 }, // 3
+  ]);
+  const out = new EgressFrame();
+  const rewrites: [string, (f: Uint8Array) => void][] = [
+    ["a VLAN 20 tag written over the EtherType", (f) => f.set([0x81, 0x00, 0x00, 20], 12)],
+    ["the tag's VID changed to 20", (f) => f.set([0x00, 20], 14)],
+    ["the destination changed", (f) => f.set([2, 0, 0, 0, 0, 0x0d], 0)],
+  ];
+  const sent = [
+    // [ingress port, frame, egress ports]
+    [0, frame({ dst: BCAST, src: A }), [1, 2]], // untagged in VLAN 10: kept, pushed
+    [2, frame({ dst: BCAST, src: B, vid: 10, pcp: 3 }), [0, 1]], // stripped both ways
+    [1, frame({ dst: BCAST, src: C, vid: 10 }), [0, 2]], // native VLAN tagged: strip, keep
+  ] as const;
+  for (const [ingress, f, egress] of sent) {
+    for (const [what, rewrite] of rewrites) {
+      const guest = f.slice();
+      assert.deepEqual(send(b, ingress, guest), egress);
+      const expected = egress.map((p) =>
+        referenceEgress(f, 0, f.length, b.egressOp(d, p), egressTci(d))
+      );
+      rewrite(guest);
+      for (const [i, p] of egress.entries()) {
+        b.egress(d, p, out);
+        assert.deepEqual(bytesOf(guest, out), expected[i], `port ${ingress} -> ${p}, ${what}`);
+      }
+    }
+  }
 });
 
 Deno.test("a full FDB evicts to learn; a port at its limit is refused, counted, forwarded", () => {
@@ -270,13 +314,13 @@ Deno.test("a full FDB evicts to learn; a port at its limit is refused, counted, 
     send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, i) }));
   }
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, 16) })), [1]);
-  assert.equal(b.dropReason, NO_DROP);
+  assert.equal(d.dropReason, NO_DROP);
   assert.equal(b.portCounters(0).learnRefused, 0);
   assert.equal(b.fdb.counters().evicted, 1);
   assert.equal(b.fdb.size, 16);
   b.fdb.maxPerPort = 16;
   assert.deepEqual(send(b, 0, frame({ dst: BCAST, src: formatMac(0x0200, 17) })), [1]);
-  assert.equal(b.dropReason, NO_DROP);
+  assert.equal(d.dropReason, NO_DROP);
   assert.deepEqual(b.fdb.portCounters(0), { learned: 16, evicted: 1, refusedLimit: 1 });
 });
 
@@ -307,17 +351,17 @@ Deno.test("static MACs from the config are used and never moved by traffic", () 
 
 Deno.test("runt frames are dropped as malformed; frames may sit at an offset", () => {
   const b = bridge([undefined, undefined]);
-  assert.equal(b.decide(0, new Uint8Array(13), 0, 13, 0, out), 0);
-  assert.equal(b.dropReason, DROP_MALFORMED);
+  assert.equal(b.decide(0, new Uint8Array(13), 0, 13, 0, d), 0);
+  assert.equal(d.dropReason, DROP_MALFORMED);
   const tagged = frame({ dst: B, src: A, vid: 5 });
-  assert.equal(b.decide(0, tagged, 0, 17, 0, out), 0);
-  assert.equal(b.dropReason, DROP_MALFORMED);
+  assert.equal(b.decide(0, tagged, 0, 17, 0, d), 0);
+  assert.equal(d.dropReason, DROP_MALFORMED);
   assert.equal(b.portCounters(0).dropMalformed, 2);
   const buf = new Uint8Array(300);
   buf.set(tagged, 100);
-  assert.equal(b.decide(0, buf, 100, 64, 0, out), 1);
-  assert.equal(out[0], 1);
-  assert.equal(b.vlan, 5);
+  assert.equal(b.decide(0, buf, 100, 64, 0, d), 1);
+  assert.equal(d.ports[0], 1);
+  assert.equal(d.vlan, 5);
   assert.equal(where(b, A, 5), 0);
 });
 

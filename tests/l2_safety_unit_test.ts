@@ -30,9 +30,9 @@ import {
   MIRRORED,
   SAFETY_FIELDS,
 } from "../switch/safety_counters.ts";
-import { Bridge, describeEgress, EGRESS_KEEP, EgressLayout } from "../switch/bridge.ts";
+import { Bridge } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
-import { type DatapathPort, type EgressFrame, FrameBatch } from "../ports/port.ts";
+import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { parseMac } from "../ports/ethernet.ts";
 import { parseTopology, TopologyError } from "../switch/topology.ts";
 import { SafetyPlane } from "../switch/safety.ts";
@@ -298,9 +298,8 @@ class FakePort implements DatapathPort {
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     if (!this.accept) return false;
     const out = new Uint8Array(f.length);
-    out.set(src.subarray(f.headStart, f.headEnd));
-    out.set(f.tag.subarray(0, f.tagLength), f.headEnd - f.headStart);
-    out.set(src.subarray(f.tailStart, f.tailEnd), f.headEnd - f.headStart + f.tagLength);
+    out.set(f.head.subarray(0, f.headLength));
+    out.set(src.subarray(f.tailStart, f.tailEnd), f.headLength);
     this.frames.push(out);
     return true;
   }
@@ -335,8 +334,7 @@ Deno.test("mirror wrappers copy received and transmitted frames, one VLAN when a
   const decided = { vlan: 20 };
   const egress = new MirrorEgress(new FakePort(), [1], [20], decided, targets, counters);
   const f = frame(MAC_B, MAC_A, 0x88b5);
-  const layout = new EgressLayout();
-  describeEgress(0, f.length, EGRESS_KEEP, 0, layout);
+  const layout = new EgressFrame().setWhole(f, 0, f.length);
   assert.ok(egress.transmit(f, layout));
   decided.vlan = 21;
   assert.ok(egress.transmit(f, layout));
@@ -421,8 +419,7 @@ Deno.test("policers: ingress counts bytes of frames it drops, egress wraps the p
   assert.equal(counters[DROP_POLICED], 1);
   const inner = new FakePort();
   const p = new PolicedPort(inner, createBucket(1000, 1500, clock.us), counters, clock);
-  const layout = new EgressLayout();
-  describeEgress(0, f.length, EGRESS_KEEP, 0, layout);
+  const layout = new EgressFrame().setWhole(f, 0, f.length);
   assert.ok(p.transmit(f, layout));
   assert.equal(p.transmit(f, layout), false);
   assert.equal(counters[DROP_EGRESS_POLICED], 1);

@@ -14,11 +14,10 @@ import {
   RX_PACKETS,
   TX_PACKETS,
 } from "../ports/counters.ts";
-import { FrameBatch } from "../ports/port.ts";
+import { EgressFrame, FrameBatch } from "../ports/port.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
 import { completePartialChecksum } from "../ports/vxlan/inner_checksum.ts";
 import { VxlanPort, type VxlanPortConfig } from "../ports/vxlan/vxlan_port.ts";
-import { describeEgress, EGRESS_KEEP, EgressLayout } from "../switch/bridge.ts";
 import { Fdb } from "../switch/fdb.ts";
 import { macHiAt, macLoAt } from "../ports/ethernet.ts";
 
@@ -127,7 +126,7 @@ async function rig(
     const c = new Float64Array(COUNTER_FIELDS);
     const dp = new VxlanDatapath(port.spec, c, Fdb.attach(table.buffer), true);
     const batch = new FrameBatch();
-    const layout = new EgressLayout();
+    const layout = new EgressFrame();
     return {
       port,
       table,
@@ -151,8 +150,7 @@ async function rig(
         return out;
       },
       transmit(f) {
-        describeEgress(0, f.length, EGRESS_KEEP, 0, layout);
-        const ok = dp.transmit(f, layout);
+        const ok = dp.transmit(f, layout.setWhole(f, 0, f.length));
         dp.flush();
         return ok;
       },

@@ -8,7 +8,7 @@ import { bindToInterface, ifNameToIndex, openBoundSocket, sendFrame } from "../.
 import { AfPacketPort } from "../../ports/af_packet/af_packet_port.ts";
 import { createAfPacketDatapath } from "../../ports/af_packet/datapath.ts";
 import { COUNTER_FIELDS } from "../../ports/counters.ts";
-import { BURST, type EgressFrame } from "../../ports/port.ts";
+import { BURST, EgressFrame } from "../../ports/port.ts";
 
 const { values: o } = parseArgs({
   options: {
@@ -41,15 +41,7 @@ if (o.via === "send") {
   // Protocol 0: its RX ring takes no copies of what arrives, we only send.
   bindToInterface(port.spec.fd, ifNameToIndex(o.if), 0);
   const dp = createAfPacketDatapath(port.spec, new Float64Array(COUNTER_FIELDS));
-  const whole: EgressFrame = {
-    headStart: 0,
-    headEnd: frame.length,
-    tagLength: 0,
-    tag: new Uint8Array(4),
-    tailStart: frame.length,
-    tailEnd: frame.length,
-    length: frame.length,
-  };
+  const whole = new EgressFrame().setWhole(frame, 0, frame.length);
   console.log("flooding");
   for (;;) {
     // A full ring (its slots still in flight) drops the frame here: the kernel frees slots

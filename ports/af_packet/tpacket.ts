@@ -124,15 +124,6 @@ export interface AfPacketSpec {
   txExtra: { fd: number; address: bigint; blockSize: number; blockNr: number; frameSize: number }[];
 }
 
-/** The byte at output position `p` of an egress frame (head ++ tag ++ tail). */
-function egressByte(src: Uint8Array, f: EgressFrame, p: number): number {
-  const head = f.headEnd - f.headStart;
-  if (p < head) return src[f.headStart + p];
-  p -= head;
-  if (p < f.tagLength) return f.tag[p];
-  return src[f.tailStart + p - f.tagLength];
-}
-
 /**
  * What the kernel lets out (tpacket_snd/packet_snd): MTU + Ethernet header, 4 more bytes only
  * when the outer ethertype is 802.1Q; `room` caps it at what a TX slot holds.
@@ -142,22 +133,17 @@ export function egressFits(src: Uint8Array, f: EgressFrame, mtu: number, room: n
   if (len > room) return false;
   if (len <= mtu + ETH_HLEN) return true;
   if (len > mtu + ETH_HLEN + VLAN_HLEN) return false;
-  return ((egressByte(src, f, 12) << 8) | egressByte(src, f, 13)) === ETH_P_8021Q;
+  return ((f.byteAt(src, 12) << 8) | f.byteAt(src, 13)) === ETH_P_8021Q;
 }
 
 /** Copies an egress frame to dst[at...); returns the end offset. */
 export function copyEgress(dst: Uint8Array, at: number, src: Uint8Array, f: EgressFrame): number {
-  // Untouched frames (the common case) are one contiguous piece: one copy.
-  if (f.tagLength === 0 && f.headEnd === f.tailStart) {
-    return copyRange(dst, at, src, f.headStart, f.tailEnd);
-  }
-  at = copyRange(dst, at, src, f.headStart, f.headEnd);
-  at = copyRange(dst, at, f.tag, 0, f.tagLength);
+  at = copyRange(dst, at, f.head, 0, f.headLength);
   return copyRange(dst, at, src, f.tailStart, f.tailEnd);
 }
 
 /**
- * Short pieces (MAC addresses, a tag) byte by byte: a call costs more than they do.
+ * Short pieces (the head, a short tail) byte by byte: a call costs more than they do.
  */
 function copyRange(dst: Uint8Array, at: number, src: Uint8Array, s: number, e: number): number {
   const n = e - s;

@@ -305,17 +305,18 @@ export class VirtioNetDatapath implements DatapathPort {
       dst.fill(0, o, o + hdr);
       if (hdr === VIRTIO_NET_HDR_LEN) dst[o + 10] = 1;
     }
-    const sw = this.#wordsOf(src);
-    let at = o + hdr;
-    if (f.tagLength === 0 && f.headEnd === f.tailStart) {
-      copyBytes(dst, dw, at, src, sw, f.headStart, f.tailEnd - f.headStart);
-      return;
+    const at = o + hdr;
+    const hl = f.headLength;
+    if (((at | hl) & 3) === 0) {
+      // The head (addresses, tag) is a few whole words: store them here, no call.
+      const d = at / 4; // exact beyond 4 GiB, where `>>> 2` wraps
+      const hw = f.headWords;
+      for (let k = 0, n = hl >>> 2; k < n; k++) dw[d + k] = hw[k];
+    } else {
+      copyBytes(dst, dw, at, f.head, f.headWords, 0, hl);
     }
-    const headLen = f.headEnd - f.headStart;
-    copyBytes(dst, dw, at, src, sw, f.headStart, headLen);
-    at += headLen;
-    for (let k = 0; k < f.tagLength; k++) dst[at + k] = f.tag[k];
-    copyBytes(dst, dw, at + f.tagLength, src, sw, f.tailStart, f.tailEnd - f.tailStart);
+    const sw = this.#wordsOf(src);
+    copyBytes(dst, dw, at + hl, src, sw, f.tailStart, f.tailEnd - f.tailStart);
   }
 
   /**
@@ -342,29 +343,15 @@ export class VirtioNetDatapath implements DatapathPort {
       dst.fill(0, dOff, dOff + n);
       return n;
     }
-    const sw = this.#wordsOf(src);
     let p = pos - hdr;
-    // A frame without tag changes is one contiguous piece of the source.
-    if (f.tagLength === 0 && f.headEnd === f.tailStart) {
-      const n = Math.min(room, f.tailEnd - f.headStart - p);
-      copyBytes(dst, dw, dOff, src, sw, f.headStart + p, n);
+    if (p < f.headLength) {
+      const n = Math.min(room, f.headLength - p);
+      copyBytes(dst, dw, dOff, f.head, f.headWords, p, n);
       return n;
     }
-    const headLen = f.headEnd - f.headStart;
-    if (p < headLen) {
-      const n = Math.min(room, headLen - p);
-      copyBytes(dst, dw, dOff, src, sw, f.headStart + p, n);
-      return n;
-    }
-    p -= headLen;
-    if (p < f.tagLength) {
-      const n = Math.min(room, f.tagLength - p);
-      for (let k = 0; k < n; k++) dst[dOff + k] = f.tag[p + k];
-      return n;
-    }
-    p -= f.tagLength;
+    p -= f.headLength;
     const n = Math.min(room, f.tailEnd - f.tailStart - p);
-    copyBytes(dst, dw, dOff, src, sw, f.tailStart + p, n);
+    copyBytes(dst, dw, dOff, src, this.#wordsOf(src), f.tailStart + p, n);
     return n;
   }
 

@@ -290,11 +290,11 @@ export class VxlanDatapath implements DatapathPort {
       return false;
     }
     const r = this.#remotes;
-    const d = f.headStart;
+    const h = f.head; // the destination as decided on, not guest memory read again
     let first = 0;
     let count = r[REMOTES_FLOOD];
-    if ((src[d] & 1) === 0) {
-      const k = this.#table.lookup(macHiAt(src, d), macLoAt(src, d), 0);
+    if ((h[0] & 1) === 0) {
+      const k = this.#table.lookup(macHiAt(h, 0), macLoAt(h, 0), 0);
       if (k >= 0) {
         first = k;
         count = 1;
@@ -327,8 +327,7 @@ export class VxlanDatapath implements DatapathPort {
 
   /** Whether the egress frame's outer ethertype is 802.1Q (its 4 bytes do not count in the MTU). */
   #tagged(src: Uint8Array, f: EgressFrame): boolean {
-    // The output is 12 address bytes, then the pushed tag or the rest from tailStart.
-    return f.tagLength > 0 || ((src[f.tailStart] << 8) | src[f.tailStart + 1]) === ETH_P_8021Q;
+    return ((f.byteAt(src, 12) << 8) | f.byteAt(src, 13)) === ETH_P_8021Q;
   }
 
   flush(): void {

@@ -1,0 +1,79 @@
+// The burst loop between in-memory ports: what leaves each port is what the bridge decided on,
+// even when the sender's memory changes while the frame is being copied out.
+import assert from "node:assert/strict";
+import { type DatapathPort, type EgressFrame, type FrameBatch } from "../ports/port.ts";
+import { Bridge } from "../switch/bridge.ts";
+import { Forwarder } from "../switch/forward.ts";
+
+/** A port whose receive hands out frames sitting in `memory` (as a guest's TX ring does). */
+class MemoryPort implements DatapathPort {
+  readonly memory = new Uint8Array(4096);
+  readonly sent: number[][] = [];
+  pending: { offset: number; length: number }[] = [];
+  /** Called after each transmit: what a guest does to its memory meanwhile. */
+  onTransmit: () => void = () => {};
+
+  receive(batch: FrameBatch): number {
+    const n = this.pending.length;
+    this.pending.forEach((f, i) => {
+      batch.bytes[i] = this.memory;
+      batch.offset[i] = f.offset;
+      batch.length[i] = f.length;
+    });
+    batch.count = n;
+    this.pending = [];
+    return n;
+  }
+
+  release(): void {}
+
+  transmit(src: Uint8Array, f: EgressFrame): boolean {
+    this.sent.push([...f.head.subarray(0, f.headLength), ...src.subarray(f.tailStart, f.tailEnd)]);
+    this.onTransmit();
+    return true;
+  }
+
+  flush(): void {}
+}
+
+Deno.test("a sender rewriting its frame while it is copied out cannot change what leaves", () => {
+  // Port 0: access VLAN 10 (the sender); 1 and 2: trunks, VLAN 10 native on 1 only. A broadcast
+  // from port 0 goes out untagged on 1 and tagged 10 on 2. Once the first copy is out, the
+  // sender writes a VLAN 20 tag over its EtherType and a new destination: the second copy must
+  // still be the frame decided on (before the fix it left as a VLAN 20 frame: a VLAN hop).
+  const bridge = new Bridge({
+    vlans: [
+      { mode: "access", tag: 10 },
+      { mode: "trunk", allowed: [10, 20], native: 10 },
+      { mode: "trunk", allowed: [10, 20] },
+    ],
+  });
+  const ports = [new MemoryPort(), new MemoryPort(), new MemoryPort()];
+  const fwd = new Forwarder(bridge, 3, ports.map(() => new Float64Array(64)));
+  ports.forEach((p, i) => {
+    bridge.setLinkUp(i, true);
+    fwd.targets[i] = p;
+  });
+  fwd.polled = [{ index: 0, port: ports[0] }];
+
+  const frame = new Uint8Array(64);
+  frame.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 0x0a, 0x08, 0x00]);
+  for (let i = 14; i < 64; i++) frame[i] = i;
+  const at = 100;
+  const sender = ports[0];
+  sender.memory.set(frame, at);
+  sender.pending = [{ offset: at, length: 64 }];
+  const rewrite = () => {
+    sender.memory.set([0x81, 0x00, 0x00, 20], at + 12);
+    sender.memory.set([2, 0, 0, 0, 0, 0x0b], at);
+  };
+  ports[1].onTransmit = rewrite;
+  ports[2].onTransmit = rewrite;
+
+  assert.equal(fwd.poll(0), 1);
+  const untagged = Array.from(frame);
+  const tagged = [...frame.subarray(0, 12), 0x81, 0x00, 0x00, 10, ...frame.subarray(12)];
+  assert.deepEqual(ports[1].sent, [untagged]);
+  assert.deepEqual(ports[2].sent, [tagged]);
+  assert.deepEqual(ports[0].sent, [], "never back out of the ingress port");
+});
