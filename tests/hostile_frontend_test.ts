@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { closeFd, eventfdCreate } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { memfdCreate } from "../ffi/mem.ts";
-import * as P from "../ports/vhost_user/protocol.ts";
+import * as P from "./helpers/vhost_wire.ts";
 import { DESC_F_WRITE, HDR_LEN, VhostFrontend } from "./helpers/frontend.ts";
 import { ethFrame } from "./helpers/frontend_harness.ts";
 import {

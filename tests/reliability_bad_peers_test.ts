@@ -8,7 +8,7 @@
 //   the good ports keep flowing, and a new front-end can still negotiate on another port;
 // - a peer floods well-framed requests the switch must refuse.
 import assert from "node:assert/strict";
-import * as P from "../ports/vhost_user/protocol.ts";
+import * as P from "./helpers/vhost_wire.ts";
 import { VhostFrontend } from "./helpers/frontend.ts";
 import {
   formatPump,

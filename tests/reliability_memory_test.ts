@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { memfdCreate, mmap, munmap, viewMapping } from "../ffi/mem.ts";
 import { closeFd } from "../ffi/fd.ts";
-import * as P from "../ports/vhost_user/protocol.ts";
+import * as P from "./helpers/vhost_wire.ts";
 import {
   F_INDIRECT_DESC,
   F_MRG_RXBUF,

@@ -1,7 +1,7 @@
 // A real switch in this process, driven by real vhost-user front-ends (tests/helpers/frontend.ts)
 // over real sockets and memfd guest memory: what A sends, B receives byte for byte.
 import assert from "node:assert/strict";
-import * as P from "../ports/vhost_user/protocol.ts";
+import * as P from "./helpers/vhost_wire.ts";
 import {
   FrontendListener,
   type FrontendOptions,

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { closeFd, eventfdCreate, eventfdWrite } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
-import * as P from "../ports/vhost_user/protocol.ts";
+import * as P from "./helpers/vhost_wire.ts";
 import {
   DESC_F_INDIRECT,
   DESC_F_NEXT,

@@ -9,8 +9,7 @@ import { SysError } from "../../ffi/errno.ts";
 import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../../ffi/fd.ts";
 import { type Mapping, memfdCreate, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
 import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
-import * as P from "../../ports/vhost_user/protocol.ts";
-import { vringNeedEvent } from "../../ports/vhost_user/virtqueue.ts";
+import * as P from "./vhost_wire.ts";
 
 export const UVA_OFFSET = 0x7f00_0000_0000;
 export const F_MRG_RXBUF = 15;
@@ -298,7 +297,7 @@ export class VhostFrontend {
       fds.forEach(closeFd);
       if (n < 0) return;
       if (n === 0) this.peerClosed = true;
-      else this.#reader.push(this.#buf.subarray(0, n), []);
+      else this.#reader.push(this.#buf.subarray(0, n));
     }
   }
 
@@ -520,7 +519,7 @@ export class VhostFrontend {
     Atomics.store(this.#u16, (r.avail + 2) / 2, r.availIdx);
     const usedFlags = Atomics.load(this.#u16, r.used / 2);
     const kick = this.features & bit(F_EVENT_IDX)
-      ? vringNeedEvent(Atomics.load(this.#u16, (r.used + 4 + 8 * r.size) / 2), r.availIdx, old)
+      ? P.vringNeedEvent(Atomics.load(this.#u16, (r.used + 4 + 8 * r.size) / 2), r.availIdx, old)
       : (usedFlags & 1) === 0;
     if (kick) eventfdWrite(r.kickFd);
   }

@@ -7,7 +7,7 @@
 import { fileURLToPath } from "node:url";
 import { closeFd } from "../../ffi/fd.ts";
 import { sendWithFds, unixConnect } from "../../ffi/unix.ts";
-import * as P from "../../ports/vhost_user/protocol.ts";
+import * as P from "./vhost_wire.ts";
 import { delay, isGuestMemfdMap, type VhostFrontend } from "./frontend.ts";
 import { SwitchProcess } from "./switch_process.ts";
 
