@@ -1,0 +1,141 @@
+// Cross-host TCP over VXLAN: station 1 -> station 2 (iperf3, one stream) through this switch's
+// VXLAN ports on both hosts, and through the kernel's VXLAN + Linux bridge on the same path
+// (same namespaces, veths, MTU and underlay), alternating within one run.
+//
+//   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--threads 1] [--offloads on|off]
+//
+// --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
+// only); on (the default) leaves the kernel's defaults.
+import { parseArgs } from "node:util";
+import { netnsSkipReason } from "../tests/helpers/netns.ts";
+import { type VtepKind, VxlanLab } from "../tests/helpers/vxlan_lab.ts";
+import { numberOption, optionsOrExit, REPO } from "./options.ts";
+
+const USAGE =
+  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--threads T] [--offloads on|off]";
+
+const opts = optionsOrExit(() => {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: "string", default: "3" },
+      seconds: { type: "string", default: "5" },
+      threads: { type: "string", default: "1" },
+      offloads: { type: "string", default: "on" },
+      out: { type: "string", default: `${REPO}bench/results/vxlan-latest.json` },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  if (!["on", "off"].includes(values.offloads)) throw new Error("--offloads: on or off");
+  return {
+    rounds: numberOption("rounds", values.rounds, 1, 50),
+    seconds: numberOption("seconds", values.seconds, 1, 60),
+    threads: numberOption("threads", values.threads, 1, 2),
+    offloads: values.offloads === "on",
+    out: values.out,
+  };
+}, USAGE);
+
+const skip = netnsSkipReason();
+if (skip) {
+  console.error(`bench/vxlan.ts: ${skip}`);
+  Deno.exit(1);
+}
+
+interface Trial {
+  kind: VtepKind;
+  round: number;
+  gbps: number;
+  retransmits: number;
+}
+
+async function iperf(
+  lab: VxlanLab,
+  seconds: number,
+): Promise<{ gbps: number; retransmits: number }> {
+  const server = new Deno.Command("ip", {
+    args: ["netns", "exec", lab.vtep(2).station, "iperf3", "-s", "-1", "-p", "5201"],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    const out = await lab.exec(lab.vtep(1).station, [
+      "iperf3",
+      "-c",
+      lab.vtep(2).stationIp,
+      "-p",
+      "5201",
+      "-t",
+      String(seconds),
+      "-J",
+    ]);
+    const j = JSON.parse(out);
+    return {
+      gbps: j.end.sum_received.bits_per_second / 1e9,
+      retransmits: j.end.sum_sent.retransmits ?? 0,
+    };
+  } finally {
+    try {
+      server.kill("SIGKILL");
+    } catch { /* exited after its one test */ }
+    await server.status;
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const load = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+const trials: Trial[] = [];
+const loadBefore = load();
+for (let round = 1; round <= opts.rounds; round++) {
+  for (const kind of ["switch", "kernel"] as const) {
+    const lab = await VxlanLab.up([
+      { kind, flood: [2], threads: opts.threads },
+      { kind, flood: [1], threads: opts.threads },
+    ], { offloads: opts.offloads });
+    try {
+      // Learn both stations first: ARP and the first frames are not part of the figure.
+      if (await lab.ping(1, 2, 2) === 0) throw new Error(`${kind}: ping failed\n${lab.logs()}`);
+      const r = await iperf(lab, opts.seconds);
+      trials.push({ kind, round, ...r });
+      console.log(
+        `round ${round} ${kind.padEnd(6)} ${
+          r.gbps.toFixed(3)
+        } Gbit/s, ${r.retransmits} retransmits`,
+      );
+    } finally {
+      await lab.close();
+    }
+  }
+}
+const of = (kind: VtepKind) => trials.filter((t) => t.kind === kind).map((t) => t.gbps);
+const sw = median(of("switch"));
+const kernel = median(of("kernel"));
+const perRound = Array.from(
+  { length: opts.rounds },
+  (_, i) => trials[2 * i].gbps / trials[2 * i + 1].gbps,
+);
+const summary = {
+  date: new Date().toISOString(),
+  options: opts,
+  loadAverage: { before: loadBefore, after: load() },
+  trials,
+  medianGbps: { switch: sw, kernel },
+  ratio: sw / kernel,
+  ratioPerRound: perRound,
+};
+console.log(
+  `median: switch ${sw.toFixed(3)} Gbit/s, kernel VXLAN+bridge ${kernel.toFixed(3)} Gbit/s, ` +
+    `ratio ${(sw / kernel).toFixed(2)} (per round ${
+      perRound.map((r) => r.toFixed(2)).join(", ")
+    }); ` +
+    `load ${loadBefore} -> ${summary.loadAverage.after}`,
+);
+await Deno.writeTextFile(opts.out, JSON.stringify(summary, null, 2) + "\n");
