@@ -78,7 +78,7 @@ async function main(args: string[]): Promise<void> {
   keepServingAfterStrayErrors(log);
   let sw: Switch;
   try {
-    sw = await Switch.start(topology, log);
+    sw = await Switch.start(topology, log, parsed.positionals[0]);
   } catch (err) {
     fail(`${topology.name}: cannot start: ${(err as Error).message}`);
   }
@@ -110,6 +110,14 @@ async function main(args: string[]): Promise<void> {
     log("stopped");
     Deno.exit(0);
   };
+  // SIGHUP re-reads the topology file and applies the difference, like POST /reload.
+  Deno.addSignalListener("SIGHUP", () => {
+    sw.live.reload("SIGHUP").catch((err) => {
+      if (err instanceof TopologyError) {
+        log(`SIGHUP: reload refused, nothing changed:\n  ${err.problems.join("\n  ")}`);
+      } else log(`SIGHUP: reload failed: ${(err as Error).message}`);
+    });
+  });
   Deno.addSignalListener("SIGINT", () => shutdown("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => shutdown("SIGTERM"));
 }

@@ -11,6 +11,7 @@ import { bearerAuth } from "hono/bearer-auth";
 import { HTTPException } from "hono/http-exception";
 import { captureRoutes } from "./capture.ts";
 import { fail } from "./fail.ts";
+import { controlRoutes } from "./control.ts";
 import { fdbRoutes } from "./fdb.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { PAGE, PAGE_CSP } from "./page.ts";
@@ -80,5 +81,6 @@ export function createApp(view: SwitchView, options: AppOptions = {}): Hono {
   });
   app.route("/", captureRoutes(view, guard));
   app.route("/", fdbRoutes(view));
+  app.route("/", controlRoutes(view));
   return app;
 }

@@ -2,6 +2,7 @@
 import { type Context, Hono } from "hono";
 import { validator } from "hono/validator";
 import { normalizeMac } from "../switch/topology.ts";
+import { requester } from "./control.ts";
 import { fail } from "./fail.ts";
 import { type FdbFilter, matchesFdbFilter, type SwitchView } from "../switch/view.ts";
 
@@ -53,8 +54,11 @@ export function fdbRoutes(view: SwitchView): Hono {
     return c.json({ entries: (await view.fdb()).filter((e) => matchesFdbFilter(e, filter)) });
   });
 
+  // Learned entries matching the filter; a filter naming a MAC removes its static entries too.
   app.delete("/fdb", anyFilter, async (c) => {
-    return c.json({ flushed: await view.flushFdb(c.req.valid("query")) });
+    const filter = c.req.valid("query");
+    if (view.control) return c.json(await view.control.deleteFdb(filter, requester(c)));
+    return c.json({ flushed: await view.flushFdb(filter) });
   });
 
   // One port's learned entries (a VLAN or MAC filter may narrow it further).

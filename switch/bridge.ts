@@ -54,8 +54,11 @@ export interface StaticMacConfig {
 }
 
 export interface BridgeOptions {
-  /** VLAN config indexed by port number; `undefined`: trunk of all VLANs, untagged in VLAN 0. */
-  vlans: (PortVlanConfig | undefined)[];
+  /**
+   * VLAN config indexed by port number; `undefined`: trunk of all VLANs, untagged in VLAN 0;
+   * null: a free port number (member of no VLAN) that setPortVlan() may give a port later.
+   */
+  vlans: (PortVlanConfig | undefined | null)[];
   /** The shared table; default: a new one of `fdbCapacity` (default 8192) entries. */
   fdb?: Fdb;
   fdbCapacity?: number;
@@ -184,8 +187,8 @@ export class Bridge {
   /** member[port << 12 | vlan] */
   private readonly member: Uint8Array;
   /** Ports of VLAN v: floodPorts[floodStart[v] .. floodStart[v + 1]). */
-  private readonly floodStart: Int32Array;
-  private readonly floodPorts: Int32Array;
+  private readonly floodStart = new Int32Array(VLAN_COUNT + 1);
+  private floodPorts = new Int32Array(0);
   private readonly linkUp: Uint8Array;
   private readonly counters: Float64Array;
   private readonly counterBase: number;
@@ -239,14 +242,7 @@ export class Bridge {
     this.untaggedEgress = new Int32Array(n);
     this.member = new Uint8Array(n * VLAN_COUNT);
     for (let p = 0; p < n; p++) this.compilePort(p, opts.vlans[p]);
-    this.floodStart = new Int32Array(VLAN_COUNT + 1);
-    const ports: number[] = [];
-    for (let v = 0; v < VLAN_COUNT; v++) {
-      this.floodStart[v] = ports.length;
-      for (let p = 0; p < n; p++) if (this.member[(p << 12) | v] !== 0) ports.push(p);
-    }
-    this.floodStart[VLAN_COUNT] = ports.length;
-    this.floodPorts = Int32Array.from(ports);
+    this.compileFlood();
     this.linkUp = new Uint8Array(this.state, STATE_LINK_OFFSET, n);
     this.counters = new Float64Array(
       this.state,
@@ -262,7 +258,36 @@ export class Bridge {
     for (const s of opts.statics ?? []) this.addStatic(s.mac, s.vlan, s.port);
   }
 
-  private compilePort(p: number, cfg: PortVlanConfig | undefined): void {
+  /** The flood list of each VLAN, from the membership rows. */
+  private compileFlood(): void {
+    const ports: number[] = [];
+    for (let v = 0; v < VLAN_COUNT; v++) {
+      this.floodStart[v] = ports.length;
+      for (let p = 0; p < this.portCount; p++) if (this.member[(p << 12) | v] !== 0) ports.push(p);
+    }
+    this.floodStart[VLAN_COUNT] = ports.length;
+    this.floodPorts = Int32Array.from(ports);
+  }
+
+  /**
+   * Changes one port's VLAN config (null: the port number is free, member of no VLAN). Each
+   * thread's Bridge is changed by its own thread, between bursts (a worker control message).
+   */
+  setPortVlan(p: number, cfg: PortVlanConfig | undefined | null): void {
+    if (!Number.isInteger(p) || p < 0 || p >= this.portCount) throw new RangeError(`no port ${p}`);
+    this.member.fill(0, p << 12, (p + 1) << 12);
+    this.isAccess[p] = 0;
+    this.compilePort(p, cfg);
+    this.compileFlood();
+  }
+
+  private compilePort(p: number, cfg: PortVlanConfig | undefined | null): void {
+    if (cfg === null) {
+      // A free port number: no VLAN, so nothing floods to it and nothing it sends is admitted.
+      this.untaggedIngress[p] = 0;
+      this.untaggedEgress[p] = -1;
+      return;
+    }
     const vid = (what: string, v: unknown): number => {
       if (!Number.isInteger(v) || (v as number) < 0 || (v as number) >= VLAN_COUNT) {
         throw new RangeError(`port ${p}: ${what} must be a VLAN ID in 0..4095, got ${v}`);

@@ -6,6 +6,7 @@ import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.t
 import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/virtqueue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
+import type { PortVlanConfig } from "./bridge.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
 import type { SafetyPlan } from "./safety.ts";
@@ -46,6 +47,9 @@ export class Datapath {
   readonly #pending = new Map<number, (ack: WorkerAck) => void>();
   /** Per port: the shared state of guest RX rings that several workers fill. */
   readonly #shared = new Map<number, Map<number, SharedArrayBuffer>>();
+  /** Per vhost-user port: the state last applied (for reapplyPort), and the change running. */
+  readonly #states = new Map<number, DatapathState>();
+  readonly #applying = new Map<number, Promise<unknown>>();
   #nextId = 1;
 
   private constructor(readonly options: DatapathOptions) {
@@ -133,7 +137,25 @@ export class Datapath {
    * every worker lets go of the port and reports where its rings stand; then all get the new
    * state, with those positions. Returns the positions of the rings that stopped.
    */
-  async applyPort(port: number, state: DatapathState | null): Promise<Map<number, number>> {
+  applyPort(port: number, state: DatapathState | null): Promise<Map<number, number>> {
+    // One change of a port at a time: a device change and a re-apply (new affinity) must not
+    // interleave their two phases.
+    const run = (this.#applying.get(port) ?? Promise.resolve()).catch(() => {}).then(() =>
+      this.#applyPort(port, state)
+    );
+    this.#applying.set(port, run);
+    return run;
+  }
+
+  /** Applies a vhost-user port's running state again, e.g. with new queue-to-worker affinity. */
+  async reapplyPort(port: number): Promise<void> {
+    const state = this.#states.get(port);
+    if (state) await this.applyPort(port, state);
+  }
+
+  async #applyPort(port: number, state: DatapathState | null): Promise<Map<number, number>> {
+    if (state) this.#states.set(port, state);
+    else this.#states.delete(port);
     const positions = new Map<number, number>();
     const released = await this.#applyAll(
       port,
@@ -226,6 +248,25 @@ export class Datapath {
     );
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);
+  }
+
+  /**
+   * Changes a port's VLAN config on every worker (null: the port number is free); resolves
+   * once all of them apply it, each between two bursts.
+   */
+  async setVlan(port: number, vlan: PortVlanConfig | undefined | null): Promise<void> {
+    const acks = await Promise.all(
+      this.#workers.map((_, w) =>
+        this.#request(w, { type: "vlan", id: this.#nextId++, port, vlan })
+      ),
+    );
+    const failed = acks.find((a) => a.error);
+    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+  }
+
+  /** Sets which worker polls each queue pair of `port` (undefined: round robin) from now on. */
+  setAffinity(port: number, affinity: number[] | undefined): void {
+    this.options.affinity[port] = affinity;
   }
 
   /** Starts copying the frames passing `port` into one fresh capture ring per worker. */

@@ -34,6 +34,11 @@ export class Forwarder {
   readonly decision: Decision;
   readonly #egress = new EgressFrame();
   readonly #touched: Uint8Array;
+  /**
+   * The ports touched in this burst, in order: flushing walks these, not every port number
+   * (the switch has room for 64 ports, most bursts go to one or two).
+   */
+  readonly #touchedList: Int32Array;
 
   /** `counters[port]`: this worker's counter block of each port. */
   constructor(readonly bridge: Bridge, portCount: number, readonly counters: Float64Array[]) {
@@ -42,6 +47,7 @@ export class Forwarder {
     this.guards = new Array(portCount).fill(null);
     this.decision = new Decision(portCount);
     this.#touched = new Uint8Array(portCount);
+    this.#touchedList = new Int32Array(portCount);
   }
 
   /** One pass over every polled port; returns the frames moved. */
@@ -53,11 +59,13 @@ export class Forwarder {
     const egress = this.#egress;
     const bridge = this.bridge;
     const touched = this.#touched;
+    const touchedList = this.#touchedList;
     const targets = this.targets;
     const taps = this.taps;
     const polled = this.polled;
     const guards = this.guards;
     if (this.timed) this.clock.tick();
+    let nTouched = 0;
     for (let p = 0; p < polled.length; p++) {
       const { index, port } = polled[p];
       const n = port.receive(batch);
@@ -85,7 +93,10 @@ export class Forwarder {
             continue;
           }
           const frame = bridge.egress(decision, dst, egress);
-          touched[dst] = 1;
+          if (touched[dst] === 0) {
+            touched[dst] = 1;
+            touchedList[nTouched++] = dst;
+          }
           if (!target.transmit(bytes, frame)) continue;
           const txTaps = taps[dst];
           for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
@@ -93,12 +104,12 @@ export class Forwarder {
       }
       moved += n;
       port.release();
-      for (let t = 0; t < touched.length; t++) {
-        if (touched[t]) {
-          touched[t] = 0;
-          targets[t]?.flush();
-        }
+      for (let t = 0; t < nTouched; t++) {
+        const dst = touchedList[t];
+        touched[dst] = 0;
+        targets[dst]?.flush();
       }
+      nTouched = 0;
     }
     return moved;
   }

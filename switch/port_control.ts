@@ -11,11 +11,12 @@ import { FdbAging } from "./aging.ts";
 import { Fdb } from "./fdb.ts";
 import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
+import type { PortTable } from "./port_table.ts";
 import type { PortConfig, Topology } from "./topology.ts";
 
 export class PortControl {
-  /** The vhost-user ports, in topology order (AF_PACKET ports are not in it). */
-  readonly vhost: VhostUserPort[] = [];
+  /** The vhost-user ports, by port index. */
+  readonly vhost = new Map<number, VhostUserPort>();
   /** The AF_PACKET ports, by port index. */
   readonly packet = new Map<number, AfPacketPort>();
   /** The VXLAN ports, by port index, with the aging of their MAC -> VTEP tables. */
@@ -29,6 +30,7 @@ export class PortControl {
 
   constructor(
     readonly topology: Topology,
+    readonly table: PortTable,
     readonly bridge: Bridge,
     readonly datapath: Datapath,
     readonly reactor: Reactor,
@@ -37,7 +39,7 @@ export class PortControl {
 
   /** The vhost-user port named `name`, if it is one. */
   vhostPort(name: string): VhostUserPort | undefined {
-    return this.vhost.find((p) => p.config.name === name);
+    return this.vhost.get(this.table.indexOf(name));
   }
 
   /** Link state for the bridge; when a link goes down, what was learned on it is forgotten. */
@@ -46,7 +48,9 @@ export class PortControl {
     if (up && !was) this.upSince[index] = performance.now();
     this.linkUp[index] = up;
     this.#bridgeLink(index);
-    if (was !== up) this.log(`[${this.topology.ports[index].name}] link ${up ? "up" : "down"}`);
+    if (was !== up) {
+      this.log(`[${this.table.get(index)?.name ?? index}] link ${up ? "up" : "down"}`);
+    }
   }
 
   /** Keeps a port out of the bridge (or lets it back), whatever its link state. */
@@ -106,8 +110,40 @@ export class PortControl {
       datapath,
       log,
     );
-    port.start();
-    this.vhost.push(port);
+    this.vhost.set(index, port);
+    try {
+      port.start();
+    } catch (err) {
+      this.vhost.delete(index);
+      throw err;
+    }
+  }
+
+  /**
+   * Stops one port and lets go of it: a vhost-user front-end is hung up on (its guest sees the
+   * link go down), an AF_PACKET or VXLAN socket is closed once every worker let go of it.
+   */
+  async remove(index: number, reason: string): Promise<void> {
+    const vhost = this.vhost.get(index);
+    if (vhost) {
+      this.vhost.delete(index);
+      await vhost.stop(reason);
+    }
+    const packet = this.packet.get(index);
+    if (packet) {
+      this.packet.delete(index);
+      await this.datapath.attachPacket(index, null);
+      packet.close();
+    }
+    const vx = this.vxlan.get(index);
+    if (vx) {
+      this.vxlan.delete(index);
+      vx.aging.stop();
+      await this.datapath.attachVxlan(index, null);
+      vx.port.close();
+    }
+    this.setLink(index, false);
+    this.held.delete(index);
   }
 
   /** Once a second: AF_PACKET link state (the ports poll their interface), truncated memory. */
@@ -124,7 +160,7 @@ export class PortControl {
     const count = sigbusCount();
     if (count === this.#sigbusSeen) return;
     this.#sigbusSeen = count;
-    for (const port of this.vhost) {
+    for (const port of this.vhost.values()) {
       const conn = port.connection;
       if (conn?.device.memoryTruncated()) {
         conn.stats.errors++;
@@ -135,7 +171,7 @@ export class PortControl {
 
   /** Stops every port: rings stopped, memory unmapped, sockets unlinked and closed. */
   async stop(): Promise<void> {
-    await Promise.all(this.vhost.map((p) => p.stop()));
+    await Promise.all([...this.vhost.values()].map((p) => p.stop()));
     for (const [index, port] of this.packet) {
       // Every worker lets go of the rings before they are unmapped.
       await this.datapath.attachPacket(index, null).catch(() => {});

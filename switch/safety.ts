@@ -44,23 +44,30 @@ export class SafetyPlane {
   readonly #ports: PortState[];
 
   constructor(
-    readonly portConfigs: PortConfig[],
+    /** By port number; null for a free one (ports are added and deleted while running). */
+    readonly portConfigs: (PortConfig | null)[],
     readonly mirrors: MirrorConfig[],
     workers: number,
   ) {
     this.counters = SafetyCounters.create(workers, portConfigs.length);
-    this.#ports = portConfigs.map((p) => ({ config: p.safety, spec: null }));
+    this.#ports = portConfigs.map((p) => ({ config: p?.safety ?? NO_SAFETY, spec: null }));
     this.#ports.forEach((_, i) => this.#compile(i));
     this.loopGuard = new LoopGuard(portConfigs.map((p) => ({
-      enabled: p.safety.loopGuard !== null,
-      movesPerSecond: p.safety.loopGuard?.movesPerSecond ?? Infinity,
-      retrySeconds: p.safety.loopGuard?.retrySeconds ?? 0,
+      enabled: (p?.safety.loopGuard ?? null) !== null,
+      movesPerSecond: p?.safety.loopGuard?.movesPerSecond ?? Infinity,
+      retrySeconds: p?.safety.loopGuard?.retrySeconds ?? 0,
     })));
   }
 
   /** Whether port `index` is a mirror output (not part of the bridge). */
   isMirrorOutput(index: number): boolean {
-    return this.mirrors.some((m) => m.output === this.portConfigs[index].name);
+    return this.mirrors.some((m) => m.output === this.portConfigs[index]?.name);
+  }
+
+  /** Port number `index` gets a port (or, with null, is freed): its settings, fresh state. */
+  setPort(index: number, cfg: PortConfig | null): void {
+    this.portConfigs[index] = cfg;
+    this.setPortSafety(index, cfg?.safety ?? NO_SAFETY);
   }
 
   /** Replaces one port's settings (buckets start full, a learnOnce pin starts empty). */
@@ -111,7 +118,7 @@ export class SafetyPlane {
 
   /** The plan for the workers, with loop guard's blocks applied. */
   plan(): SafetyPlan {
-    const names = this.portConfigs.map((p) => p.name);
+    const names = this.portConfigs.map((p) => p?.name);
     const guards = this.#ports.map((p, i) => {
       if (!this.loopGuard.isBlocked(i)) return p.spec;
       const base = p.spec ?? { security: null, storm: null, ingress: null, egress: null };
@@ -126,7 +133,7 @@ export class SafetyPlane {
         egress: m.direction !== "ingress",
         vlan: m.vlan ?? -1,
         output: names.indexOf(m.output),
-        untaggedVlan: ports.map((p) => untaggedVlan(this.portConfigs[p].vlan)),
+        untaggedVlan: ports.map((p) => untaggedVlan(this.portConfigs[p]!.vlan)),
       };
     });
     return { guards, mirrors };
@@ -145,7 +152,7 @@ export class SafetyPlane {
     if (cfg.loopGuard) {
       out.loopGuard = { ...cfg.loopGuard, blocked: this.loopGuard.isBlocked(index) };
     }
-    const name = this.portConfigs[index].name;
+    const name = this.portConfigs[index]?.name ?? "";
     const by = this.mirrors.filter((m) => m.ports.includes(name)).map((m) => m.name);
     if (by.length) out.mirroredBy = by;
     const of = this.mirrors.filter((m) => m.output === name).map((m) => m.name);

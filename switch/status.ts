@@ -8,8 +8,9 @@ import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
 import { parseMac } from "../ports/ethernet.ts";
 import type { PortControl } from "./port_control.ts";
+import type { PortTable } from "./port_table.ts";
 import type { SafetyPlane } from "./safety.ts";
-import type { Topology } from "./topology.ts";
+import { MAX_PORTS, type Topology } from "./topology.ts";
 import { VERSION } from "./version.ts";
 import {
   type FdbEntry,
@@ -47,8 +48,12 @@ export class SwitchStatus {
   /** Counters one second ago and now, for rates. */
   #samples: { time: number; rx: number[]; tx: number[]; workers: WorkerStatsSample[] }[] = [];
 
+  /** Per port number: its counters when its port got it, subtracted from what is shown. */
+  readonly #zero = new Map<number, Record<string, number>>();
+
   constructor(
     readonly topology: Topology,
+    readonly table: PortTable,
     readonly bridge: Bridge,
     readonly datapath: Datapath,
     readonly ports: PortControl,
@@ -57,7 +62,7 @@ export class SwitchStatus {
 
   /** Takes the counters' sample that rates are computed from; called once a second. */
   sample(): void {
-    const ports = this.topology.ports.map((_, i) => this.datapath.counters.port(i));
+    const ports = Array.from({ length: MAX_PORTS }, (_, i) => this.datapath.counters.port(i));
     this.#samples.push({
       time: performance.now(),
       rx: ports.map((c) => c.rx_packets),
@@ -87,7 +92,7 @@ export class SwitchStatus {
           busyFraction: b.time === a.time ? 0 : Math.min(1, busyMs / (b.time - a.time)),
         };
       }),
-      ports: this.topology.ports.map((p, i) => ({
+      ports: this.table.entries().map(([i, p]) => ({
         name: p.name,
         counters: this.#status(i).counters,
         rxPerSecond: rate(a.rx[i], b.rx[i]),
@@ -118,21 +123,34 @@ export class SwitchStatus {
   }
 
   portList(): PortStatus[] {
-    return this.topology.ports.map((_, i) => this.#status(i));
+    return this.table.entries().map(([i]) => this.#status(i));
   }
 
   port(name: string): PortStatus | undefined {
-    const i = this.topology.ports.findIndex((p) => p.name === name);
+    const i = this.table.indexOf(name);
     return i < 0 ? undefined : this.#status(i);
   }
 
-  #status(i: number): PortStatus {
-    const cfg = this.topology.ports[i];
-    const counters = {
+  #counters(i: number): Record<string, number> {
+    return {
       ...this.datapath.counters.port(i),
       ...bridgeCounters(this.bridge, i),
       ...this.safety?.counters.port(i),
     };
+  }
+
+  /** Port number `i` goes to a new port: its counters start from zero. */
+  resetCounters(i: number): void {
+    this.#zero.set(i, this.#counters(i));
+    this.bridge.fdb.resetPortCounters(i);
+  }
+
+  #status(i: number): PortStatus {
+    const cfg = this.table.get(i)!;
+    const counters = this.#counters(i);
+    const zero = this.#zero.get(i);
+    // fdb_learned is a gauge (the entries now), the rest count up.
+    for (const k in zero) if (k !== "fdb_learned") counters[k] -= zero[k];
     // Only ports with something configured carry a `safety` object.
     const safety = this.safety?.status(i);
     const extra = safety && Object.keys(safety).length ? { safety } : {};
@@ -200,7 +218,7 @@ export class SwitchStatus {
       return {
         mac: e.mac,
         vlan: e.vlan,
-        port: this.topology.ports[e.port]?.name ?? String(e.port),
+        port: this.table.get(e.port)?.name ?? String(e.port),
         ageSeconds: e.static ? 0 : e.age,
         static: e.static,
         ...(remote === undefined ? {} : { remote }),

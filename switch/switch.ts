@@ -11,7 +11,9 @@ import { Datapath } from "./datapath.ts";
 import { Fdb } from "./fdb.ts";
 import { PortControl } from "./port_control.ts";
 import { SwitchStatus } from "./status.ts";
-import type { Topology, VlanConfig } from "./topology.ts";
+import { bridgeVlanOf, LiveConfig } from "./live.ts";
+import { PortTable } from "./port_table.ts";
+import { MAX_PORTS, type Topology } from "./topology.ts";
 import { SafetyPlane } from "./safety.ts";
 import { SAMPLE_MS } from "./loop_guard.ts";
 import type {
@@ -19,6 +21,7 @@ import type {
   FdbEntry,
   FdbFilter,
   PortStatus,
+  SwitchControl,
   SwitchInfo,
   SwitchStats,
   SwitchView,
@@ -26,13 +29,8 @@ import type {
 
 export { VERSION } from "./version.ts";
 
-function bridgeVlan(v: VlanConfig): PortVlanConfig {
-  if (v.mode === "access") return { mode: "access", tag: v.tag };
-  return { mode: "trunk", allowed: v.allowed === "all" ? undefined : v.allowed, native: v.native };
-}
-
 /** The bridge a topology describes: VLAN config per port, static MACs, FDB size, writers. */
-function bridgeOf(topology: Topology, vlans: PortVlanConfig[]): Bridge {
+function bridgeOf(topology: Topology, vlans: (PortVlanConfig | null)[]): Bridge {
   const nameOf = (port: string) => topology.ports.findIndex((p) => p.name === port);
   return new Bridge({
     vlans,
@@ -51,6 +49,9 @@ export class Switch implements SwitchView {
   #stopping: Promise<void> | null = null;
   readonly portControl: PortControl;
   readonly status: SwitchStatus;
+  /** Port numbers: the topology's ports first, then those added while running. */
+  readonly table: PortTable;
+  readonly live: LiveConfig;
 
   private constructor(
     readonly topology: Topology,
@@ -59,37 +60,65 @@ export class Switch implements SwitchView {
     readonly reactor: Reactor,
     readonly log: (msg: string) => void,
     readonly safety: SafetyPlane,
+    file: string | undefined,
   ) {
-    this.portControl = new PortControl(topology, bridge, datapath, reactor, log);
-    this.status = new SwitchStatus(topology, bridge, datapath, this.portControl, safety);
+    this.table = new PortTable(topology.ports);
+    this.portControl = new PortControl(topology, this.table, bridge, datapath, reactor, log);
+    this.status = new SwitchStatus(
+      topology,
+      this.table,
+      bridge,
+      datapath,
+      this.portControl,
+      safety,
+    );
+    this.live = new LiveConfig(
+      topology,
+      this.table,
+      bridge,
+      datapath,
+      this.portControl,
+      this.status,
+      safety,
+      file,
+      log,
+      (seconds) => {
+        this.#aging?.stop();
+        this.#aging = new FdbAging(bridge.fdb, seconds);
+      },
+    );
   }
 
+  /**
+   * Starts the switch a topology describes. `file` is where it was loaded from: what a reload
+   * re-reads. The topology object becomes the running configuration and changes with it.
+   */
   static async start(
     topology: Topology,
     log: (msg: string) => void = console.log,
+    file?: string,
   ): Promise<Switch> {
     installSigbusHandler();
-    const safety = new SafetyPlane(topology.ports, topology.mirrors, topology.threads);
-    // A mirror output carries only copies: it is in no VLAN, so the bridge never learns from it,
-    // floods to it or forwards to it.
-    const vlans = topology.ports.map((p, i): PortVlanConfig =>
-      safety.isMirrorOutput(i) ? { mode: "trunk", allowed: [] } : bridgeVlan(p.vlan)
-    );
+    // Every port number has its place from the start (free ones in no VLAN), so ports added
+    // later need nothing resized on the datapath.
+    const slots = Array.from({ length: MAX_PORTS }, (_, i) => topology.ports[i] ?? null);
+    const safety = new SafetyPlane(slots, topology.mirrors, topology.threads);
+    const vlans = slots.map((p, i) => p ? bridgeVlanOf(safety, i, p.vlan) : null);
     const bridge = bridgeOf(topology, vlans);
     const datapath = await Datapath.start({
       threads: topology.threads,
-      portCount: topology.ports.length,
+      portCount: MAX_PORTS,
       bridge: { vlans, fdb: bridge.fdb.buffer, state: bridge.state },
       busyPoll: topology.poll.mode === "busy",
       idleAfterMs: topology.poll.idleAfterMs,
       cpus: topology.poll.cpus,
-      affinity: topology.ports.map((p) => p.rxqAffinity),
+      affinity: slots.map((p) => p?.rxqAffinity),
       safety: safety.counters.buffer,
     });
-    const sw = new Switch(topology, bridge, datapath, new Reactor(), log, safety);
+    const sw = new Switch(topology, bridge, datapath, new Reactor(), log, safety, file);
     try {
       await datapath.setSafety(safety.plan());
-      for (const [index, cfg] of topology.ports.entries()) await sw.portControl.start(cfg, index);
+      for (const [index, cfg] of sw.table.entries()) await sw.portControl.start(cfg, index);
     } catch (err) {
       await sw.stop();
       throw err;
@@ -106,23 +135,23 @@ export class Switch implements SwitchView {
   /** Loop guard's sample: blocks a port whose MACs flap at a loop's rate, lets it back later. */
   #loopGuard(): void {
     const guard = this.safety.loopGuard;
-    const ports = this.topology.ports;
+    const ports = this.safety.portConfigs; // by port number, null for a free one
     ports.forEach((_, i) => guard.upSince[i] = this.portControl.upSince[i] ?? 0);
     const moves = ports.map((_, i) => this.bridge.portCounters(i).macMoved);
     const { block, unblock } = guard.sample(performance.now(), moves);
     for (const b of block) {
-      const cfg = ports[b.port];
+      const cfg = ports[b.port]!;
       this.log(
         `[${cfg.name}] loop guard: blocked: MACs moving between ${cfg.name} and ` +
           `${
-            ports[b.partner].name
+            ports[b.partner]?.name
           } at ${b.moves}/s (limit ${cfg.safety.loopGuard?.movesPerSecond}/s); ` +
           `frames from and to ${cfg.name} are dropped, retry in ${cfg.safety.loopGuard?.retrySeconds} s`,
       );
       this.portControl.hold(b.port, true);
     }
     for (const p of unblock) {
-      this.log(`[${ports[p].name}] loop guard: unblocked, forwarding again`);
+      this.log(`[${ports[p]?.name}] loop guard: unblocked, forwarding again`);
       this.portControl.hold(p, false);
     }
     if (block.length || unblock.length) {
@@ -162,8 +191,39 @@ export class Switch implements SwitchView {
     return this.status.flushFdb(filter);
   }
 
+  get control(): SwitchControl {
+    const live = this.live;
+    return {
+      topology: () => live.toFile(),
+      addPort: (body, who) => live.addPort(body, who),
+      deletePort: (name, who) => live.deletePort(name, who),
+      patchPort: (name, body, who) => live.patchPort(name, body, who),
+      putFdb: (body, who) => live.putStatic(body, who),
+      deleteFdb: async (filter, who) => {
+        const changed: string[] = [];
+        // Naming a MAC removes its static entries too (ovs-appctl fdb/del): they are config.
+        const statics = filter.mac === undefined
+          ? []
+          : this.topology.fdb.static.filter((s) =>
+            s.mac === filter.mac && (filter.vlan ?? s.vlan) === s.vlan &&
+            (filter.port ?? s.port) === s.port
+          );
+        for (const s of statics) {
+          changed.push(...(await live.deleteStatic(s.mac, s.vlan, who)).changed);
+        }
+        const flushed = this.status.flushFdb(filter);
+        if (flushed) {
+          changed.push(`flushed ${flushed} learned MAC entries matching ${JSON.stringify(filter)}`);
+          this.log(`${who}: ${changed.at(-1)}`);
+        }
+        return { flushed: flushed + statics.length, changed };
+      },
+      reload: (who) => live.reload(who),
+    };
+  }
+
   capture(port: string, opts: CaptureOptions): AsyncIterable<Uint8Array> | undefined {
-    const index = this.topology.ports.findIndex((p) => p.name === port);
+    const index = this.table.indexOf(port);
     if (index < 0) return undefined;
     const lost = (n: number) =>
       this.log(`capture on ${port}: ${n} frames not captured (reader too slow)`);

@@ -132,6 +132,9 @@ const LISTEN_RE = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/;
 // sun_path is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH = 107;
 
+/** Ports a switch can have, also while it runs: the datapath is sized for this many. */
+export const MAX_PORTS = 64;
+
 const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports", "mirrors"];
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity", ...PORT_SAFETY_KEYS];
 const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing"];
@@ -156,7 +159,17 @@ export function parseTopology(text: string, fileName: string): Topology {
     const where = `${lines.length}:${lines[lines.length - 1].length + 1}`;
     throw new TopologyError([`${fileName}:${where}: invalid JSON: ${message}`]);
   }
-  const c = new Checker(fileName);
+  return checkTopology(json, fileName);
+}
+
+/**
+ * Checks a topology given as a JSON value (the file's content, parsed): every problem, each
+ * prefixed with `label`; relative socket paths are resolved against `fileName`'s directory.
+ * The switch checks changes made while it runs with this too (a port added over HTTP is the
+ * running topology plus that port), so they get exactly the loader's messages.
+ */
+export function checkTopology(json: unknown, fileName: string, label = fileName): Topology {
+  const c = new Checker(label);
   const root = c.object(json, "", ROOT_KEYS);
   if (!root) throw new TopologyError(c.list);
   const name = c.str(root.name, "name", undefined, NAME_RE, NAME_RULE) ?? "";
@@ -200,7 +213,9 @@ function parseHttp(c: Checker, v: unknown): HttpConfig {
 function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): PortConfig[] {
   if (v === undefined) return c.add("ports", "required key is missing") ?? [];
   if (!Array.isArray(v)) return c.add("ports", `expected an array, got ${describe(v)}`) ?? [];
-  if (v.length < 1 || v.length > 64) c.add("ports", `expected 1 to 64 ports, got ${v.length}`);
+  if (v.length < 1 || v.length > MAX_PORTS) {
+    c.add("ports", `expected 1 to ${MAX_PORTS} ports, got ${v.length}`);
+  }
   const seen = new Map<string, string>(); // "socket /x" → "ports[0]"
   const unique = (kind: string, value: string, path: string, key: string) => {
     const first = seen.get(`${kind} ${value}`);

@@ -142,6 +142,34 @@ export interface SwitchView {
    * after maxFrames frames or `seconds`, or when `signal` aborts. undefined for an unknown port.
    */
   capture(port: string, opts: CaptureOptions): AsyncIterable<Uint8Array> | undefined;
+  /** The changes a running switch accepts; absent for a view that cannot change. */
+  control?: SwitchControl;
+}
+
+/** What a change to the running switch did, one line per step, and what it could not do. */
+export interface ChangeResult {
+  changed: string[];
+  /** Settings that differ but only a restart of the switch applies (http.listen, threads). */
+  notApplied: string[];
+}
+
+/**
+ * Changes to the running switch. Bodies are in the topology file's format; a bad one throws a
+ * TopologyError with every problem and changes nothing. `who` names the requester in the log.
+ */
+export interface SwitchControl {
+  /** The running configuration in the topology file's format. */
+  topology(): Record<string, unknown>;
+  addPort(body: unknown, who: string): Promise<ChangeResult>;
+  /** undefined: no such port. */
+  deletePort(name: string, who: string): Promise<ChangeResult | undefined>;
+  patchPort(name: string, body: unknown, who: string): Promise<ChangeResult | undefined>;
+  /** Adds or replaces a static entry `{ mac, vlan, port }`. */
+  putFdb(body: unknown, who: string): Promise<ChangeResult>;
+  /** Learned entries matching the filter go; with a MAC in it, static ones too. */
+  deleteFdb(filter: FdbFilter, who: string): Promise<{ flushed: number; changed: string[] }>;
+  /** Re-reads the topology file and applies the difference. */
+  reload(who: string): Promise<ChangeResult>;
 }
 
 export interface CaptureOptions {

@@ -261,6 +261,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     } else if (msg.type === "safety") {
       worker.setSafety(msg.plan);
       post({ type: "ack", id: msg.id, stopped: [] });
+    } else if (msg.type === "vlan") {
+      worker.bridge.setPortVlan(msg.port, msg.vlan);
+      post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
       const taps = worker.forwarder.taps[msg.port];
       if (msg.add) taps.push(new TapWriter(msg.add));

@@ -9,7 +9,7 @@ import type { SafetyPlan } from "./safety.ts";
 
 /** What a worker needs to attach to the shared bridge: FDB, link state and counters. */
 export interface BridgeShare {
-  vlans: (PortVlanConfig | undefined)[];
+  vlans: (PortVlanConfig | undefined | null)[];
   fdb: SharedArrayBuffer;
   state: SharedArrayBuffer;
 }
@@ -81,6 +81,14 @@ export interface WorkerSafety {
   plan: SafetyPlan;
 }
 
+/** A port's VLAN config changed (null: the port number was freed). */
+export interface WorkerSetVlan {
+  type: "vlan";
+  id: number;
+  port: number;
+  vlan: PortVlanConfig | undefined | null;
+}
+
 export interface WorkerStop {
   type: "stop";
   id: number;
@@ -93,6 +101,7 @@ export type ToWorker =
   | WorkerAttachVxlan
   | WorkerTap
   | WorkerSafety
+  | WorkerSetVlan
   | WorkerStop;
 
 export interface WorkerAck {

@@ -245,6 +245,12 @@ export class AfPacketPort {
     this.#timer = timer;
   }
 
+  /** Changes the switch's MTU for this port at once; the interface's own MTU still caps it. */
+  setMtu(mtu: number): void {
+    this.config.mtu = mtu;
+    this.#publish();
+  }
+
   #publish(): void {
     const mtu = Math.min(this.config.mtu ?? this.#info.mtu, this.#info.mtu);
     Atomics.store(this.#link, LINK_MTU, mtu);

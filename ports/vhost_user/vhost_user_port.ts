@@ -139,12 +139,12 @@ export class VhostUserPort {
   }
 
   /** Closes the connection (stopping its rings and freeing its memory) and the socket. */
-  async stop(): Promise<void> {
+  async stop(reason = "switch shutting down"): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retry);
     const conn = this.#conn;
     if (conn) {
-      conn.close("switch shutting down");
+      conn.close(reason);
       await conn.closed;
     }
     if (this.#listenFd >= 0) {
