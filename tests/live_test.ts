@@ -226,6 +226,11 @@ Deno.test("PATCH a port's VLAN: isolation changes at once; what cannot change li
     "PATCH /ports/vm1: ports[0].socket: cannot change while the port runs (delete the port and add it again)",
     "PATCH /ports/vm1: ports[0].mode: cannot change while the port runs (delete the port and add it again)",
   ]);
+  const storm = await r.req("PATCH", "/ports/vm1", { stormControl: { broadcast: 10 } });
+  assert.deepEqual(storm.json.changed, [
+    'port vm1: stormControl default -> {"broadcast":10,"burstFrames":1}',
+  ]);
+  assert.equal((await r.req("GET", "/ports/vm1")).json.safety.stormControl.broadcast, 10);
   const mtu = await r.req("PATCH", "/ports/vm1", { mtu: 9000 });
   assert.match(mtu.json.changed[0], /^port vm1: mtu 1500 -> 9000 \(virtio-net tells the guest/);
   assert.equal((await r.req("GET", "/ports/vm1")).json.mtu, 9000);
