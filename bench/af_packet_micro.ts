@@ -11,7 +11,7 @@ import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { COUNTER_FIELDS, DROP_NO_BUFFER } from "../ports/counters.ts";
 import { BURST, type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
-import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
+import { createVethNetns, netnsSkipReason } from "../peers/netns.ts";
 
 type Variant = "ring" | "syscall";
 

@@ -5,7 +5,7 @@
 // shared 2-CPU host hits all of them alike; ratios are taken within the run.
 import { parseArgs } from "node:util";
 import { listOption, numberOption, optionsOrExit, TRIAL_OPTIONS } from "./options.ts";
-import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
+import { testpmdAvailable } from "../peers/testpmd.ts";
 import { runTrial, type Trial, TX_FIRST_BURSTS } from "./pvp/loop.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
 import {

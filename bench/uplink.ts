@@ -5,8 +5,8 @@
 // alternate (A B A B ...) in one run, so drift on this shared 2-CPU host hits both alike.
 import { parseArgs } from "node:util";
 import { listOption, numberOption, optionsOrExit, TRIAL_OPTIONS } from "./options.ts";
-import { createVethNetns, netnsSkipReason } from "../tests/helpers/netns.ts";
-import { testpmdAvailable } from "../tests/helpers/testpmd.ts";
+import { createVethNetns, netnsSkipReason } from "../peers/netns.ts";
+import { testpmdAvailable } from "../peers/testpmd.ts";
 import { cleanupAll, finalCleanup, isInterrupted, onCleanup, trapSignals } from "./pvp/proc.ts";
 import { formatTable, type RoundTrial, summarize } from "./uplink/report.ts";
 import { runTrial } from "./uplink/trial.ts";

@@ -3,15 +3,10 @@
 // its vhost-user ports. Each step is its own method so the demo can report progress; close()
 // undoes whatever was done, in reverse, and is safe to call twice (Ctrl-C while failing).
 import { fileURLToPath } from "node:url";
-import { createVethNetns, netnsSkipReason, type VethNetns } from "../tests/helpers/netns.ts";
-import {
-  bootGuest,
-  ensureGuestImage,
-  type Guest,
-  guestToolsAvailable,
-} from "../tests/helpers/qemu.ts";
-import { decodePcap } from "../tests/helpers/pcap.ts";
-import { SwitchProcess } from "../tests/helpers/switch_process.ts";
+import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
+import { bootGuest, ensureGuestImage, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
+import { decodePcap } from "../peers/pcap.ts";
+import { SwitchProcess } from "../peers/switch_process.ts";
 
 export const EXAMPLES = fileURLToPath(new URL("../examples/", import.meta.url));
 

@@ -33,7 +33,7 @@ async function step<T>(what: string, fn: () => Promise<T>, show: (r: T) => strin
 
 async function demo(lab: Lab): Promise<void> {
   const { vms, hostAddr } = lab.plan;
-  await step("Guest image (tests/fixtures/build_guest.sh)", () => lab.image(), (r) => r);
+  await step("Guest image (peers/build_guest.sh)", () => lab.image(), (r) => r);
   await step(
     "Namespace host behind a veth pair (the uplink)",
     () => lab.namespace(),

@@ -1,6 +1,6 @@
 // TCP throughput between two guests: busybox nc sends a file of /dev/urandom bytes, both sides
 // hash it. iperf3 is not in the guest image, and a hashed file also proves nothing was mangled.
-import type { Guest } from "../tests/helpers/qemu.ts";
+import type { Guest } from "../peers/qemu.ts";
 
 export interface Transfer {
   bytes: number;

@@ -19,8 +19,8 @@ import {
   TX_PACKETS,
 } from "../ports/counters.ts";
 import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
-import { createVethNetns, netnsSkipReason, run, type VethNetns } from "./helpers/netns.ts";
-import { checkTestFrame, diffFrames, ETHERTYPE_TEST, ethFrame, formatMac } from "./helpers/pcap.ts";
+import { createVethNetns, netnsSkipReason, run, type VethNetns } from "../peers/netns.ts";
+import { checkTestFrame, diffFrames, ETHERTYPE_TEST, ethFrame, formatMac } from "../peers/pcap.ts";
 
 const skip = netnsSkipReason();
 if (skip) console.warn(`SKIPPING AF_PACKET namespace tests: ${skip}`);

@@ -1,7 +1,7 @@
 // Smoke test of the PVP bench machinery (bench/pvp.ts): a few seconds on the switch only, one
 // period at 64 B. It checks the JSON it writes, not how fast anything is.
 import assert from "node:assert/strict";
-import { testpmdAvailable } from "./helpers/testpmd.ts";
+import { testpmdAvailable } from "../peers/testpmd.ts";
 
 const missing = testpmdAvailable();
 if (missing) console.warn(`SKIPPING the PVP bench smoke test: ${missing}`);

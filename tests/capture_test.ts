@@ -1,7 +1,7 @@
 // Capture on a port yields a pcap stream of what passed it, both directions, exact bytes.
 import assert from "node:assert/strict";
-import { decodePcap, ethFrame } from "./helpers/pcap.ts";
-import { exchangeFrames, testpmdAvailable } from "./helpers/testpmd.ts";
+import { decodePcap, ethFrame } from "../peers/pcap.ts";
+import { exchangeFrames, testpmdAvailable } from "../peers/testpmd.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = testpmdAvailable({ pcap: true });

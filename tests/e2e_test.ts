@@ -7,7 +7,7 @@ import type { FdbEntry } from "../switch/view.ts";
 import { Lab, type LabPlan, labSkipReason } from "../demo/lab.ts";
 import { formatPing, HOST, ping, pingAll, type PingResult } from "../demo/ping.ts";
 import { transfer } from "../demo/throughput.ts";
-import { formatMac } from "./helpers/pcap.ts";
+import { formatMac } from "../peers/pcap.ts";
 
 const missing = labSkipReason();
 if (missing) console.warn(`SKIPPING e2e tests (QEMU guests + namespace): ${missing}`);

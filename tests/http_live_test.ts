@@ -8,7 +8,7 @@ import { createApp } from "../http/app.ts";
 import type { FdbEntry, PortStatus, SwitchView } from "../switch/view.ts";
 import { dropReason } from "../http/metrics.ts";
 import { VhostFrontend } from "./helpers/frontend.ts";
-import { decodePcap, ethFrame } from "./helpers/pcap.ts";
+import { decodePcap, ethFrame } from "../peers/pcap.ts";
 import { commandMissing, peerPresent } from "./helpers/peers.ts";
 import {
   parseExposition,
@@ -17,7 +17,7 @@ import {
   sampleValue,
 } from "./helpers/prometheus.ts";
 import { startSwitch, type TestSwitch, waitFor } from "./helpers/switch.ts";
-import { exchangeFrames, testpmdAvailable } from "./helpers/testpmd.ts";
+import { exchangeFrames, testpmdAvailable } from "../peers/testpmd.ts";
 
 // ---- the outside tools: tcpdump, Chromium, the CLI ----
 

@@ -5,7 +5,7 @@ import { formatPorts } from "../cli/ports.ts";
 import { type AppOptions, createApp } from "../http/app.ts";
 import type { FdbEntry, PortStatus } from "../switch/view.ts";
 import { CAPTURED, MemoryView } from "./helpers/memory_view.ts";
-import { decodePcap } from "./helpers/pcap.ts";
+import { decodePcap } from "../peers/pcap.ts";
 import {
   parseExposition,
   promtoolCheck,

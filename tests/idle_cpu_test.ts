@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import type { SwitchInfo } from "../switch/view.ts";
 import { medianRtt, pingAll } from "./helpers/ping.ts";
-import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
-import { cpuSeconds, SwitchProcess } from "./helpers/switch_process.ts";
+import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
+import { cpuSeconds, SwitchProcess } from "../peers/switch_process.ts";
 
 const missing = guestToolsAvailable();
 

@@ -21,8 +21,8 @@ import {
   until,
   waitForBaseline,
 } from "./helpers/reliability.ts";
-import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
-import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
+import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
+import { Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
 
 const qemuMissing = guestToolsAvailable();
 if (qemuMissing) console.warn(`SKIPPING QEMU front-end death test: ${qemuMissing}`);

@@ -9,7 +9,7 @@
 //   nothing leaks, and the ping resumes. Each case reports its time to recover.
 import assert from "node:assert/strict";
 import { parsePing, pingAll } from "./helpers/ping.ts";
-import { bootGuest, type Guest, guestToolsAvailable, READY_MARKER } from "./helpers/qemu.ts";
+import { bootGuest, type Guest, guestToolsAvailable, READY_MARKER } from "../peers/qemu.ts";
 import {
   formatStats,
   qmp,

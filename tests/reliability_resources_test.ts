@@ -32,7 +32,7 @@ import {
   until,
   waitForBaseline,
 } from "./helpers/reliability.ts";
-import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
+import { Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
 
 const testpmdMissing = testpmdAvailable();
 if (testpmdMissing) console.warn(`SKIPPING testpmd reconnect cycles: ${testpmdMissing}`);

@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { FrontendListener, VhostFrontend } from "./helpers/frontend.ts";
-import { decodePcap } from "./helpers/pcap.ts";
+import { decodePcap } from "../peers/pcap.ts";
 import {
   formatPump,
   FramePump,

@@ -9,10 +9,10 @@
 // keeps running across the restarts, and frames pass both ways after each one.
 import assert from "node:assert/strict";
 import { VhostFrontend } from "./helpers/frontend.ts";
-import { bootGuest, type Guest, guestToolsAvailable, READY_MARKER } from "./helpers/qemu.ts";
+import { bootGuest, type Guest, guestToolsAvailable, READY_MARKER } from "../peers/qemu.ts";
 import { parsePing, pingAll } from "./helpers/ping.ts";
 import { macString, seqFrame, sleep, SwitchRig, until } from "./helpers/reliability.ts";
-import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
+import { Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
 
 const missing = guestToolsAvailable();
 if (missing) console.warn(`SKIPPING switch restart tests with QEMU: ${missing}`);

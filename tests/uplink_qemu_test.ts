@@ -1,8 +1,8 @@
 // VMs reach the host's network: a QEMU guest on a vhost-user port and a host in a network
 // namespace behind an AF_PACKET uplink (a veth pair) ping each other through the switch.
 import assert from "node:assert/strict";
-import { createVethNetns, netnsSkipReason } from "./helpers/netns.ts";
-import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
+import { createVethNetns, netnsSkipReason } from "../peers/netns.ts";
+import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = guestToolsAvailable() ?? netnsSkipReason();

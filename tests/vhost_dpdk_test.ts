@@ -2,8 +2,8 @@
 // pcap files (net_pcap -> net_virtio_user0 -> switch -> net_virtio_user1 -> net_pcap), both
 // ways at once, and are compared byte for byte; counters are checked on both sides.
 import assert from "node:assert/strict";
-import { diffFrames, ethFrame } from "./helpers/pcap.ts";
-import { exchangeFrames, type ExchangeOptions, testpmdAvailable } from "./helpers/testpmd.ts";
+import { diffFrames, ethFrame } from "../peers/pcap.ts";
+import { exchangeFrames, type ExchangeOptions, testpmdAvailable } from "../peers/testpmd.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = testpmdAvailable({ pcap: true });

@@ -1,7 +1,7 @@
 // Two real QEMU guests (Debian kernel, virtio-net driver) on the switch: one on a server-mode
 // port (QEMU connects), one on a client-mode port (QEMU listens, the switch connects).
 import assert from "node:assert/strict";
-import { bootGuest, type Guest, guestToolsAvailable } from "./helpers/qemu.ts";
+import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = guestToolsAvailable();

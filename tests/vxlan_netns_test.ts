@@ -3,7 +3,7 @@
 // each VTEP ping each other and move a hash-checked TCP transfer across the tunnels; each
 // switch learns the stations' MACs against the VTEP they sit behind (/fdb remote column).
 import assert from "node:assert/strict";
-import { netnsSkipReason } from "./helpers/netns.ts";
+import { netnsSkipReason } from "../peers/netns.ts";
 import { commandMissing } from "./helpers/peers.ts";
 import { VxlanLab } from "./helpers/vxlan_lab.ts";
 import type { FdbEntry, PortStatus } from "../switch/view.ts";

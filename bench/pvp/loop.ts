@@ -5,7 +5,7 @@
 /** txonly bursts (of 32 frames) each port sends into the loop at the start. */
 export const TX_FIRST_BURSTS = 4;
 // Afterwards the loop is drained in rxonly mode so every frame is accounted for.
-import { type PortStats, Testpmd, virtioUserVdev } from "../../tests/helpers/testpmd.ts";
+import { type PortStats, Testpmd, virtioUserVdev } from "../../peers/testpmd.ts";
 import {
   checkInterrupted,
   cpuSeconds,

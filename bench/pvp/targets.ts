@@ -1,7 +1,7 @@
 // The systems under test. Each one serves two vhost-user sockets that the front-end testpmd's
 // virtio-user ports connect to (the front-end is a client in every case, so all three see the
 // same front-end) and forwards between them.
-import { Testpmd, vhostVdev } from "../../tests/helpers/testpmd.ts";
+import { Testpmd, vhostVdev } from "../../peers/testpmd.ts";
 import { startOvs } from "./ovs.ts";
 import {
   DPDK_PREFIX,

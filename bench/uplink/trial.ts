@@ -1,8 +1,8 @@
 // One uplink trial: a fresh switch with `io` set on its af-packet uplink, a testpmd virtio-user
 // front-end in rxonly on its vhost-user port, and the flood sender in the namespace. After a
 // warm-up, fixed periods read testpmd's RX counter, the switch's counters and /proc CPU times.
-import { Testpmd, virtioUserVdev } from "../../tests/helpers/testpmd.ts";
-import type { VethNetns } from "../../tests/helpers/netns.ts";
+import { Testpmd, virtioUserVdev } from "../../peers/testpmd.ts";
+import type { VethNetns } from "../../peers/netns.ts";
 import {
   checkInterrupted,
   cpuSeconds,

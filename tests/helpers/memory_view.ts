@@ -8,7 +8,7 @@ import {
   type SwitchStats,
   type SwitchView,
 } from "../../switch/view.ts";
-import { encodePcap, ethFrame } from "./pcap.ts";
+import { encodePcap, ethFrame } from "../../peers/pcap.ts";
 
 export const A = "52:54:00:00:00:01";
 export const B = "52:54:00:00:00:02";

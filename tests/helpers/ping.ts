@@ -1,7 +1,7 @@
 // busybox ping in a guest, read from its output rather than its exit status: busybox ping exits
 // 0 once any reply came (one of three is enough), so a test that checks only the status passes
 // with two frames in three lost.
-import type { Guest } from "./qemu.ts";
+import type { Guest } from "../../peers/qemu.ts";
 
 export interface PingResult {
   transmitted: number;

@@ -2,7 +2,7 @@
 // two net_vhost ports in io forwarding, one guest on each, pinging each other.
 // Run: deno run --allow-all tests/helpers/qemu_selfcheck.ts
 import assert from "node:assert/strict";
-import { bootGuest, type Guest, guestToolsAvailable } from "./qemu.ts";
+import { bootGuest, type Guest, guestToolsAvailable } from "../../peers/qemu.ts";
 
 const TESTPMD = "dpdk-testpmd";
 const t0 = performance.now();

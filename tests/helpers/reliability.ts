@@ -9,7 +9,7 @@ import { closeFd } from "../../ffi/fd.ts";
 import { sendWithFds, unixConnect } from "../../ffi/unix.ts";
 import * as P from "./vhost_wire.ts";
 import { delay, isGuestMemfdMap, type VhostFrontend } from "./frontend.ts";
-import { SwitchProcess } from "./switch_process.ts";
+import { SwitchProcess } from "../../peers/switch_process.ts";
 
 const SELF = fileURLToPath(import.meta.url);
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -183,7 +183,7 @@ export interface FdbJson {
 // ---- the switch as a child process ----
 
 /**
- * A switch process (tests/helpers/switch_process.ts) on a topology in its own temp dir, with its
+ * A switch process (peers/switch_process.ts) on a topology in its own temp dir, with its
  * HTTP endpoint on a free port; it can be stopped and started again on the same topology.
  * "$DIR" in the topology becomes the temp dir.
  */

@@ -1,14 +1,14 @@
 // Proves the pcap-in/pcap-out frame exchange against DPDK's own vhost-user back-end
 // (testpmd net_vhost0 <-> net_vhost1 in io mode, a plain wire), before tests trust it
 // with our switch.  Run: deno run --allow-all tests/helpers/testpmd_selfcheck.ts
-import { checkTestFrame, diffFrames, ethFrame } from "./pcap.ts";
+import { checkTestFrame, diffFrames, ethFrame } from "../../peers/pcap.ts";
 import {
   exchangeFrames,
   type ExchangeOptions,
   Testpmd,
   testpmdAvailable,
   vhostVdev,
-} from "./testpmd.ts";
+} from "../../peers/testpmd.ts";
 
 const MAC0 = "02:00:00:00:00:01";
 const MAC1 = "02:00:00:00:00:02";

@@ -3,12 +3,12 @@
 // namespace carries the address, and a tagger moves frames between it and the trunk interface:
 // it pushes the 802.1Q tag on the way out and, on the way in, hands a frame to the TAP of the
 // VLAN the kernel put in the frame's metadata (veth always takes the tag out of the frame).
-import { Reactor } from "../../ffi/epoll.ts";
-import { errno, SysError } from "../../ffi/errno.ts";
-import { closeFd } from "../../ffi/fd.ts";
-import { libc } from "../../ffi/libc.ts";
-import { cString } from "../../ffi/mem.ts";
-import { openBoundSocket, sendFrame, setIgnoreOutgoing } from "../../ffi/packet.ts";
+import { Reactor } from "../ffi/epoll.ts";
+import { errno, SysError } from "../ffi/errno.ts";
+import { closeFd } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
+import { cString } from "../ffi/mem.ts";
+import { openBoundSocket, sendFrame, setIgnoreOutgoing } from "../ffi/packet.ts";
 
 const O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 const TUNSETIFF = 0x400454can, IFF_TAP = 0x0002, IFF_NO_PI = 0x1000;

@@ -2,7 +2,7 @@
 // tests can measure it from /proc, kill it, or restart it.
 import { fileURLToPath } from "node:url";
 
-const MOD = fileURLToPath(new URL("../../mod.ts", import.meta.url));
+const MOD = fileURLToPath(new URL("../mod.ts", import.meta.url));
 
 /** CPU time (user + system) of a process in seconds, from /proc/PID/stat. */
 export function cpuSeconds(pid: number): number {

@@ -1,12 +1,12 @@
 // Boots tiny QEMU/TCG guests whose virtio-net NICs attach to vhost-user sockets, and runs
-// shell commands in them over the serial console. Image: tests/fixtures/build_guest.sh.
+// shell commands in them over the serial console. Image: peers/build_guest.sh.
 import { existsSync, readdirSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const READY_MARKER = "VSGUEST-READY";
-const BUILD_SCRIPT = fileURLToPath(new URL("../fixtures/build_guest.sh", import.meta.url));
-const IMAGE_DIR = fileURLToPath(new URL("../../.cache/guest/", import.meta.url));
+const BUILD_SCRIPT = fileURLToPath(new URL("./build_guest.sh", import.meta.url));
+const IMAGE_DIR = fileURLToPath(new URL("../.cache/guest/", import.meta.url));
 const QEMU = "qemu-system-x86_64";
 // The guest tty reads canonical lines of at most 4095 bytes.
 const MAX_CMD_BYTES = 3000;

@@ -1,11 +1,11 @@
 // A network namespace joined to the root namespace by a veth pair, for AF_PACKET tests: the
 // namespace end plays "the wire" (with an address, say 10.9.0.2/24), the root end is the
 // switch's uplink. Names are unique per call; close() (or `await using`) always removes both.
-import { libc } from "../../ffi/libc.ts";
-import { check } from "../../ffi/errno.ts";
-import { closeFd } from "../../ffi/fd.ts";
-import { cString } from "../../ffi/mem.ts";
-import { openBoundSocket } from "../../ffi/packet.ts";
+import { libc } from "../ffi/libc.ts";
+import { check } from "../ffi/errno.ts";
+import { closeFd } from "../ffi/fd.ts";
+import { cString } from "../ffi/mem.ts";
+import { openBoundSocket } from "../ffi/packet.ts";
 import { readPcapFrames } from "./pcap.ts";
 import { VlanTagger } from "./vlan_tap.ts";
 
