@@ -7,8 +7,8 @@
 // --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
 // only); on (the default) leaves the kernel's defaults.
 import { parseArgs } from "node:util";
-import { netnsSkipReason } from "../tests/helpers/netns.ts";
-import { type VtepKind, VxlanLab } from "../tests/helpers/vxlan_lab.ts";
+import { netnsSkipReason } from "../peers/netns.ts";
+import { type VtepKind, VxlanLab } from "../peers/vxlan_lab.ts";
 import { numberOption, optionsOrExit, REPO } from "./options.ts";
 
 const USAGE =

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { netnsSkipReason } from "../peers/netns.ts";
 import { commandMissing } from "./helpers/peers.ts";
-import { VxlanLab } from "./helpers/vxlan_lab.ts";
+import { VxlanLab } from "../peers/vxlan_lab.ts";
 import type { FdbEntry, PortStatus } from "../switch/view.ts";
 
 const skip = netnsSkipReason() ?? commandMissing("busybox", "busybox-static");

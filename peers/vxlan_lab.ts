@@ -4,8 +4,8 @@
 // with one station namespace behind it (192.168.42.N/24, MTU 1450: the underlay's 1500 less
 // VXLAN's 50). Names carry a per-lab id; close() deletes every namespace (and with them the
 // veths) and stops the switches.
-import { run } from "../../peers/netns.ts";
-import { SwitchProcess } from "../../peers/switch_process.ts";
+import { run } from "./netns.ts";
+import { SwitchProcess } from "./switch_process.ts";
 
 export const VNI = 42;
 export const INNER_MTU = 1450;
