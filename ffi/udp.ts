@@ -16,6 +16,9 @@ const IP_MTU_DISCOVER = 10;
 /** Set DF, never fragment locally: a datagram larger than the path MTU fails with EMSGSIZE. */
 const IP_PMTUDISC_DO = 2;
 const MSG_DONTWAIT = 0x40;
+const SOL_SOCKET = 1;
+/** Send IPv4 UDP with checksum 0 ("no checksum", RFC 768). */
+const SO_NO_CHECK = 11;
 export const MSG_TRUNC = 0x20;
 
 export const MMSGHDR_SIZE = 64;
@@ -47,9 +50,15 @@ export function writeSockaddrIn(b: Uint8Array, at: number, addr: number, port: n
 
 /**
  * A nonblocking UDP socket bound to `addr`:`port` (addr as a host-order number), with large
- * buffers and DF set. Errors name the address: EADDRNOTAVAIL means no interface has it.
+ * buffers and DF set; `zeroChecksum` sends a UDP checksum of 0. Errors name the address:
+ * EADDRNOTAVAIL means no interface has it.
  */
-export function udpSocket(addr: number, port: number, bufferBytes = 4 << 20): number {
+export function udpSocket(
+  addr: number,
+  port: number,
+  opts: { bufferBytes?: number; zeroChecksum?: boolean } = {},
+): number {
+  const bufferBytes = opts.bufferBytes ?? 4 << 20;
   const where = `${addr >>> 24}.${(addr >>> 16) & 255}.${(addr >>> 8) & 255}.${addr & 255}:${port}`;
   const fd = libc.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new SysError("socket", errno(), "AF_INET/SOCK_DGRAM");
@@ -60,6 +69,12 @@ export function udpSocket(addr: number, port: number, bufferBytes = 4 << 20): nu
     new DataView(v.buffer).setInt32(0, IP_PMTUDISC_DO, true);
     if (libc.setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, v, 4) < 0) {
       throw new SysError("setsockopt", errno(), "IP_MTU_DISCOVER");
+    }
+    if (opts.zeroChecksum) {
+      new DataView(v.buffer).setInt32(0, 1, true);
+      if (libc.setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, v, 4) < 0) {
+        throw new SysError("setsockopt", errno(), "SO_NO_CHECK");
+      }
     }
     const sa = new Uint8Array(SOCKADDR_IN_SIZE);
     writeSockaddrIn(sa, 0, addr, port);

@@ -1,6 +1,7 @@
 // A small VXLAN overlay in network namespaces: an underlay (a Linux bridge in its own namespace,
 // 10.20.0.0/24) joining up to three "hosts", each a namespace holding a VTEP — this switch
-// (a vxlan port and an af-packet port) or the kernel's own (`type vxlan` + a Linux bridge) —
+// (a vxlan port and an af-packet port), the kernel's own (`type vxlan` + a Linux bridge) or
+// Open vSwitch's userspace datapath (a netdev bridge with `type=vxlan` ports) —
 // with one station namespace behind it (192.168.42.N/24, MTU 1450: the underlay's 1500 less
 // VXLAN's 50). Names carry a per-lab id; close() deletes every namespace (and with them the
 // veths) and stops the switches.
@@ -10,7 +11,7 @@ import { SwitchProcess } from "./switch_process.ts";
 export const VNI = 42;
 export const INNER_MTU = 1450;
 
-export type VtepKind = "switch" | "kernel";
+export type VtepKind = "switch" | "kernel" | "ovs";
 
 export interface VtepPlan {
   kind: VtepKind;
@@ -41,6 +42,7 @@ export class VxlanLab {
   readonly vteps: Vtep[] = [];
   readonly #namespaces: string[] = [];
   readonly #dir: string;
+  readonly #ovsDirs: string[] = [];
 
   private constructor(dir: string) {
     this.#dir = dir;
@@ -173,6 +175,8 @@ export class VxlanLab {
       await run("ip", ["-n", ns, "link", "set", "vx0", "master", "br0"]);
       await run("ip", ["-n", ns, "link", "set", "p0", "master", "br0", "mtu", String(INNER_MTU)]);
       for (const dev of ["vx0", "p0", "br0"]) await run("ip", ["-n", ns, "link", "set", dev, "up"]);
+    } else if (plan.kind === "ovs") {
+      await this.#ovs(vtep, remotes);
     } else {
       await run("ip", ["-n", ns, "link", "set", "p0", "up"]);
       const topology = {
@@ -190,6 +194,67 @@ export class VxlanLab {
       await vtep.process.waitForLine(/HTTP on/);
     }
     this.vteps.push(vtep);
+  }
+
+  /**
+   * Open vSwitch's userspace datapath as a VTEP, with a private database and run directory:
+   * br-int (the station's veth and one vxlan port per remote, NORMAL forwarding) and br-phy
+   * (the underlay veth; the VTEP address moves to br-phy, where OVS's tunnel routing finds it).
+   */
+  async #ovs(vtep: Vtep, remotes: string[]): Promise<void> {
+    const dir = `${this.#dir}/ovs${vtep.n}`;
+    await Deno.mkdir(dir);
+    this.#ovsDirs.push(dir);
+    const db = `unix:${dir}/db.sock`;
+    const vsctl = (...args: string[]) => run("ovs-vsctl", [`--db=${db}`, "--timeout=10", ...args]);
+    await run("ovsdb-tool", [
+      "create",
+      `${dir}/conf.db`,
+      "/usr/share/openvswitch/vswitch.ovsschema",
+    ]);
+    await this.exec(vtep.ns, [
+      "ovsdb-server",
+      `${dir}/conf.db`,
+      `--remote=punix:${dir}/db.sock`,
+      `--pidfile=${dir}/ovsdb.pid`,
+      `--unixctl=${dir}/ovsdb.ctl`,
+      `--log-file=${dir}/ovsdb.log`,
+      "--detach",
+    ]);
+    await vsctl("--no-wait", "init");
+    await this.exec(vtep.ns, [
+      "env",
+      `OVS_RUNDIR=${dir}`,
+      "ovs-vswitchd",
+      db,
+      `--pidfile=${dir}/vswitchd.pid`,
+      `--unixctl=${dir}/vswitchd.ctl`,
+      `--log-file=${dir}/vswitchd.log`,
+      "--detach",
+    ]);
+    await vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev");
+    await vsctl("add-port", "br-int", "p0");
+    for (const [i, r] of remotes.entries()) {
+      await vsctl(
+        "add-port",
+        "br-int",
+        `vx${i}`,
+        "--",
+        "set",
+        "interface",
+        `vx${i}`,
+        "type=vxlan",
+        `options:remote_ip=${r}`,
+        `options:key=${VNI}`,
+      );
+    }
+    await vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev");
+    await vsctl("add-port", "br-phy", "eth9");
+    await run("ip", ["-n", vtep.ns, "addr", "flush", "dev", "eth9"]);
+    await run("ip", ["-n", vtep.ns, "addr", "add", `${vtep.address}/24`, "dev", "br-phy"]);
+    for (const dev of ["p0", "br-phy", "br-int"]) {
+      await run("ip", ["-n", vtep.ns, "link", "set", dev, "up"]);
+    }
   }
 
   vtep(n: number): Vtep {
@@ -291,6 +356,14 @@ export class VxlanLab {
 
   async close(): Promise<void> {
     await Promise.all(this.vteps.map((v) => v.process?.stop()));
+    for (const dir of this.#ovsDirs) {
+      for (const daemon of ["vswitchd", "ovsdb"]) {
+        await run("ovs-appctl", ["-t", `${dir}/${daemon}.ctl`, "exit"]).catch(async () => {
+          const pid = Number(await Deno.readTextFile(`${dir}/${daemon}.pid`).catch(() => "0"));
+          if (pid > 0) Deno.kill(pid, "SIGKILL");
+        });
+      }
+    }
     for (const ns of this.#namespaces.reverse()) {
       await run("ip", ["netns", "del", ns]).catch(() => {});
     }

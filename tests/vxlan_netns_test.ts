@@ -12,6 +12,8 @@ const skip = netnsSkipReason() ?? commandMissing("busybox", "busybox-static");
 if (skip) console.warn(`SKIPPING VXLAN namespace tests: ${skip}`);
 
 const MIB = 1 << 20;
+const noOvs = skip ?? commandMissing("ovs-vswitchd", "openvswitch-switch-dpdk");
+if (!skip && noOvs) console.warn(`SKIPPING the Open vSwitch VXLAN test: ${noOvs}`);
 
 Deno.test({
   name:
@@ -70,5 +72,27 @@ Deno.test({
       }
       assert.equal(port.type === "vxlan" && port.remotes.join(), "10.20.0.2,10.20.0.3");
     });
+  },
+});
+
+Deno.test({
+  name: "vxlan: interop with Open vSwitch's userspace VXLAN port: ping, hash-checked TCP both ways",
+  ignore: noOvs !== null,
+  async fn() {
+    await using lab = await VxlanLab.up([
+      { kind: "switch", flood: [2] },
+      { kind: "ovs", flood: [1] },
+    ], { offloads: false });
+    const fail = (what: string) => `${what}\n${lab.logs()}`;
+    assert.equal(await lab.ping(1, 2), 3, fail("ping switch -> OVS"));
+    assert.equal(await lab.ping(2, 1), 3, fail("ping OVS -> switch"));
+    for (const [a, b] of [[1, 2], [2, 1]]) {
+      const r = await lab.transfer(a, b, 4 * MIB);
+      assert.equal(r.received, r.sent, fail(`TCP ${a} -> ${b}: sha256 differs`));
+    }
+    const { entries } = await lab.get<{ entries: FdbEntry[] }>(1, "/fdb");
+    const mac = (await lab.exec(lab.vtep(2).station, ["cat", "/sys/class/net/eth0/address"]))
+      .trim();
+    assert.equal(entries.find((e) => e.mac === mac)?.remote, "10.20.0.2", JSON.stringify(entries));
   },
 });

@@ -64,7 +64,10 @@ export class VxlanPort {
     }
     let fd: number;
     try {
-      fd = udpSocket(ipv4ToNumber(config.local), config.udpPort);
+      // RFC 7348 section 5: the outer UDP checksum SHOULD be zero over IPv4. It also spares a
+      // receiver that reads raw frames (Open vSwitch's userspace datapath) a checksum the
+      // sending kernel left to an offload that never ran (veth): it drops those as bad.
+      fd = udpSocket(ipv4ToNumber(config.local), config.udpPort, { zeroChecksum: true });
     } catch (err) {
       throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
     }
