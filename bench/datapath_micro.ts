@@ -74,6 +74,7 @@ class Guest {
       callFd: -1,
       kickFd: -1,
       shared: null,
+      ringLog: [],
     });
   }
 

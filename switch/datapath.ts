@@ -7,6 +7,7 @@ import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/virtqueue.
 import { eventfdWrite } from "../ffi/fd.ts";
 import { createTapBuffer } from "./tap.ts";
 import type { PortVlanConfig } from "./bridge.ts";
+import { rarpAnnouncement } from "./announce.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
 import type { VxlanSpec } from "../ports/vxlan/vxlan.ts";
 import type { SafetyPlan } from "./safety.ts";
@@ -129,7 +130,17 @@ export class Datapath {
 
   /** The handle a vhost-user device uses to run its datapath. */
   forPort(port: number): DeviceDatapath {
-    return { apply: (state) => this.applyPort(port, state) };
+    return {
+      apply: (state) => this.applyPort(port, state),
+      announce: (mac) => this.inject(port, rarpAnnouncement(mac)),
+    };
+  }
+
+  /** Forwards `frame` as if `port` had received it, on the worker polling its first queue. */
+  async inject(port: number, frame: Uint8Array): Promise<void> {
+    const w = this.pollerOf(port, 0);
+    const ack = await this.#request(w, { type: "inject", id: this.#nextId++, port, frame });
+    if (ack.error) throw new Error(`datapath worker ${w}: ${ack.error}`);
   }
 
   /**

@@ -96,6 +96,7 @@ export class PortControl {
         this.setLink(index, state?.queues.some((q) => (q.index & 1) === 0) ?? false);
         return stopped;
       },
+      announce: (mac) => inner.announce(mac),
     };
     const port = new VhostUserPort(
       {

@@ -4,6 +4,7 @@
 /// <reference lib="deno.worker" />
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathPort } from "../ports/port.ts";
+import { DirtyLog } from "../ports/vhost_user/dirty_log.ts";
 import { GuestMemory } from "../ports/vhost_user/memory.ts";
 import type { VirtQueue } from "../ports/vhost_user/virtqueue.ts";
 import { openQueue, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
@@ -12,6 +13,7 @@ import { Fdb } from "./fdb.ts";
 import { IdleSleeper } from "./idle.ts";
 import { pinThreadToCpu } from "../ffi/fd.ts";
 import { TapWriter } from "./tap.ts";
+import { OneFrame } from "./announce.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
@@ -31,6 +33,7 @@ import {
   type WorkerAttachPacket,
   type WorkerAttachVxlan,
   type WorkerInit,
+  type WorkerInject,
 } from "./worker_protocol.ts";
 
 /** Longest sleep without a wake-up, so a lost kick costs at most this much latency. */
@@ -112,12 +115,13 @@ class DatapathWorker {
     const state = msg.state;
     if (state !== null) {
       const mem = new GuestMemory(state.regions);
+      const log = state.log ? new DirtyLog(state.log) : null;
       const block = this.counters.block(this.init.worker, msg.port);
       const datapath = new VirtioNetDatapath(state.hdrLen, state.mergeable, state.maxFrame, block);
       const rings = new Map<number, VirtQueue>();
       for (const spec of state.queues) {
         if (!msg.pollRings.includes(spec.index) && spec.index !== msg.fillRing) continue;
-        const q = openQueue(mem, spec); // split or packed, for the ring's whole life
+        const q = openQueue(mem, spec, log); // split or packed, for the ring's whole life
         q.setGuestKicks(false); // while we busy-poll, the guest need not kick us
         rings.set(spec.index, q);
         if (spec.index & 1) datapath.txQueues.push(q);
@@ -129,6 +133,17 @@ class DatapathWorker {
     this.#raw[msg.port] = next?.datapath ?? null;
     this.#refresh();
     return stopped;
+  }
+
+  /** Forwards one frame as if `msg.port` had received it, through the usual burst loop. */
+  inject(msg: WorkerInject): void {
+    const polled = this.forwarder.polled;
+    this.forwarder.polled = [{ index: msg.port, port: new OneFrame(msg.frame) }];
+    try {
+      this.forwarder.poll(nowSeconds());
+    } finally {
+      this.forwarder.polled = polled;
+    }
   }
 
   /** Attaches (or, with spec null, detaches) an AF_PACKET port; only its poller receives. */
@@ -263,6 +278,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "vlan") {
       worker.bridge.setPortVlan(msg.port, msg.vlan);
+      post({ type: "ack", id: msg.id, stopped: [] });
+    } else if (msg.type === "inject") {
+      worker.inject(msg);
       post({ type: "ack", id: msg.id, stopped: [] });
     } else if (msg.type === "tap") {
       const taps = worker.forwarder.taps[msg.port];

@@ -89,6 +89,14 @@ export interface WorkerSetVlan {
   vlan: PortVlanConfig | undefined | null;
 }
 
+/** Forward `frame` as if port `port` had received it (an announcement made for a guest). */
+export interface WorkerInject {
+  type: "inject";
+  id: number;
+  port: number;
+  frame: Uint8Array;
+}
+
 export interface WorkerStop {
   type: "stop";
   id: number;
@@ -102,6 +110,7 @@ export type ToWorker =
   | WorkerTap
   | WorkerSafety
   | WorkerSetVlan
+  | WorkerInject
   | WorkerStop;
 
 export interface WorkerAck {

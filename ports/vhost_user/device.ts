@@ -3,6 +3,7 @@
 // turns requests into a DatapathState snapshot that the workers apply, and it frees memory
 // and fds only after the workers acknowledged they let go of them.
 import { closeFd, isEventFd, setNonblocking } from "../../ffi/fd.ts";
+import { LogArea, type LogSpec } from "./dirty_log.ts";
 import type { RegionSpec } from "./memory.ts";
 import { MemoryTable } from "./memory.ts";
 import * as P from "./protocol.ts";
@@ -15,6 +16,8 @@ export const VIRTIO_NET_F_MAC = 5;
 export const VIRTIO_NET_F_MRG_RXBUF = 15;
 export const VIRTIO_NET_F_STATUS = 16;
 export const VIRTIO_NET_F_CTRL_VQ = 17;
+/** The guest announces itself (gratuitous ARP) after a migration; QEMU asks it to. */
+export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
 export const VIRTIO_NET_F_MQ = 22;
 export const VIRTIO_F_ANY_LAYOUT = 27;
 export const VIRTIO_RING_F_INDIRECT_DESC = 28;
@@ -33,12 +36,16 @@ export interface DatapathState {
   mergeable: boolean;
   maxFrame: number;
   queues: QueueSpec[];
+  /** The migration dirty log, while the front-end has VHOST_F_LOG_ALL on; else null. */
+  log: LogSpec | null;
 }
 
 /** The switch side of a device: applies snapshots on every worker polling the port. */
 export interface DeviceDatapath {
   /** Resolves once every worker runs `state`; returns the last avail index of each ring dropped. */
   apply(state: DatapathState | null): Promise<Map<number, number>>;
+  /** Sends a broadcast RARP from `mac` into the switch as if the guest had (SEND_RARP). */
+  announce(mac: Uint8Array): Promise<void>;
 }
 
 interface Ring {
@@ -81,6 +88,9 @@ export class VhostUserDevice {
   status = 0;
   frontendMtu = 0;
   #memory: MemoryTable | null = null;
+  /** The dirty log the front-end shared (SET_LOG_BASE), and its optional eventfd. */
+  #log: LogArea | null = null;
+  #logFd = -1;
   readonly rings: Ring[];
   #running: DatapathState | null = null;
 
@@ -100,6 +110,8 @@ export class VhostUserDevice {
       VIRTIO_RING_F_EVENT_IDX,
       // The datapath uses every ring's buffers in the order they were made available.
       VIRTIO_F_IN_ORDER,
+      VIRTIO_NET_F_GUEST_ANNOUNCE,
+      P.VHOST_F_LOG_ALL,
       P.VHOST_USER_F_PROTOCOL_FEATURES,
     ].reduce((acc, n) => acc | bit(n), 0n);
     if (config.packedRing) f |= bit(VIRTIO_F_RING_PACKED);
@@ -107,6 +119,8 @@ export class VhostUserDevice {
     this.offeredFeatures = f;
     this.offeredProtocolFeatures = [
       P.VHOST_USER_PROTOCOL_F_MQ,
+      P.VHOST_USER_PROTOCOL_F_LOG_SHMFD,
+      P.VHOST_USER_PROTOCOL_F_RARP,
       P.VHOST_USER_PROTOCOL_F_REPLY_ACK,
       P.VHOST_USER_PROTOCOL_F_NET_MTU,
       P.VHOST_USER_PROTOCOL_F_RESET_DEVICE,
@@ -150,6 +164,15 @@ export class VhostUserDevice {
         const f = P.decodeU64(msg);
         if ((f & ~this.offeredFeatures) !== 0n) {
           throw new P.ProtocolError(`SET_FEATURES: 0x${f.toString(16)} has bits not offered`);
+        }
+        const logging = has(f, P.VHOST_F_LOG_ALL);
+        if (logging !== has(this.features, P.VHOST_F_LOG_ALL)) {
+          // A live migration of this guest starts (or ends): say so, an operator wants to know.
+          this.log(
+            logging
+              ? `migration: dirty logging on${this.#log ? "" : " (no log shared yet)"}`
+              : "migration: dirty logging off",
+          );
         }
         this.features = f;
         await this.#sync();
@@ -243,6 +266,31 @@ export class VhostUserDevice {
         }
         return null;
       }
+      case P.VHOST_USER_SET_LOG_BASE:
+        return await this.#setLogBase(msg);
+      case P.VHOST_USER_SET_LOG_FD: {
+        // The front-end may want an eventfd written when the log changes; QEMU reads the log
+        // on its own schedule, so we keep it (to close it) but do not need to write it.
+        const fd = msg.fds.length === 1 ? msg.fds[0] : -1;
+        if (fd < 0 || !isEventFd(fd)) {
+          throw new P.ProtocolError("SET_LOG_FD: expected one eventfd");
+        }
+        msg.fds[0] = -1;
+        closeFd(this.#logFd);
+        this.#logFd = fd;
+        return null;
+      }
+      case P.VHOST_USER_SEND_RARP: {
+        if (!has(this.protocolFeatures, P.VHOST_USER_PROTOCOL_F_RARP)) {
+          throw new P.ProtocolError("SEND_RARP: protocol feature RARP not negotiated");
+        }
+        const mac = P.decodeRarpMac(msg);
+        if (mac[0] & 1) throw new P.ProtocolError("SEND_RARP: a group MAC cannot be announced");
+        this.log(`migration: announcing ${macString(mac)} (RARP) at its new port`);
+        // Not awaited: a worker that cannot forward it is no fault of the front-end's.
+        this.datapath.announce(mac).catch((err) => this.log(`announce failed: ${err}`));
+        return null;
+      }
       case P.VHOST_USER_SET_STATUS:
         this.status = Number(P.decodeU64(msg) & 0xffn);
         return null;
@@ -272,6 +320,25 @@ export class VhostUserDevice {
     await this.#sync();
     old?.release();
     return null;
+  }
+
+  /** SET_LOG_BASE (LOG_SHMFD): maps the shared dirty log; the reply has an empty payload. */
+  async #setLogBase(msg: P.Message): Promise<Uint8Array> {
+    if (!has(this.protocolFeatures, P.VHOST_USER_PROTOCOL_F_LOG_SHMFD)) {
+      throw new P.ProtocolError("SET_LOG_BASE: protocol feature LOG_SHMFD not negotiated");
+    }
+    const desc = P.decodeLog(msg);
+    if (msg.fds.length !== 1) throw new P.ProtocolError("SET_LOG_BASE: expected 1 fd");
+    const fd = msg.fds[0];
+    msg.fds[0] = -1; // LogArea.map owns it now, even on failure
+    const guestEnd = Math.max(0, ...(this.#memory?.specs ?? []).map((s) => s.guestPhys + s.size));
+    const area = LogArea.map(desc, fd, guestEnd);
+    const old = this.#log;
+    this.#log = area;
+    await this.#sync(); // workers mark through the new log before the old one is unmapped
+    old?.release();
+    this.log(`migration: dirty log shared (${area.spec.size} bytes)`);
+    return new Uint8Array(0);
   }
 
   async #setVringFile(msg: P.Message): Promise<null> {
@@ -317,6 +384,7 @@ export class VhostUserDevice {
     const mergeable = has(this.features, VIRTIO_NET_F_MRG_RXBUF);
     const packed = has(this.features, VIRTIO_F_RING_PACKED);
     const inOrder = has(this.features, VIRTIO_F_IN_ORDER);
+    const log = has(this.features, P.VHOST_F_LOG_ALL) ? this.#log : null;
     const queues: QueueSpec[] = [];
     this.rings.forEach((ring, index) => {
       if (!this.#live(ring)) return;
@@ -341,7 +409,13 @@ export class VhostUserDevice {
         );
         return;
       }
-      if (!packed && !this.#running?.queues.some((q) => q.index === index)) {
+      const starting = !this.#running?.queues.some((q) => q.index === index);
+      if (starting && ring.base !== 0) {
+        // A migrated guest's rings resume where the source's stopped (or a front-end
+        // reconnects): worth a line for the operator following a migration.
+        this.log(`ring ${index} resumes at avail position ${ring.base}`);
+      }
+      if (!packed && starting) {
         // A ring (re)starts. A front-end that reconnects after a back-end restart may send a
         // base of 0 (DPDK virtio-user does) while its used ring says otherwise; like DPDK's
         // vhost library, trust the used index: a few frames may be sent again or dropped.
@@ -364,6 +438,7 @@ export class VhostUserDevice {
         callFd: ring.callFd,
         kickFd: ring.kickFd,
         shared: null, // the datapath decides which rings its workers share
+        ringLog: log && (a.flags & P.VHOST_VRING_F_LOG) ? ringLogAreas(mem, a, n, packed) : [],
       });
     });
     return {
@@ -372,6 +447,7 @@ export class VhostUserDevice {
       mergeable,
       maxFrame: this.config.mtu + 14 + 4,
       queues,
+      log: log?.spec ?? null,
     };
   }
 
@@ -396,8 +472,27 @@ export class VhostUserDevice {
     }
     this.#memory?.release();
     this.#memory = null;
+    this.#log?.release();
+    this.#log = null;
+    closeFd(this.#logFd);
+    this.#logFd = -1;
     this.features = 0n;
     this.protocolFeatures = 0n;
     this.status = 0;
   }
+}
+
+/**
+ * The guest physical [address, length] pairs of what the device writes in a ring while
+ * VHOST_VRING_F_LOG is on: the used ring (split), logged at the address the front-end gave
+ * (log_guest_addr); or, packed, the descriptor ring (used descriptors are written back into
+ * it) and the device event suppression area, at their guest addresses.
+ */
+function ringLogAreas(mem: MemoryTable, a: P.VringAddr, n: number, packed: boolean): number[] {
+  if (!packed) return [Number(a.log), 6 + 8 * n];
+  return [mem.guestAddressOf(Number(a.desc)), 16 * n, mem.guestAddressOf(Number(a.used)), 4];
+}
+
+function macString(mac: Uint8Array): string {
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join(":");
 }

@@ -176,6 +176,15 @@ export class MemoryTable {
     return null;
   }
 
+  /** The guest physical address of a front-end virtual address inside a region, or -1. */
+  guestAddressOf(uva: number): number {
+    for (const r of this.#regions) {
+      const s = r.spec;
+      if (uva >= s.userAddr && uva < s.userAddr + s.size) return s.guestPhys + (uva - s.userAddr);
+    }
+    return -1;
+  }
+
   /** Unmaps and closes everything (only once no datapath view is in use). */
   release(): void {
     for (const r of this.#regions) {
@@ -236,4 +245,9 @@ export class GuestMemory {
 
   /** Set by translatePart: bytes of the range inside `region`. */
   partLength = 0;
+
+  /** The guest physical address of byte `offset` of `bytes[region]` (translate's inverse). */
+  guestAddress(region: number, offset: number): number {
+    return offset - this.#base[region];
+  }
 }

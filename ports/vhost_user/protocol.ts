@@ -83,12 +83,26 @@ export const VHOST_USER_NEED_REPLY_MASK = 0x8;
 
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 export const VHOST_USER_PROTOCOL_F_MQ = 0;
+/** SET_LOG_BASE passes the dirty log as a shared memory fd (live migration). */
+export const VHOST_USER_PROTOCOL_F_LOG_SHMFD = 1;
+/** SEND_RARP: announce a migrated guest's MAC on its behalf. */
+export const VHOST_USER_PROTOCOL_F_RARP = 2;
 export const VHOST_USER_PROTOCOL_F_REPLY_ACK = 3;
 export const VHOST_USER_PROTOCOL_F_NET_MTU = 4;
 export const VHOST_USER_PROTOCOL_F_BACKEND_REQ = 5;
 export const VHOST_USER_PROTOCOL_F_RESET_DEVICE = 13;
 export const VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS = 15;
 export const VHOST_USER_PROTOCOL_F_STATUS = 16;
+
+/**
+ * Feature bit 26 (the vhost feature space, like bit 30): the back-end marks what it writes into
+ * guest memory in the front-end's dirty log while SET_FEATURES has it on (live migration).
+ */
+export const VHOST_F_LOG_ALL = 26;
+/** SET_VRING_ADDR flags bit 0: writes to this ring's used ring are logged at `log`. */
+export const VHOST_VRING_F_LOG = 1 << 0;
+/** The dirty log's granularity: one bit per 4 KiB page of guest physical memory. */
+export const VHOST_LOG_PAGE = 0x1000;
 
 /** Feature bit 30 of GET_FEATURES: the back-end speaks GET/SET_PROTOCOL_FEATURES. */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
@@ -150,6 +164,23 @@ function need(msg: Message, size: number): void {
 export function decodeU64(msg: Message): bigint {
   need(msg, 8);
   return msg.payload.getBigUint64(0, true);
+}
+
+/** SET_LOG_BASE's log description: the log is `size` bytes at `offset` in the passed fd. */
+export interface LogDesc {
+  size: bigint;
+  offset: bigint;
+}
+
+export function decodeLog(msg: Message): LogDesc {
+  need(msg, 16);
+  return { size: msg.payload.getBigUint64(0, true), offset: msg.payload.getBigUint64(8, true) };
+}
+
+/** SEND_RARP: the guest's MAC in the first 6 bytes of the u64 payload. */
+export function decodeRarpMac(msg: Message): Uint8Array {
+  need(msg, 8);
+  return new Uint8Array(msg.payload.buffer, msg.payload.byteOffset, 6).slice();
 }
 
 export function decodeVringState(msg: Message): VringState {

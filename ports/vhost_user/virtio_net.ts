@@ -16,6 +16,8 @@ import {
   TX_PACKETS,
 } from "../counters.ts";
 import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
+import type { DirtyLog } from "./dirty_log.ts";
+import { LoggedPackedQueue, LoggedSplitQueue } from "./logged_queue.ts";
 import type { GuestMemory } from "./memory.ts";
 import { PackedQueue } from "./packed_queue.ts";
 import { SplitQueue } from "./split_queue.ts";
@@ -27,9 +29,16 @@ import { ETH_HLEN } from "../ethernet.ts";
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
 
-/** The ring ops for one ring, by the layout negotiated (fixed for the ring's life). */
-export function openQueue(mem: GuestMemory, spec: QueueSpec): VirtQueue {
-  return spec.packed ? new PackedQueue(mem, spec) : new SplitQueue(mem, spec);
+/**
+ * The ring ops for one ring, by the layout negotiated (fixed for the ring's life), and marking
+ * what they write in `log` while the front-end migrates the guest (see logged_queue.ts).
+ */
+export function openQueue(mem: GuestMemory, spec: QueueSpec, log: DirtyLog | null): VirtQueue {
+  if (log === null) return spec.packed ? new PackedQueue(mem, spec) : new SplitQueue(mem, spec);
+  const q = spec.packed ? new LoggedPackedQueue(mem, spec) : new LoggedSplitQueue(mem, spec);
+  q.log = log;
+  q.ringLog = spec.ringLog;
+  return q;
 }
 
 type Fill = (src: Uint8Array, f: EgressFrame) => boolean;

@@ -41,6 +41,12 @@ export interface QueueSpec {
    * Int32 in shared memory, so every worker continues where the previous one left off.
    */
   shared: SharedArrayBuffer | null;
+  /**
+   * While the front-end logs dirty pages and asked for this ring's used writes to be logged
+   * (VHOST_VRING_F_LOG): guest physical [address, length] pairs of the ring memory the device
+   * writes (see logged_queue.ts); otherwise empty.
+   */
+  ringLog: number[];
 }
 
 /**
@@ -74,7 +80,11 @@ export interface VirtQueue {
   mark(): void;
   /** Gives back every chain taken and every used element put since mark(). */
   rewind(): void;
-  /** Records `token`'s chain as used with `len` bytes written; visible after storeUsed(). */
+  /**
+   * Records `token`'s chain as used with `len` bytes written; visible after storeUsed(). For
+   * a chain the device wrote, call it right after walking and writing that chain: its segments
+   * are still in seg*, and a logging ring (logged_queue.ts) marks them from there.
+   */
   putUsed(token: number, len: number): void;
   /** Records the `n` chains in `tokens` as used with nothing written (TX buffers). */
   putUsedBatch(tokens: Int32Array, n: number): void;
