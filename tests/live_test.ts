@@ -17,6 +17,7 @@ interface Rig {
   dir: string;
   file: string;
   logs: string[];
+  // deno-lint-ignore no-explicit-any
   req(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }>;
   attach(name: string, mac: string): Promise<VhostFrontend>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -131,6 +132,7 @@ Deno.test("a port added while two others pass frames carries traffic; deleted, i
     fe1.send(ethFrame(C, A, 100, 7));
     const [f] = await framesFrom(fe3, A, 1);
     assert.equal(macOf(f, 0), C);
+    // deno-lint-ignore no-explicit-any
     assert.deepEqual((await r.req("GET", `/fdb?mac=${C}`)).json.entries.map((e: any) => e.port), [
       "vm3",
     ]);
@@ -186,6 +188,7 @@ Deno.test("POST /ports with a bad port: 400 with every problem, as the loader wo
     "POST /ports: ports[1].socket: required key is missing",
   ]);
   assert.equal(bad.json.error, "5 problems: nothing changed");
+  // deno-lint-ignore no-explicit-any
   assert.deepEqual((await r.req("GET", "/ports")).json.ports.map((p: any) => p.name), ["vm1"]);
   assert.equal((await r.req("POST", "/ports", "{")).status, 400);
   assert.equal((await r.req("DELETE", "/ports/nope")).status, 404);
