@@ -1,5 +1,5 @@
 import { libc } from "./libc.ts";
-import { check, EAGAIN, errno, SysError } from "./errno.ts";
+import { check, EAGAIN, EINTR, errno, SysError } from "./errno.ts";
 
 const F_GETFL = 3;
 const F_SETFL = 4;
@@ -31,6 +31,16 @@ export function fstat(fd: number): FdStat {
   check("fstat", libc.fstat(fd, buf), `fd ${fd}`);
   const view = new DataView(buf.buffer);
   return { mode: view.getUint32(24, true) & S_IFMT, size: Number(view.getBigInt64(48, true)) };
+}
+
+export const TMPFS_MAGIC = 0x01021994;
+export const HUGETLBFS_MAGIC = 0x958458f6;
+
+/** The type of the file system `fd` is on (statfs f_type, e.g. TMPFS_MAGIC; memfds are on one). */
+export function fsType(fd: number): number {
+  const buf = new Uint8Array(120); // struct statfs on x86_64; f_type is its first field
+  check("fstatfs", libc.fstatfs(fd, buf), `fd ${fd}`);
+  return Number(new DataView(buf.buffer).getBigInt64(0, true) & 0xffffffffn);
 }
 
 /** What the kernel says the fd is, e.g. "anon_inode:[eventfd]" or "/memfd:guest (deleted)". */
@@ -74,11 +84,19 @@ export function eventfdCreate(nonblocking = true): number {
 const counter = new BigUint64Array(1);
 const counterBytes = new Uint8Array(counter.buffer);
 
-/** Adds `value` to an eventfd counter; a full counter (EAGAIN) is already a pending signal. */
-export function eventfdWrite(fd: number, value = 1n): void {
+/**
+ * Adds `value` to an eventfd counter; a full counter (EAGAIN) is already a pending signal.
+ * Returns false only when a signal interrupted the write (EINTR): it blocked, so someone made
+ * the fd blocking (see ffi/signal.ts).
+ */
+export function eventfdWrite(fd: number, value = 1n): boolean {
   counter[0] = value;
   const n = Number(libc.write(fd, counterBytes, 8n));
-  if (n < 0 && errno() !== EAGAIN) throw new SysError("write", errno(), `eventfd ${fd}`);
+  if (n >= 0) return true;
+  const e = errno();
+  if (e === EAGAIN) return true;
+  if (e === EINTR) return false;
+  throw new SysError("write", e, `eventfd ${fd}`);
 }
 
 /** Reads and resets an eventfd counter; 0 when nothing was pending (nonblocking fd). */

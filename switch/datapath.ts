@@ -5,6 +5,7 @@ import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/virtqueue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
+import { installInterruptHandler, interruptThread } from "../ffi/signal.ts";
 import { createTapBuffer } from "./tap.ts";
 import type { PortVlanConfig } from "./bridge.ts";
 import { rarpAnnouncement } from "./announce.ts";
@@ -16,8 +17,10 @@ import {
   type FromWorker,
   STAT_BUSY_MS,
   STAT_BUSY_ROUNDS,
+  STAT_FAILURES,
   STAT_FRAMES,
   STAT_IDLE_ROUNDS,
+  STAT_PEER_WRITE,
   STAT_SLEEPS,
   type ToWorker,
   WORKER_STATS,
@@ -39,6 +42,39 @@ export interface DatapathOptions {
   safety: SharedArrayBuffer;
 }
 
+/** How often the control plane looks for a worker stuck writing a peer's eventfd. */
+const WATCHDOG_MS = 100;
+/** A worker that has not acknowledged a request after this long is reported... */
+const ACK_WARN_MS = 2000;
+/**
+ * ...and after this long the switch gives up: the worker may still use guest memory the
+ * request was meant to free, and nothing short of ending the process makes that safe.
+ */
+const ACK_FATAL_MS = 10_000;
+/** A worker whose loop failed this often within a minute is not restarted again. */
+const MAX_FAILURES_PER_MINUTE = 20;
+
+/** What the datapath tells the control plane about. */
+export interface DatapathEvents {
+  log(msg: string): void;
+  /** A worker stopped signalling a ring whose call eventfd the front-end made blocking. */
+  peerBlocked(port: number, ring: number, worker: number): void;
+  /** A worker's loop threw while handling `port` (-1: unknown); the worker carries on without it. */
+  workerFailed(port: number, worker: number, error: string): void;
+  /** The datapath cannot go on safely (a dead or stuck worker): the switch must exit. */
+  fatal(msg: string): void;
+}
+
+const defaultEvents: DatapathEvents = {
+  log: (msg) => console.error(msg),
+  peerBlocked: () => {},
+  workerFailed: () => {},
+  fatal: (msg) => {
+    console.error(msg);
+    Deno.exit(70);
+  },
+};
+
 export class Datapath {
   readonly counters: CounterTable;
   readonly #workers: Worker[] = [];
@@ -52,12 +88,59 @@ export class Datapath {
   readonly #states = new Map<number, DatapathState>();
   readonly #applying = new Map<number, Promise<unknown>>();
   #nextId = 1;
+  /** Each worker's pthread_t, and the peer write it was in at the last watchdog tick. */
+  readonly #threads: bigint[] = [];
+  readonly #lastPeerWrite: number[] = [];
+  readonly #interrupted: number[] = [];
+  #watchdog: ReturnType<typeof setInterval> | undefined;
+  readonly #failureTimes: number[][] = [];
+  #stopping = false;
+  /** Where the datapath reports; the switch replaces the defaults. */
+  events: DatapathEvents = defaultEvents;
 
   private constructor(readonly options: DatapathOptions) {
     this.counters = CounterTable.create(options.threads, options.portCount);
   }
 
+  /**
+   * A worker found twice in a row in the same write to a peer's eventfd is blocked in it (the
+   * write takes a microsecond): interrupt it (ffi/signal.ts), again on every tick it stays.
+   */
+  #watch(): void {
+    for (let w = 0; w < this.#stats.length; w++) {
+      const writing = this.#stats[w][STAT_PEER_WRITE];
+      if (writing !== 0 && writing === this.#lastPeerWrite[w]) {
+        if (this.#interrupted[w] !== writing) {
+          this.events.log(
+            `datapath worker ${w} is blocked writing a front-end's eventfd: interrupting it`,
+          );
+        }
+        this.#interrupted[w] = writing;
+        interruptThread(this.#threads[w]);
+      }
+      this.#lastPeerWrite[w] = writing;
+    }
+  }
+
+  #onWorkerMessage(w: number, msg: FromWorker): void {
+    if (msg.type === "ack") this.#onAck(msg);
+    else if (msg.type === "peer-blocked") this.events.peerBlocked(msg.port, msg.ring, w);
+    else if (msg.type === "failed") {
+      const now = performance.now();
+      const times = (this.#failureTimes[w] ??= []).filter((t) => now - t < 60_000);
+      times.push(now);
+      this.#failureTimes[w] = times;
+      this.events.workerFailed(msg.port, w, msg.error);
+      if (times.length > MAX_FAILURES_PER_MINUTE) {
+        this.events.fatal(
+          `datapath worker ${w} failed ${times.length} times within a minute; last: ${msg.error}`,
+        );
+      }
+    }
+  }
+
   static async start(options: DatapathOptions): Promise<Datapath> {
+    installInterruptHandler();
     const dp = new Datapath(options);
     const ready: Promise<void>[] = [];
     for (let w = 0; w < options.threads; w++) {
@@ -69,16 +152,24 @@ export class Datapath {
       dp.#stats.push(new Float64Array(stats));
       ready.push(
         new Promise((resolve, reject) => {
+          let started = false;
           worker.onerror = (e) => {
             e.preventDefault();
+            // After start-up, a worker whose own error handling failed is gone with the rings
+            // it held: no other worker can take them over, so the switch stops, loudly.
+            if (started && !dp.#stopping) {
+              dp.events.fatal(`datapath worker ${w} died: ${e.message}`);
+            }
             reject(new Error(`datapath worker ${w} failed: ${e.message}`));
           };
           worker.onmessage = (e: MessageEvent<FromWorker>) => {
             if (e.data.type === "ready") {
               dp.#wakeFds[w] = e.data.wakeFd;
+              dp.#threads[w] = e.data.thread;
+              started = true;
               if (e.data.error) reject(new Error(`datapath worker ${w}: ${e.data.error}`));
               else resolve();
-            } else dp.#onAck(e.data);
+            } else dp.#onWorkerMessage(w, e.data);
           };
         }),
       );
@@ -100,6 +191,8 @@ export class Datapath {
       );
     }
     await Promise.all(ready);
+    dp.#watchdog = setInterval(() => dp.#watch(), WATCHDOG_MS);
+    Deno.unrefTimer(dp.#watchdog);
     return dp;
   }
 
@@ -111,8 +204,30 @@ export class Datapath {
   }
 
   #request(w: number, msg: ToWorker & { id: number }): Promise<WorkerAck> {
+    const what = `"${msg.type}"${"port" in msg ? ` for port ${msg.port}` : ""}`;
+    const started = performance.now();
+    const warn = setTimeout(() => {
+      this.events.log(
+        `datapath worker ${w} has not acknowledged ${what} after ${ACK_WARN_MS / 1000} s`,
+      );
+    }, ACK_WARN_MS);
+    const fatal = setTimeout(() => {
+      if (this.#stopping) return;
+      this.events.fatal(
+        `datapath worker ${w} has not acknowledged ${what} after ${ACK_FATAL_MS / 1000} s: ` +
+          `it may still use guest memory that would be freed; stopping the switch`,
+      );
+    }, ACK_FATAL_MS);
     return new Promise((resolve) => {
-      this.#pending.set(msg.id, resolve);
+      this.#pending.set(msg.id, (ack) => {
+        clearTimeout(warn);
+        clearTimeout(fatal);
+        const ms = performance.now() - started;
+        if (ms >= ACK_WARN_MS) {
+          this.events.log(`datapath worker ${w} acknowledged ${what} after ${ms.toFixed(0)} ms`);
+        }
+        resolve(ack);
+      });
       // Raise the mailbox and wake a sleeping worker before posting: once posted, the worker
       // may handle the message (even "stop", which closes the wake fd) at once.
       Atomics.add(this.#mailboxes[w], 0, 1);
@@ -299,6 +414,8 @@ export class Datapath {
   workerStats(): {
     worker: number;
     busyRounds: number;
+    /** Times this worker's loop failed (an exception) and went on without the port at fault. */
+    failures: number;
     busyMs: number;
     idleRounds: number;
     sleeps: number;
@@ -307,6 +424,7 @@ export class Datapath {
     return this.#stats.map((s, worker) => ({
       worker,
       busyRounds: s[STAT_BUSY_ROUNDS],
+      failures: s[STAT_FAILURES],
       busyMs: s[STAT_BUSY_MS],
       idleRounds: s[STAT_IDLE_ROUNDS],
       sleeps: s[STAT_SLEEPS],
@@ -315,6 +433,8 @@ export class Datapath {
   }
 
   async stop(): Promise<void> {
+    this.#stopping = true;
+    clearInterval(this.#watchdog);
     await Promise.all(
       this.#workers.map((_, w) =>
         Promise.race([

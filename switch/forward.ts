@@ -16,6 +16,12 @@ export interface PolledPort {
 export class Forwarder {
   /** Ports to receive from, in polling order. */
   polled: PolledPort[] = [];
+  /**
+   * The port being received from, and the one being sent to (-1: none), so that when a port's
+   * code throws the worker knows which port to drop (switch/worker.ts).
+   */
+  polling = -1;
+  sending = -1;
   /** Every port frames can be sent to, by port index (null: not running on this worker). */
   readonly targets: (DatapathPort | null)[];
   /** Per port, the captures running on it (usually none). */
@@ -68,6 +74,7 @@ export class Forwarder {
     let nTouched = 0;
     for (let p = 0; p < polled.length; p++) {
       const { index, port } = polled[p];
+      this.polling = index;
       const n = port.receive(batch);
       if (n === 0) {
         port.release(); // chains refused as malformed still go back to the guest
@@ -97,7 +104,10 @@ export class Forwarder {
             touched[dst] = 1;
             touchedList[nTouched++] = dst;
           }
-          if (!target.transmit(bytes, frame)) continue;
+          this.sending = dst;
+          const sent = target.transmit(bytes, frame);
+          this.sending = -1;
+          if (!sent) continue;
           const txTaps = taps[dst];
           for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
         }
@@ -107,7 +117,9 @@ export class Forwarder {
       for (let t = 0; t < nTouched; t++) {
         const dst = touchedList[t];
         touched[dst] = 0;
+        this.sending = dst;
         targets[dst]?.flush();
+        this.sending = -1;
       }
       nTouched = 0;
     }

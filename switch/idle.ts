@@ -1,8 +1,19 @@
 // How an idle datapath worker stops burning its core: it asks the guests to kick again, checks
 // the rings once more (a frame may have landed in between), then blocks in epoll_wait on the
 // kick eventfds and on its own wake eventfd, which the control plane writes with every message.
+// The kick eventfds are the guests': they are watched edge-triggered and never read, since a
+// front-end can make its fd blocking and drain it between our wake-up and our read, which would
+// then block the worker. Sockets are ours and stay readable while frames wait (level-triggered).
 import { closeFd, eventfdCreate, eventfdRead } from "../ffi/fd.ts";
-import { EPOLL_EVENT_SIZE, epollAdd, epollCreate, epollWait, eventFd } from "../ffi/epoll.ts";
+import {
+  EPOLL_EVENT_SIZE,
+  epollAdd,
+  epollCreate,
+  EPOLLET,
+  EPOLLIN,
+  epollWait,
+  eventFd,
+} from "../ffi/epoll.ts";
 
 export class IdleSleeper {
   #wakeFd = eventfdCreate();
@@ -25,20 +36,17 @@ export class IdleSleeper {
     this.#fds = fds.filter((fd) => fd >= 0);
     this.#sockets = new Set(sockets.filter((fd) => fd >= 0));
     epollAdd(this.#epfd, this.#wakeFd);
-    for (const fd of [...this.#fds, ...this.#sockets]) epollAdd(this.#epfd, fd);
+    for (const fd of this.#fds) epollAdd(this.#epfd, fd, EPOLLIN | EPOLLET);
+    for (const fd of this.#sockets) epollAdd(this.#epfd, fd);
   }
 
-  /**
-   * Blocks up to `timeoutMs`; drains the eventfds that woke it (never a socket: a read would
-   * consume a datagram). Returns the number of fds that fired.
-   */
+  /** Blocks up to `timeoutMs`; drains the wake fd if it fired. Returns the fds that fired. */
   sleep(timeoutMs: number): number {
     if (this.#wakeFd < 0) return 0;
     if (this.#epfd < 0) this.watch([]);
     const n = epollWait(this.#epfd, this.#events, timeoutMs);
     for (let i = 0; i < n; i++) {
-      const fd = eventFd(this.#events, i);
-      if (!this.#sockets.has(fd)) eventfdRead(fd);
+      if (eventFd(this.#events, i) === this.#wakeFd) eventfdRead(this.#wakeFd);
     }
     return n;
   }

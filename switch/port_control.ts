@@ -147,6 +147,23 @@ export class PortControl {
     this.held.delete(index);
   }
 
+  /**
+   * Hangs up on the front-end of port `index` (a vhost-user port; counted as a protocol error),
+   * e.g. when a worker reports that front-end blocked it. Other kinds of port are only logged.
+   */
+  disconnect(index: number, reason: string): void {
+    const cfg = this.topology.ports[index];
+    if (!cfg) return;
+    const conn = this.vhostPort(cfg.name)?.connection;
+    if (!conn) {
+      this.log(`[${cfg.name}] ${reason}`);
+      return;
+    }
+    conn.stats.errors++;
+    conn.stats.lastError = reason;
+    conn.close(reason);
+  }
+
   /** Once a second: AF_PACKET link state (the ports poll their interface), truncated memory. */
   housekeeping(): void {
     this.#checkTruncatedMemory();

@@ -87,6 +87,29 @@ export class Switch implements SwitchView {
         this.#aging = new FdbAging(bridge.fdb, seconds);
       },
     );
+    const portName = (port: number) => topology.ports[port]?.name ?? `#${port}`;
+    datapath.events = {
+      log,
+      peerBlocked: (port, ring, worker) =>
+        this.portControl.disconnect(
+          port,
+          `datapath worker ${worker} was blocked writing the call eventfd of ring ${ring} ` +
+            `(the front-end made it blocking)`,
+        ),
+      workerFailed: (port, worker, error) => {
+        log(
+          `datapath worker ${worker} failed${port >= 0 ? ` on port ${portName(port)}` : ""}, ` +
+            `went on without it: ${error}`,
+        );
+        if (port >= 0) {
+          this.portControl.disconnect(port, `datapath worker ${worker} failed on this port`);
+        }
+      },
+      fatal: (msg) => {
+        log(`fatal: ${msg}`);
+        Deno.exit(70);
+      },
+    };
   }
 
   /**

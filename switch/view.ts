@@ -86,6 +86,9 @@ export interface WorkerStats {
   idleRounds: number;
   sleeps: number;
   frames: number;
+  /** Times the worker's loop failed and went on without the port at fault (that port was
+   * disconnected). */
+  failures: number;
   framesPerSecond: number;
   /** Share of the last interval's time spent in poll rounds that moved frames, 0 to 1. */
   busyFraction: number;

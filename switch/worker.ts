@@ -14,6 +14,8 @@ import { IdleSleeper } from "./idle.ts";
 import { pinThreadToCpu } from "../ffi/fd.ts";
 import { TapWriter } from "./tap.ts";
 import { OneFrame } from "./announce.ts";
+import { announcePeerWritesIn, interruptedPeerWrites } from "../ports/peer_eventfd.ts";
+import { currentThread } from "../ffi/signal.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
@@ -25,8 +27,10 @@ import {
   type FromWorker,
   STAT_BUSY_MS,
   STAT_BUSY_ROUNDS,
+  STAT_FAILURES,
   STAT_FRAMES,
   STAT_IDLE_ROUNDS,
+  STAT_PEER_WRITE,
   STAT_SLEEPS,
   type ToWorker,
   type WorkerApplyPort,
@@ -85,6 +89,50 @@ class DatapathWorker {
     this.idleAfterMs = init.idleAfterMs;
     this.safety = new SafetyCounters(init.safety, init.workers, init.portCount);
     this.#raw = new Array(init.portCount).fill(null);
+    announcePeerWritesIn(this.stats, STAT_PEER_WRITE);
+  }
+
+  /**
+   * The loop threw: drop the port whose code was running (the one being sent to, else the one
+   * being received from), hand the received burst back to its guest if that port is another
+   * one, and report it; the loop then goes on with the other ports.
+   */
+  recover(err: unknown): void {
+    const f = this.forwarder;
+    const port = f.sending >= 0 ? f.sending : f.polling;
+    const receiving = f.polled.find((p) => p.index === f.polling);
+    f.sending = f.polling = -1;
+    this.stats[STAT_FAILURES]++;
+    if (port >= 0) {
+      this.ports[port] = null;
+      this.packets[port] = null;
+      this.#raw[port] = null;
+      this.#refresh();
+    }
+    if (receiving && receiving.index !== port) {
+      try {
+        receiving.port.release();
+      } catch { /* it is reported below if it fails again */ }
+    }
+    const error = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    post({ type: "failed", worker: this.init.worker, port, error });
+  }
+
+  /** Interrupted peer writes already looked at. */
+  #peerInterrupts = 0;
+  readonly #reported = new WeakSet<VirtQueue>();
+
+  /** After a call eventfd write was interrupted: reports each ring it happened on, once. */
+  reportBlockedPeers(): void {
+    if (interruptedPeerWrites() === this.#peerInterrupts) return;
+    this.#peerInterrupts = interruptedPeerWrites();
+    this.ports.forEach((p, port) => {
+      for (const [ring, q] of p?.rings ?? []) {
+        if (!q.callBlocked || this.#reported.has(q)) continue;
+        this.#reported.add(q);
+        post({ type: "peer-blocked", worker: this.init.worker, port, ring });
+      }
+    });
   }
 
   /** Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken. */
@@ -253,14 +301,15 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   try {
     if (msg.type === "init") {
       worker = new DatapathWorker(msg);
+      const thread = currentThread();
       try {
         if (msg.cpu >= 0) pinThreadToCpu(msg.cpu);
       } catch (err) {
         const error = `cannot pin to CPU ${msg.cpu} (poll.cpus): ${(err as Error).message}`;
-        post({ type: "ready", worker: msg.worker, wakeFd: worker.sleeper.wakeFd, error });
+        post({ type: "ready", worker: msg.worker, thread, wakeFd: worker.sleeper.wakeFd, error });
         return;
       }
-      post({ type: "ready", worker: msg.worker, wakeFd: worker.sleeper.wakeFd });
+      post({ type: "ready", worker: msg.worker, thread, wakeFd: worker.sleeper.wakeFd });
       run(worker);
       return;
     }
@@ -347,9 +396,14 @@ async function run(w: DatapathWorker): Promise<void> {
     const now = nowSeconds();
     const t0 = performance.now();
     let moved = 0;
-    for (let i = 0; i < 64; i++) moved += w.forwarder.poll(now);
+    try {
+      for (let i = 0; i < 64; i++) moved += w.forwarder.poll(now);
+    } catch (err) {
+      w.recover(err);
+    }
     stats[moved ? STAT_BUSY_ROUNDS : STAT_IDLE_ROUNDS]++;
     stats[STAT_FRAMES] += moved;
+    w.reportBlockedPeers();
     const t = performance.now();
     if (moved) {
       lastWork = t;

@@ -124,6 +124,8 @@ export interface WorkerAck {
 export interface WorkerReady {
   type: "ready";
   worker: number;
+  /** The worker thread's pthread_t, for interrupting a call stuck on a peer's fd. */
+  thread: bigint;
   /** Written by the control plane after each message, so a sleeping worker wakes for it. */
   wakeFd: number;
   /** Set when the worker could not start as asked (e.g. pinning to a CPU failed). */
@@ -139,6 +141,32 @@ export const STAT_SLEEPS = 2;
 export const STAT_FRAMES = 3;
 /** Milliseconds spent in poll rounds that moved frames (OVS's "processing cycles"). */
 export const STAT_BUSY_MS = 4;
+/** Non-zero while the worker writes a peer's eventfd (ports/peer_eventfd.ts). */
+export const STAT_PEER_WRITE = 5;
+/** Times the worker's loop threw and went on without the port at fault. */
+export const STAT_FAILURES = 6;
 export const WORKER_STATS = 8;
 
-export type FromWorker = WorkerAck | WorkerReady;
+/**
+ * A write to a front-end's call eventfd blocked and was interrupted: the front-end made it
+ * blocking. The worker stopped signalling that ring; the control plane disconnects the port.
+ */
+export interface WorkerPeerBlocked {
+  type: "peer-blocked";
+  worker: number;
+  port: number;
+  ring: number;
+}
+
+/**
+ * The worker's loop threw while handling `port` (-1 when it cannot tell): it dropped the port
+ * and carries on with the others; the control plane disconnects the port.
+ */
+export interface WorkerFailed {
+  type: "failed";
+  worker: number;
+  port: number;
+  error: string;
+}
+
+export type FromWorker = WorkerAck | WorkerReady | WorkerPeerBlocked | WorkerFailed;

@@ -11,7 +11,13 @@ import { closeFd, eventfdCreate } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { memfdCreate } from "../ffi/mem.ts";
 import * as P from "./helpers/vhost_wire.ts";
-import { DESC_F_WRITE, HDR_LEN, VhostFrontend } from "./helpers/frontend.ts";
+import {
+  DESC_F_WRITE,
+  HDR_LEN,
+  memTablePayload,
+  UVA_OFFSET,
+  VhostFrontend,
+} from "./helpers/frontend.ts";
 import { ethFrame } from "./helpers/frontend_harness.ts";
 import {
   type ProcStats,
@@ -28,6 +34,22 @@ const MAC_B = "52:54:00:00:0b:0b";
 const BROADCAST = "ff:ff:ff:ff:ff:ff";
 const SHUT_RD = 0;
 const MAX_GAP_MS = 2000;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+
+/** Clears O_NONBLOCK on an fd the switch shares with us (same open file description). */
+function makeBlocking(fd: number): void {
+  const flags = libc.fcntl(fd, F_GETFL, 0);
+  assert.ok(flags >= 0);
+  assert.equal(libc.fcntl(fd, F_SETFL, flags & ~O_NONBLOCK), 0);
+}
+
+/** Adds `value` to an eventfd counter (the largest a counter holds is 2^64 - 2). */
+function eventfdAdd(fd: number, value: bigint): void {
+  const b = new BigUint64Array([value]);
+  assert.equal(Number(libc.write(fd, new Uint8Array(b.buffer), 8n)), 8);
+}
 
 /** Sends GET_FEATURES on a fresh connection; true once the reply arrived within timeoutMs. */
 async function answers(path: string, timeoutMs: number): Promise<boolean> {
@@ -265,6 +287,75 @@ Deno.test({
         );
         assert.equal(p.counters.drop_bad_descriptor, before + 1);
         await healthy("zero-length mergeable RX buffers");
+      });
+
+      // ---- class 2: nothing a peer controls may block a worker or the control loop ----
+      await step("call eventfd made blocking and filled, then a frame", async () => {
+        const fe = frontend("h3");
+        await fe.setup();
+        await rig.waitRunning("h3", 5000);
+        fe.postRxBuffers(64);
+        const call = fe.rings[0].callFd;
+        makeBlocking(call);
+        eventfdAdd(call, 0xfffffffffffffffen);
+        const src = frontend("a");
+        await src.setup();
+        await rig.waitRunning("a", 5000);
+        for (let i = 0; i < 4; i++) src.send(ethFrame(BROADCAST, MAC_A, 200, i));
+        // The switch finds its worker stuck on that fd and hangs up on the front-end.
+        assert.ok(await fe.waitClosed(5000), `h3 was not disconnected\n${switchLog()}`);
+        await healthy("a blocking, full call eventfd");
+      });
+      await step("kick eventfd made blocking and drained by the front-end", async () => {
+        const fe = frontend("h3");
+        await fe.setup();
+        await rig.waitRunning("h3", 5000);
+        const kick = fe.rings[1].kickFd;
+        makeBlocking(kick);
+        // The worker sleeps on the kick fd; each kick wakes it, and we take the count back at
+        // once, so a worker that reads the fd after its wake-up blocks. Our own reads run off
+        // this thread (libc.read_async): one may block too when the worker took the count first.
+        const buf = new Uint8Array(8);
+        let stuck: Promise<unknown> | null = null;
+        const end = Date.now() + 1500;
+        while (Date.now() < end && stuck === null) {
+          eventfdAdd(kick, 1n);
+          const read = libc.read_async(kick, buf, 8n);
+          if (await Promise.race([read.then(() => true), sleep(50).then(() => false)])) {
+            await sleep(2);
+          } else stuck = read;
+        }
+        try {
+          // While the front-end still holds the fd: frames cross between two other ports.
+          await frameCrosses("a", "b", ++checks).catch((e) => failWith("kick drained", e));
+        } finally {
+          eventfdAdd(kick, 2n); // wakes whoever still waits in a read
+          await stuck;
+        }
+        await healthy("a blocking kick eventfd drained by the front-end");
+      });
+      await step("guest memory in a file on disk (page faults wait for the disk)", async () => {
+        const path = `${await Deno.makeTempDir({ dir: Deno.cwd(), prefix: ".hostile-" })}/mem`;
+        try {
+          await Deno.writeFile(path, new Uint8Array(1 << 20));
+          const file = await Deno.open(path, { read: true, write: true });
+          const fd = libc.open(new TextEncoder().encode(`${path}\0`), 2 /* O_RDWR */);
+          file.close();
+          const fe = frontend("h3", { replyAck: true });
+          await fe.negotiate();
+          const table = memTablePayload([{
+            gpa: 0n,
+            size: 1n << 20n,
+            uva: BigInt(UVA_OFFSET),
+            offset: 0n,
+          }]);
+          const ack = await fe.ack(P.VHOST_USER_SET_MEM_TABLE, table, [fd]);
+          closeFd(fd);
+          assert.notEqual(ack, 0n, "memory in a regular disk file was accepted");
+        } finally {
+          await Deno.remove(path.replace(/\/mem$/, ""), { recursive: true });
+        }
+        await healthy("guest memory on disk");
       });
 
       await prober.stop();

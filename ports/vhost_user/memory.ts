@@ -1,7 +1,15 @@
 // Guest memory: the control plane maps the front-end's regions (MemoryTable), the datapath
 // views them (GuestMemory) and translates every guest address with a bounds check.
 import { libc } from "../../ffi/libc.ts";
-import { closeFd, fdTarget, fstat, S_IFREG } from "../../ffi/fd.ts";
+import {
+  closeFd,
+  fdTarget,
+  fstat,
+  fsType,
+  HUGETLBFS_MAGIC,
+  S_IFREG,
+  TMPFS_MAGIC,
+} from "../../ffi/fd.ts";
 import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
 import { type MemoryRegionDesc, ProtocolError } from "./protocol.ts";
 
@@ -56,6 +64,15 @@ export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
   const st = fstat(fd);
   if (st.mode !== S_IFREG) {
     throw new ProtocolError(`memory region: fd is not a regular file (${fdTarget(fd)})`);
+  }
+  // Only memory: a page of a disk, network or FUSE file can take as long to fault in as the
+  // front-end (or whoever serves it) likes, and a worker touching it would wait that long.
+  const fs = fsType(fd);
+  if (fs !== TMPFS_MAGIC && fs !== HUGETLBFS_MAGIC) {
+    throw new ProtocolError(
+      `memory region: fd is not in memory (file system 0x${fs.toString(16)}, ` +
+        `not tmpfs/memfd or hugetlbfs: ${fdTarget(fd)})`,
+    );
   }
   if (st.size < mmapOffset + size) {
     throw new ProtocolError(

@@ -2,7 +2,7 @@
 // memory. Only ring mechanics live here: walk a descriptor chain into segments, put used
 // elements, publish the used index and decide whether the guest wants an interrupt.
 // Every chain is bounded by the queue size and every address is translated with a bounds check.
-import { eventfdWrite } from "../../ffi/fd.ts";
+import { signalPeer } from "../peer_eventfd.ts";
 import type { GuestMemory } from "./memory.ts";
 import { wordView } from "../copy.ts";
 import {
@@ -54,6 +54,8 @@ export class SplitQueue implements VirtQueue {
   #signalled: number;
   /** Set when the guest put an impossible avail index: the ring is not serviced any more. */
   broken = false;
+  /** Set when a write to the call eventfd blocked and was interrupted: the port is reported. */
+  callBlocked = false;
 
   /** Segments of the last walked chain: region index, offset in it, length. */
   readonly segRegion: Int32Array;
@@ -293,7 +295,12 @@ export class SplitQueue implements VirtQueue {
       notify = (flags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
     }
     if (!notify || this.callFd < 0) return false;
-    eventfdWrite(this.callFd);
+    if (!signalPeer(this.callFd)) {
+      // The front-end made its call eventfd block us (ports/peer_eventfd.ts): never again.
+      this.callFd = -1;
+      this.callBlocked = true;
+      return false;
+    }
     return true;
   }
 
