@@ -13,7 +13,7 @@
 // the position of its own head. Every chain is bounded by the ring size, every address is
 // translated with a bounds check, and nothing is written to the ring before storeUsed(), so a
 // frame that gives its buffers back (rewind) leaves the guest's descriptors untouched.
-import { eventfdWrite } from "../../ffi/fd.ts";
+import { signalPeer } from "../peer_eventfd.ts";
 import type { GuestMemory } from "./memory.ts";
 import { wordView } from "../copy.ts";
 import {
@@ -70,6 +70,7 @@ export class PackedQueue implements VirtQueue {
   readonly shared: Int32Array | null;
   callFd: number;
   broken = false;
+  callBlocked = false;
   /** 4 words per descriptor: addr low, addr high, len, id | flags << 16. */
   readonly #desc: Uint32Array;
   /** Driver event suppression (we read): off_wrap, flags. */
@@ -365,7 +366,12 @@ export class PackedQueue implements VirtQueue {
       notify = vringNeedEvent(event & 0xffff, newSeq, old);
     }
     if (!notify || this.callFd < 0) return false;
-    eventfdWrite(this.callFd);
+    if (!signalPeer(this.callFd)) {
+      // The front-end made its call eventfd block us (ports/peer_eventfd.ts): never again.
+      this.callFd = -1;
+      this.callBlocked = true;
+      return false;
+    }
     return true;
   }
 

@@ -61,6 +61,8 @@ export interface VirtQueue {
   readonly shared: Int32Array | null;
   /** Set when the guest broke the ring's rules: the ring is not serviced any more. */
   broken: boolean;
+  /** Set when a write to the call eventfd blocked and was interrupted: the port is reported. */
+  callBlocked: boolean;
   /** Segments of the last walked chain: region index, offset in it, length. */
   readonly segRegion: Int32Array;
   readonly segOffset: Float64Array;
