@@ -21,6 +21,8 @@ export interface VtepPlan {
   vxlan?: Record<string, unknown>;
   /** Datapath threads of the switch (default 1). */
   threads?: number;
+  /** The switch's `poll` section (default: adaptive). */
+  poll?: Record<string, unknown>;
 }
 
 export interface Vtep {
@@ -183,6 +185,7 @@ export class VxlanLab {
         name: `sw${n}`,
         http: { listen: "127.0.0.1:8080" }, // the host namespace's own loopback
         threads: plan.threads ?? 1,
+        ...(plan.poll ? { poll: plan.poll } : {}),
         ports: [
           { name: "station", type: "af-packet", interface: "p0" },
           { name: "vx42", type: "vxlan", vni: VNI, local: address, remotes, ...plan.vxlan },
