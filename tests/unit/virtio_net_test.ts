@@ -1,0 +1,153 @@
+// VirtioNetDatapath (ports/vhost_user/virtio_net.ts) over split rings in process memory that
+// the test fills as a guest driver would (tests/helpers/split_ring.ts): frames the guest sends
+// come out as a burst, with the virtio-net header skipped wherever the guest put it; frames for
+// the guest land in its RX buffers with their length, num_buffers and one interrupt per burst.
+import assert from "node:assert/strict";
+import { closeFd, eventfdCreate, eventfdRead } from "../../ffi/fd.ts";
+import {
+  COUNTER_FIELDS,
+  DROP_BAD_DESCRIPTOR,
+  DROP_NO_BUFFER,
+  DROP_RUNT,
+  DROP_TOO_BIG,
+  NOTIFICATIONS,
+  RX_BYTES,
+  RX_PACKETS,
+  TX_PACKETS,
+} from "../../ports/counters.ts";
+import { EgressFrame, FrameBatch } from "../../ports/port.ts";
+import { openQueue, VirtioNetDatapath } from "../../ports/vhost_user/virtio_net.ts";
+import { DESC_F_NEXT, SplitRingDriver } from "../helpers/split_ring.ts";
+import { ethFrame } from "../helpers/pcap.ts";
+
+const HDR = 12;
+const MAX_FRAME = 1518;
+
+function datapath(mergeable = true) {
+  const counters = new Float64Array(COUNTER_FIELDS);
+  return { dp: new VirtioNetDatapath(HDR, mergeable, MAX_FRAME, counters), c: counters };
+}
+
+const frame = (length: number, seq = 1) =>
+  ethFrame({ dst: "52:54:00:00:00:02", src: "52:54:00:00:00:01", length, seq });
+
+/** The frames of a received burst, copied out. */
+const framesOf = (b: FrameBatch) =>
+  Array.from(
+    { length: b.count },
+    (_, i) => b.bytes[i].slice(b.offset[i], b.offset[i] + b.length[i]),
+  );
+
+Deno.test("guest TX: the header is skipped wherever the guest put it", () => {
+  using g = new SplitRingDriver(16);
+  const { dp, c } = datapath();
+  dp.txQueues.push(openQueue(g.memory, g.spec()));
+  const f = [frame(60, 1), frame(1000, 2), frame(1514, 3)];
+  const hdr = new Uint8Array(HDR);
+  // With the frame in one buffer; header separate; frame scattered over three buffers.
+  g.offer(g.addChain([g.buffer(new Uint8Array([...hdr, ...f[0]]))]));
+  g.offer(g.addChain([g.buffer(hdr), g.buffer(f[1])]));
+  g.offer(g.addChain([
+    g.buffer(new Uint8Array([...hdr, ...f[2].subarray(0, 7)])),
+    g.buffer(f[2].subarray(7, 700)),
+    g.buffer(f[2].subarray(700)),
+  ]));
+  g.publish();
+  const batch = new FrameBatch();
+  assert.equal(dp.receive(batch), 3);
+  assert.deepEqual(framesOf(batch), f);
+  assert.equal(c[RX_PACKETS], 3);
+  assert.equal(c[RX_BYTES], 60 + 1000 + 1514);
+  assert.equal(g.usedIdx, 0, "the buffers stay with us until release()");
+  dp.release();
+  assert.equal(g.usedIdx, 3, "all three handed back");
+});
+
+Deno.test("guest TX: runts, giants and broken chains are dropped, counted and handed back", () => {
+  using g = new SplitRingDriver(16);
+  const { dp, c } = datapath();
+  dp.txQueues.push(openQueue(g.memory, g.spec()));
+  g.offer(g.addChain([g.buffer(new Uint8Array(HDR + 13))]));
+  g.offer(g.addChain([g.buffer(new Uint8Array(HDR + MAX_FRAME + 1))]));
+  g.writeDesc(15, g.alloc(64), 64, DESC_F_NEXT, 15); // a chain that loops
+  g.offer(15);
+  g.offer(g.addChain([g.buffer(new Uint8Array([...new Uint8Array(HDR), ...frame(64)]))]));
+  g.publish();
+  const batch = new FrameBatch();
+  assert.equal(dp.receive(batch), 1, "only the good frame");
+  assert.deepEqual([c[DROP_RUNT], c[DROP_TOO_BIG], c[DROP_BAD_DESCRIPTOR]], [1, 1, 1]);
+  dp.release();
+  assert.equal(g.usedIdx, 4, "the dropped chains are handed back too");
+});
+
+function rxRing(g: SplitRingDriver, buffers: number, size: number, mergeable: boolean) {
+  const callFd = eventfdCreate();
+  const { dp, c } = datapath(mergeable);
+  const addrs: number[] = [];
+  for (let i = 0; i < buffers; i++) {
+    const addr = g.alloc(size);
+    addrs.push(addr);
+    g.offer(g.addChain([{ addr, len: size, write: true }]));
+  }
+  g.publish();
+  dp.setRxQueue(openQueue(g.memory, g.spec({ index: 0, callFd })));
+  return {
+    dp,
+    c,
+    addrs,
+    calls: () => Number(eventfdRead(callFd)),
+    [Symbol.dispose]: () => closeFd(callFd),
+  };
+}
+
+const send = (dp: VirtioNetDatapath, f: Uint8Array) =>
+  dp.transmit(f, new EgressFrame().setWhole(f, 0, f.length));
+
+Deno.test("guest RX: each frame in one buffer, its length used, one interrupt per burst", () => {
+  using g = new SplitRingDriver(16);
+  using r = rxRing(g, 4, 2048, false);
+  const f = [frame(60, 1), frame(1514, 2), frame(333, 3)];
+  for (const x of f) assert.ok(send(r.dp, x));
+  assert.equal(g.usedIdx, 0, "nothing visible before flush");
+  r.dp.flush();
+  assert.equal(g.usedIdx, 3);
+  f.forEach((x, i) => {
+    const [id, len] = g.usedElem(i);
+    assert.equal(len, HDR + x.length);
+    const at = r.addrs[id];
+    assert.deepEqual(g.bytes.slice(at + HDR, at + HDR + x.length), x, `frame ${i}`);
+  });
+  assert.equal(r.calls(), 1, "one call eventfd write for the burst");
+  assert.equal(r.c[NOTIFICATIONS], 1);
+  assert.equal(r.c[TX_PACKETS], 3);
+});
+
+Deno.test("guest RX, mergeable: a frame spreads over buffers, num_buffers says how many", () => {
+  using g = new SplitRingDriver(16);
+  using r = rxRing(g, 4, 512, true);
+  const f = frame(1400);
+  assert.ok(send(r.dp, f));
+  r.dp.flush();
+  assert.equal(g.usedIdx, 3, "12 + 1400 bytes take three 512-byte buffers");
+  const used = [0, 1, 2].map((i) => g.usedElem(i));
+  assert.deepEqual(used.map(([, len]) => len), [512, 512, HDR + 1400 - 1024]);
+  const first = r.addrs[used[0][0]];
+  assert.equal(g.view.getUint16(first + 10, true), 3, "num_buffers");
+  const got = new Uint8Array([
+    ...g.bytes.slice(first + HDR, first + 512),
+    ...used.slice(1).flatMap(([id, len]) => [...g.bytes.slice(r.addrs[id], r.addrs[id] + len)]),
+  ]);
+  assert.deepEqual(got, f);
+});
+
+Deno.test("guest RX: no buffer, or buffers too small, drop the frame and keep the buffers", () => {
+  using g = new SplitRingDriver(16);
+  using r = rxRing(g, 1, 128, false);
+  assert.equal(send(r.dp, frame(1000)), false, "does not fit 128 bytes");
+  assert.equal(r.c[DROP_TOO_BIG], 1);
+  assert.ok(send(r.dp, frame(100)), "the buffer was kept for the next frame");
+  assert.equal(send(r.dp, frame(60)), false, "no buffer left");
+  assert.equal(r.c[DROP_NO_BUFFER], 1);
+  r.dp.flush();
+  assert.equal(g.usedIdx, 1);
+});
