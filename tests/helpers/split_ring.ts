@@ -71,8 +71,9 @@ export class SplitRingDriver implements Disposable {
       callFd: -1,
       kickFd: -1,
       shared: null,
+      ringLog: [],
       ...opts,
-    };
+    } as QueueSpec;
   }
 
   /** Room for `len` bytes of buffer or table, 16-byte aligned; returns its guest address. */

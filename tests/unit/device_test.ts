@@ -42,6 +42,11 @@ class FakeDatapath implements DeviceDatapath {
     this.#running = state;
     return Promise.resolve(stopped);
   }
+  readonly announced: Uint8Array[] = [];
+  announce(mac: Uint8Array): Promise<void> {
+    this.announced.push(mac);
+    return Promise.resolve();
+  }
   get running(): number[] {
     return this.#running?.queues.map((q) => q.index) ?? [];
   }

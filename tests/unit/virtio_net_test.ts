@@ -18,7 +18,7 @@ import {
 import { EgressFrame, FrameBatch } from "../../ports/port.ts";
 import { openQueue, VirtioNetDatapath } from "../../ports/vhost_user/virtio_net.ts";
 import { DESC_F_NEXT, SplitRingDriver } from "../helpers/split_ring.ts";
-import { ethFrame } from "../helpers/pcap.ts";
+import { ethFrame } from "../../peers/pcap.ts";
 
 const HDR = 12;
 const MAX_FRAME = 1518;
@@ -41,7 +41,7 @@ const framesOf = (b: FrameBatch) =>
 Deno.test("guest TX: the header is skipped wherever the guest put it", () => {
   using g = new SplitRingDriver(16);
   const { dp, c } = datapath();
-  dp.txQueues.push(openQueue(g.memory, g.spec()));
+  dp.txQueues.push(openQueue(g.memory, g.spec(), null));
   const f = [frame(60, 1), frame(1000, 2), frame(1514, 3)];
   const hdr = new Uint8Array(HDR);
   // With the frame in one buffer; header separate; frame scattered over three buffers.
@@ -66,7 +66,7 @@ Deno.test("guest TX: the header is skipped wherever the guest put it", () => {
 Deno.test("guest TX: runts, giants and broken chains are dropped, counted and handed back", () => {
   using g = new SplitRingDriver(16);
   const { dp, c } = datapath();
-  dp.txQueues.push(openQueue(g.memory, g.spec()));
+  dp.txQueues.push(openQueue(g.memory, g.spec(), null));
   g.offer(g.addChain([g.buffer(new Uint8Array(HDR + 13))]));
   g.offer(g.addChain([g.buffer(new Uint8Array(HDR + MAX_FRAME + 1))]));
   g.writeDesc(15, g.alloc(64), 64, DESC_F_NEXT, 15); // a chain that loops
@@ -90,7 +90,7 @@ function rxRing(g: SplitRingDriver, buffers: number, size: number, mergeable: bo
     g.offer(g.addChain([{ addr, len: size, write: true }]));
   }
   g.publish();
-  dp.setRxQueue(openQueue(g.memory, g.spec({ index: 0, callFd })));
+  dp.setRxQueue(openQueue(g.memory, g.spec({ index: 0, callFd }), null));
   return {
     dp,
     c,
