@@ -23,6 +23,7 @@ const PACKET_STATISTICS = 6;
 const PACKET_VERSION = 10;
 const PACKET_TX_RING = 13;
 const PACKET_LOSS = 14;
+const PACKET_VNET_HDR = 15;
 const PACKET_QDISC_BYPASS = 20;
 const PACKET_IGNORE_OUTGOING = 23;
 const PACKET_MR_PROMISC = 1;
@@ -157,6 +158,14 @@ export function setQdiscBypass(fd: number, on = true): void {
 /** PACKET_LOSS: a TX frame the kernel rejects is skipped instead of wedging the ring. */
 export function setPacketLoss(fd: number, on = true): void {
   setInt(fd, SOL_PACKET, PACKET_LOSS, on ? 1 : 0, "PACKET_LOSS");
+}
+
+/**
+ * PACKET_VNET_HDR: every frame in the rings (and of send/recv) is preceded by a struct
+ * virtio_net_hdr with the kernel's checksum and GSO state. Must precede the rings.
+ */
+export function setVnetHdr(fd: number, on = true): void {
+  setInt(fd, SOL_PACKET, PACKET_VNET_HDR, on ? 1 : 0, "PACKET_VNET_HDR");
 }
 
 /** SO_SNDBUF/SO_RCVBUF, beyond the sysctl maximum when privileged (the *FORCE variants). */

@@ -21,8 +21,8 @@ export const NOTIFICATIONS = 8;
  */
 export const DROP_LINK_DOWN = 9;
 /**
- * Frames received with their L4 checksum left to offload (af-packet TP_STATUS_CSUMNOTREADY,
- * e.g. from a veth peer with tx checksumming on): forwarded as they are, counted for diagnosis.
+ * Frames received with their L4 checksum left to offload (virtio NEEDS_CSUM, e.g. from a veth
+ * peer with tx checksumming on): each destination takes it as it is or gets it filled.
  */
 export const RX_CSUM_PARTIAL = 10;
 /** VXLAN: a datagram for another VNI than the port's. */
@@ -35,6 +35,19 @@ export const DROP_VTEP_UNKNOWN = 18;
 export const DROP_VTEP_UNREACHABLE = 19;
 /** VXLAN: received inner frames whose L4 checksum was left partial by the sending kernel, filled. */
 export const RX_CSUM_FILLED = 20;
+/** Frames whose L4 checksum this port filled in software (the destination cannot take it). */
+export const CSUM_FILLED = 11;
+/** GSO super-frames this port cut into segments in software (destination, MTU or room). */
+export const GSO_SEGMENTED = 12;
+/** GSO super-frames received (a guest's TSO, the kernel's GSO/GRO). */
+export const RX_GSO = 13;
+/** GSO super-frames handed on as they are, for the peer to segment. */
+export const TX_GSO = 14;
+/**
+ * Frames whose offload header lied (gso_size 0, csum_start or hdr_len past the frame, an
+ * unsupported GSO type or IPv6 extension header), or whose headers cannot be segmented.
+ */
+export const DROP_BAD_OFFLOAD = 15;
 export const COUNTER_FIELDS = 24;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -54,6 +67,11 @@ export const COUNTER_NAMES: Record<number, string> = {
   [DROP_VTEP_UNKNOWN]: "drop_vtep_unknown",
   [DROP_VTEP_UNREACHABLE]: "drop_vtep_unreachable",
   [RX_CSUM_FILLED]: "rx_csum_filled",
+  [CSUM_FILLED]: "csum_filled",
+  [GSO_SEGMENTED]: "gso_segmented",
+  [RX_GSO]: "rx_gso",
+  [TX_GSO]: "tx_gso",
+  [DROP_BAD_OFFLOAD]: "drop_bad_offload",
 };
 
 export class CounterTable {

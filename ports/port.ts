@@ -1,10 +1,15 @@
 // The one small interface every kind of port offers the datapath (Snabb's pull/push, in
 // bursts): receive a burst, release it once forwarded, transmit frames, flush once per burst.
-import { ETH_ADDRS_LEN, VLAN_HLEN } from "./ethernet.ts";
+import { ETH_ADDRS_LEN, ETH_HLEN, VLAN_HLEN } from "./ethernet.ts";
 
 /** Largest frame (without virtio header) any port accepts: 9000 MTU + Ethernet + 2 VLAN tags. */
 export const MAX_FRAME_LEN = 9000 + 14 + 8 + 4;
 export const BURST = 32;
+/**
+ * Largest GSO frame (a TCP/UDP super-frame segmented later): an IP datagram's 16-bit length
+ * limit plus an Ethernet header and two VLAN tags.
+ */
+export const MAX_GSO_FRAME = 0xffff + ETH_HLEN + 2 * VLAN_HLEN;
 
 /**
  * How many of a frame's first bytes the bridge decides on and sends from its own copy: both MAC
@@ -30,6 +35,14 @@ export class EgressFrame {
   tailEnd = 0;
   /** Total output length: headLength + tailEnd - tailStart. */
   length = 0;
+  /** OFFLOAD_* bits (ports/offload/virtio_net_hdr.ts): 0 for a plain frame. */
+  offload = 0;
+  /** With OFFLOAD_CSUM: where the checksummed bytes start (in this frame, tags included). */
+  csumStart = 0;
+  /** With OFFLOAD_CSUM: where the checksum field sits, from csumStart. */
+  csumOffset = 0;
+  /** With a GSO bit: the payload bytes of each segment. */
+  gsoSize = 0;
 
   constructor() {
     const buffer = new ArrayBuffer(MAX_HEAD_LEN);
@@ -42,7 +55,7 @@ export class EgressFrame {
     return p < this.headLength ? this.head[p] : src[this.tailStart + p - this.headLength];
   }
 
-  /** Sets this to src[off, off + len) sent as it is (for senders that are not the bridge). */
+  /** Sets this to src[off, off + len) sent as it is, a plain frame (senders besides the bridge). */
   setWhole(src: Uint8Array, off: number, len: number): this {
     const n = Math.min(len, HEADER_COPY_LEN);
     for (let i = 0; i < n; i++) this.head[i] = src[off + i];
@@ -50,6 +63,7 @@ export class EgressFrame {
     this.tailStart = off + n;
     this.tailEnd = off + len;
     this.length = len;
+    this.offload = 0;
     return this;
   }
 }
@@ -57,17 +71,23 @@ export class EgressFrame {
 /**
  * A burst of received frames, as views: frame i is bytes[i][offset[i] .. offset[i]+length[i]).
  * Frames usually point straight into guest memory (no copy); a frame the peer scattered over
- * several buffers is gathered into the slot's scratch buffer.
+ * several buffers is gathered into the slot's scratch buffer. offload[i] holds the frame's
+ * OFFLOAD_* bits (0: a plain frame, and then the other offload fields are stale); the receiving
+ * port writes it for every frame.
  */
 export class FrameBatch {
   count = 0;
   readonly bytes: Uint8Array[];
   readonly offset = new Float64Array(BURST);
   readonly length = new Int32Array(BURST);
+  readonly offload = new Uint8Array(BURST);
+  readonly csumStart = new Int32Array(BURST);
+  readonly csumOffset = new Int32Array(BURST);
+  readonly gsoSize = new Int32Array(BURST);
   readonly scratch: Uint8Array[];
 
   constructor() {
-    this.scratch = Array.from({ length: BURST }, () => new Uint8Array(MAX_FRAME_LEN));
+    this.scratch = Array.from({ length: BURST }, () => new Uint8Array(MAX_GSO_FRAME));
     this.bytes = this.scratch.slice();
   }
 }

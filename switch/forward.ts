@@ -39,6 +39,8 @@ export class Forwarder {
   /** The decision on the frame being forwarded, and that frame as sent out one port. */
   readonly decision: Decision;
   readonly #egress = new EgressFrame();
+  /** A received frame as captures see it (reused). */
+  readonly #rxFrame = new EgressFrame();
   readonly #touched: Uint8Array;
   /**
    * The ports touched in this burst, in order: flushing walks these, not every port number
@@ -86,7 +88,8 @@ export class Forwarder {
         const bytes = batch.bytes[i];
         const off = batch.offset[i];
         const len = batch.length[i];
-        for (let t = 0; t < rxTaps.length; t++) rxTaps[t].write(bytes, off, len);
+        const offload = batch.offload[i];
+        if (rxTaps.length !== 0) tapReceived(rxTaps, batch, i, this.#rxFrame);
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, decision);
@@ -100,6 +103,13 @@ export class Forwarder {
             continue;
           }
           const frame = bridge.egress(decision, dst, egress);
+          // The frame's offload facts go with it; a tag pushed or popped moves csum_start.
+          frame.offload = offload;
+          if (offload !== 0) {
+            frame.csumStart = batch.csumStart[i] + frame.length - len;
+            frame.csumOffset = batch.csumOffset[i];
+            frame.gsoSize = batch.gsoSize[i];
+          }
           if (touched[dst] === 0) {
             touched[dst] = 1;
             touchedList[nTouched++] = dst;
@@ -125,4 +135,15 @@ export class Forwarder {
     }
     return moved;
   }
+}
+
+/** Frame i of the batch into every receive capture of its port, as the wire would carry it. */
+function tapReceived(taps: TapWriter[], batch: FrameBatch, i: number, f: EgressFrame): void {
+  const src = batch.bytes[i];
+  f.setWhole(src, batch.offset[i], batch.length[i]);
+  f.offload = batch.offload[i];
+  f.csumStart = batch.csumStart[i];
+  f.csumOffset = batch.csumOffset[i];
+  f.gsoSize = batch.gsoSize[i];
+  for (let t = 0; t < taps.length; t++) taps[t].writeEgress(src, f);
 }

@@ -4,6 +4,10 @@
 // empty list per burst.
 import type { EgressFrame } from "../ports/port.ts";
 import { MAX_FRAME_LEN } from "../ports/port.ts";
+import { VLAN_HLEN } from "../ports/ethernet.ts";
+import { COUNTER_FIELDS } from "../ports/counters.ts";
+import { OffloadFallback, type PlainTransmit } from "../ports/offload/fallback.ts";
+import { OFFLOAD_DATA_VALID } from "../ports/offload/virtio_net_hdr.ts";
 import { copyMemory } from "../ffi/native_copy.ts";
 
 const HEAD = 0; // written by the worker
@@ -33,7 +37,10 @@ class TapRing {
 }
 
 /** The worker side: appends frames, dropping (and counting) when the reader lags. */
-export class TapWriter extends TapRing {
+export class TapWriter extends TapRing implements PlainTransmit {
+  /** Fills checksums and cuts segments of offloaded frames for the capture (made on first use). */
+  #wire: OffloadFallback | null = null;
+
   #slot(length: number): number {
     const head = this.h[HEAD];
     if (head - Atomics.load(this.h, TAIL) >= TAP_SLOTS) {
@@ -57,13 +64,31 @@ export class TapWriter extends TapRing {
     this.#publish();
   }
 
-  /** A frame as transmitted: head ++ tail (see EgressFrame). */
+  /**
+   * A frame as transmitted: head ++ tail (see EgressFrame). A frame that still needs its
+   * checksum or its segmentation is captured as the wire carries it: checksum filled, or as
+   * the segments its gso_size makes.
+   */
   writeEgress(src: Uint8Array, f: EgressFrame): void {
+    if ((f.offload & ~OFFLOAD_DATA_VALID) !== 0) {
+      this.#wire ??= new OffloadFallback(new Float64Array(COUNTER_FIELDS));
+      this.#wire.send(src, f, this, MAX_FRAME_LEN - VLAN_HLEN);
+      return;
+    }
+    this.transmitPlain(src, f);
+  }
+
+  transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
+    if (f.length > MAX_FRAME_LEN) {
+      Atomics.add(this.h, DROPPED, 1);
+      return false;
+    }
     const at = this.#slot(f.length);
-    if (at < 0) return;
+    if (at < 0) return false;
     copyMemory(this.bytes, at, f.head, 0, f.headLength);
     copyMemory(this.bytes, at + f.headLength, src, f.tailStart, f.tailEnd - f.tailStart);
     this.#publish();
+    return true;
   }
 }
 

@@ -15,10 +15,12 @@ import {
   DROP_TOO_BIG,
   RX_BYTES,
   RX_CSUM_PARTIAL,
+  RX_GSO,
   RX_PACKETS,
   TX_PACKETS,
 } from "../ports/counters.ts";
 import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
+import { OFFLOAD_CSUM, OFFLOAD_TSO4 } from "../ports/offload/virtio_net_hdr.ts";
 import { createVethNetns, netnsSkipReason, run, type VethNetns } from "../peers/netns.ts";
 import { checkTestFrame, diffFrames, ETHERTYPE_TEST, ethFrame, formatMac } from "../peers/pcap.ts";
 
@@ -370,7 +372,7 @@ nsTest("a port opened on a down interface reports down, then comes up and works"
 });
 
 nsTest(
-  "TCP from a TSO/GSO peer arrives as aggregates: dropped as too big, not forwarded",
+  "TCP from a TSO/GSO peer arrives as GSO frames with their virtio_net_hdr facts, none dropped",
   async () => {
     await using ns = await createVethNetns({ hostAddr: "10.9.0.1/24" });
     using p = openPort(ns);
@@ -391,9 +393,20 @@ nsTest(
     const client = ns.exec([Deno.execPath(), "eval", code]).finally(() => exited = true);
     const batch = new FrameBatch();
     let longest = 0;
+    let gso = 0;
+    const problems: string[] = [];
     for (let quiet = 0; quiet < 50;) {
       const n = p.dp.receive(batch);
-      for (let i = 0; i < n; i++) longest = Math.max(longest, batch.length[i]);
+      for (let i = 0; i < n; i++) {
+        const len = batch.length[i];
+        longest = Math.max(longest, len);
+        if ((batch.offload[i] & OFFLOAD_TSO4) === 0) continue;
+        gso++;
+        // IPv4 without options: the TCP header (and its checksum field) at 34 + 16.
+        const wrong = (batch.offload[i] & OFFLOAD_CSUM) === 0 || batch.csumStart[i] !== 34 ||
+          batch.csumOffset[i] !== 16 || batch.gsoSize[i] !== 1448;
+        if (wrong) problems.push(`${len} B: ${batch.csumStart[i]}+${batch.csumOffset[i]}`);
+      }
       p.dp.release();
       if (exited && n === 0) quiet++;
       await sleep(0);
@@ -401,15 +414,17 @@ nsTest(
     await client;
     assert.equal(await server, 1 << 20);
     listener.close();
-    assert.ok(p.c[DROP_TOO_BIG] > 0, "GSO aggregates were seen and dropped");
-    assert.ok(longest <= 1500 + 26, `nothing longer than the wire allows got through (${longest})`);
+    assert.equal(p.c[DROP_TOO_BIG], 0, "no frame dropped as too big");
+    assert.ok(longest > 1500 + 26, `frames longer than the wire came as they are (${longest})`);
+    assert.ok(gso > 0 && p.c[RX_GSO] === gso, `GSO frames counted (${gso}, ${p.c[RX_GSO]})`);
+    assert.deepEqual(problems, [], "each with csum_start at TCP, gso_size the MSS");
     assert.ok(p.c[RX_CSUM_PARTIAL] > 0, "and their checksums were left to offload");
   },
 );
 
 nsTest("a full TX ring drops and counts; flushing frees it", async () => {
   await using ns = await createVethNetns();
-  using p = openPort(ns, { geometry: { txBlockNr: 1 } }); // 7 slots of 9360 B
+  using p = openPort(ns, { geometry: { txBlockNr: 7 } }); // 7 slots of 64 KiB
   const frames = Array.from({ length: 10 }, (_, seq) => ethFrame({ dst: BCAST, src: SW_MAC, seq }));
   const cap = await ns.capture(7 + 7, ["ether", "src", SW_MAC]);
   const sent = frames.map((f) => p.dp.transmit(f, whole(f)));

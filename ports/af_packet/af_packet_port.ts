@@ -20,6 +20,7 @@ import {
   setRxRing,
   setSocketBuffer,
   setTxRing,
+  setVnetHdr,
   TPACKET_V3,
 } from "../../ffi/packet.ts";
 import {
@@ -43,7 +44,11 @@ export interface AfPacketPortConfig {
 }
 
 export interface AfPacketPortOptions {
-  /** "syscall": a plain socket, one syscall per frame (the benchmark baseline). */
+  /**
+   * "syscall": plain sockets, one syscall per frame (the benchmark baseline); its transmit
+   * socket has no PACKET_VNET_HDR, so frames leave complete (checksums filled and GSO frames
+   * segmented in software).
+   */
   variant?: "ring" | "syscall";
   geometry?: Partial<RingGeometry>;
   /** PACKET_QDISC_BYPASS: faster, but tc and tcpdump on the interface no longer see our TX. */
@@ -80,6 +85,7 @@ function openTxOnlySocket(
   try {
     setPacketVersion(fd, TPACKET_V3);
     setPacketLoss(fd);
+    setVnetHdr(fd);
     setTxRing(fd, {
       blockSize: g.txBlockSize,
       blockNr: g.txBlockNr,
@@ -134,6 +140,7 @@ export class AfPacketPort {
     let fd = -1;
     let mapping: Mapping | null = null;
     const txExtra: AfPacketSpec["txExtra"] = [];
+    let plainTxFd = -1;
     const extraMappings: Mapping[] = [];
     try {
       if (variant === "ring") checkGeometry(g);
@@ -145,6 +152,11 @@ export class AfPacketPort {
       if (variant === "ring") {
         setPacketVersion(fd, TPACKET_V3);
         setPacketLoss(fd); // a frame the kernel refuses must not wedge the TX ring
+      }
+      // Checksum-partial and GSO frames (a namespace's TCP with kernel defaults) come in with
+      // their metadata and go out for the kernel (or the peer) to finish: before the rings.
+      setVnetHdr(fd);
+      if (variant === "ring") {
         const fpb = txFramesPerBlock(g);
         setRxRing(fd, {
           blockSize: g.rxBlockSize,
@@ -172,7 +184,12 @@ export class AfPacketPort {
       }
       // In flight TX bytes count against the send buffer until the driver frees them.
       setSocketBuffer(fd, "send", SOCKET_BUFFER);
-      if (variant === "syscall") setSocketBuffer(fd, "receive", SOCKET_BUFFER);
+      if (variant === "syscall") {
+        setSocketBuffer(fd, "receive", SOCKET_BUFFER);
+        plainTxFd = packetSocket(0);
+        setSocketBuffer(plainTxFd, "send", SOCKET_BUFFER);
+        bindToInterface(plainTxFd, ifindex, 0);
+      }
       try {
         setIgnoreOutgoing(fd);
       } catch (err) {
@@ -200,6 +217,8 @@ export class AfPacketPort {
         interface: config.interface,
         fd,
         mtu,
+        vnetHdr: true,
+        plainTxFd,
         link,
         rx,
         tx,
@@ -216,6 +235,7 @@ export class AfPacketPort {
       closeFd(fd);
       extraMappings.forEach(munmap);
       for (const t of txExtra) closeFd(t.fd);
+      if (plainTxFd >= 0) closeFd(plainTxFd);
       const text = err instanceof Error ? err.message : String(err);
       throw new Error(`${where}: ${text}`, { cause: err });
     }
@@ -280,6 +300,7 @@ export class AfPacketPort {
         addPromiscMembership(this.spec.fd, index);
         bindToInterface(this.spec.fd, index, ETH_P_ALL);
         for (const t of this.spec.txExtra) bindToInterface(t.fd, index, 0);
+        if (this.spec.plainTxFd >= 0) bindToInterface(this.spec.plainTxFd, index, 0);
         this.ifindex = index;
         this.log(`interface "${name}" is back (ifindex ${index}): socket rebound`);
       }
@@ -318,6 +339,7 @@ export class AfPacketPort {
     closeFd(this.spec.fd);
     this.extraMappings.forEach(munmap);
     for (const t of this.spec.txExtra) closeFd(t.fd);
+    if (this.spec.plainTxFd >= 0) closeFd(this.spec.plainTxFd);
   }
 
   [Symbol.dispose](): void {

@@ -3,6 +3,7 @@
 // with one send() per burst. Status words are shared with the kernel: read and written with
 // Atomics so no load or store moves across them.
 import {
+  DROP_BAD_OFFLOAD,
   DROP_LINK_DOWN,
   DROP_NO_BUFFER,
   DROP_RUNT,
@@ -10,11 +11,33 @@ import {
   NOTIFICATIONS,
   RX_BYTES,
   RX_CSUM_PARTIAL,
+  RX_GSO,
   RX_PACKETS,
   TX_BYTES,
+  TX_GSO,
   TX_PACKETS,
 } from "../counters.ts";
-import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
+import { OffloadFallback } from "../offload/fallback.ts";
+import {
+  OFFLOAD_CSUM,
+  OFFLOAD_DATA_VALID,
+  OFFLOAD_ECN,
+  OFFLOAD_GSO,
+  OFFLOAD_GSO_NO_CSUM,
+  OFFLOAD_TSO4,
+  OFFLOAD_TSO6,
+  OFFLOAD_USO,
+  readVirtioNetHdr,
+  VNET_HDR_LEN,
+  writeVirtioNetHdr,
+} from "../offload/virtio_net_hdr.ts";
+import {
+  BURST,
+  type DatapathPort,
+  type EgressFrame,
+  type FrameBatch,
+  MAX_GSO_FRAME,
+} from "../port.ts";
 import { viewMapping } from "../../ffi/mem.ts";
 import { sendNow } from "../../ffi/packet.ts";
 import { ETH_HLEN, ETH_P_8021Q } from "../ethernet.ts";
@@ -25,6 +48,7 @@ import {
   BLOCK_STATUS,
   copyEgress,
   egressFits,
+  egressTagged,
   LinkView,
   TP_LEN,
   TP_MAC,
@@ -32,7 +56,6 @@ import {
   TP_SNAPLEN,
   TP_STATUS,
   TP_STATUS_AVAILABLE,
-  TP_STATUS_CSUMNOTREADY,
   TP_STATUS_KERNEL,
   TP_STATUS_SEND_REQUEST,
   TP_STATUS_USER,
@@ -41,9 +64,17 @@ import {
   TP_VLAN_TCI,
   TP_VLAN_TPID,
   TPACKET3_HDR_ALIGNED,
+  TX_DATA,
 } from "./tpacket.ts";
 import { AfPacketSyscallDatapath } from "./syscall_datapath.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
+
+/** What the kernel takes from a virtio_net_hdr (virtio_net_hdr_to_skb). */
+const ACCEPTS = OFFLOAD_CSUM | OFFLOAD_TSO4 | OFFLOAD_TSO6 | OFFLOAD_USO | OFFLOAD_ECN |
+  OFFLOAD_DATA_VALID;
+const OFFLOAD_GSO_ANY = OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM;
+/** A GSO frame may carry one tag the kernel took out. */
+const GSO_MAX = MAX_GSO_FRAME;
 
 export class AfPacketRingDatapath implements DatapathPort {
   /** The socket whose TX ring this worker fills (its own when it is not worker 0). */
@@ -71,6 +102,7 @@ export class AfPacketRingDatapath implements DatapathPort {
   readonly #txBlockSize: number;
   readonly #txFrameNr: number;
   readonly #txRoom: number;
+  readonly #fallback: OffloadFallback;
   #txHead = 0;
   #txQueued = 0;
   /** Status word index of the last frame queued: still SEND_REQUEST after a kick = retry. */
@@ -102,7 +134,9 @@ export class AfPacketRingDatapath implements DatapathPort {
     this.#txBlockSize = tx.blockSize;
     this.#txFramesPerBlock = Math.floor(tx.blockSize / tx.frameSize);
     this.#txFrameNr = this.#txFramesPerBlock * tx.blockNr;
-    this.#txRoom = tx.frameSize - TPACKET3_HDR_ALIGNED;
+    this.#txRoom = tx.frameSize - TX_DATA;
+    this.#fallback = new OffloadFallback(counters);
+    if (!spec.vnetHdr) throw new Error(`af-packet port ${spec.name}: ring without PACKET_VNET_HDR`);
     this.#link.refresh();
   }
 
@@ -122,12 +156,23 @@ export class AfPacketRingDatapath implements DatapathPort {
       const len = w[(h + TP_LEN) >> 2];
       let off = h + this.#rx16[(h + TP_MAC) >> 1];
       const tagged = (status & TP_STATUS_VLAN_VALID) !== 0;
-      if (w[(h + TP_SNAPLEN) >> 2] < len || len + (tagged ? 4 : 0) > this.#link.rxMax) {
-        c[DROP_TOO_BIG]++; // truncated, or a GSO/GRO/LRO aggregate longer than the wire allows
+      if (w[(h + TP_SNAPLEN) >> 2] < len) {
+        c[DROP_TOO_BIG]++; // truncated: longer than a block holds
         continue;
       }
       if (len < ETH_HLEN) {
         c[DROP_RUNT]++;
+        continue;
+      }
+      // The kernel's virtio_net_hdr sits just before the frame (read before the tag moves in).
+      const bits = readVirtioNetHdr(rx, off - VNET_HDR_LEN, len, batch, n);
+      if (bits < 0) {
+        c[DROP_BAD_OFFLOAD]++;
+        continue;
+      }
+      // Only a GSO frame (the kernel's GSO or GRO) may be longer than the wire allows.
+      if (len + (tagged ? 4 : 0) > ((bits & OFFLOAD_GSO_ANY) === 0 ? this.#link.rxMax : GSO_MAX)) {
+        c[DROP_TOO_BIG]++;
         continue;
       }
       let flen = len;
@@ -155,10 +200,15 @@ export class AfPacketRingDatapath implements DatapathPort {
         b[off + 14] = (tci >>> 8) & 0xff;
         b[off + 15] = tci & 0xff;
         flen += 4;
+        // The kernel counted csum_start from the untagged frame.
+        batch.csumStart[n] += 4;
       } else {
         batch.bytes[n] = rx;
       }
-      if (status & TP_STATUS_CSUMNOTREADY) c[RX_CSUM_PARTIAL]++;
+      if (bits !== 0) {
+        if ((bits & OFFLOAD_CSUM) !== 0) c[RX_CSUM_PARTIAL]++;
+        if ((bits & OFFLOAD_GSO_ANY) !== 0) c[RX_GSO]++;
+      }
       batch.offset[n] = off;
       batch.length[n] = flen;
       c[RX_BYTES] += flen;
@@ -208,6 +258,13 @@ export class AfPacketRingDatapath implements DatapathPort {
   }
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
+    // A plain frame (at most a DATA_VALID hint, which the kernel has no use for on TX) takes the
+    // plain path; checksum-partial and GSO frames are handed to the kernel with their header.
+    if ((f.offload & ~OFFLOAD_DATA_VALID) === 0) return this.transmitPlain(src, f);
+    return this.#transmitOffload(src, f);
+  }
+
+  transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
     if (!this.#link.up) {
       c[DROP_LINK_DOWN]++;
@@ -221,24 +278,101 @@ export class AfPacketRingDatapath implements DatapathPort {
       c[DROP_RUNT]++;
       return false;
     }
+    const slot = this.#txSlot();
+    if (slot < 0) return false;
+    // A zero virtio_net_hdr (the slot is reused: clear what the last frame left).
+    const v = (slot + TPACKET3_HDR_ALIGNED) >> 2;
+    this.#tx32[v] = 0;
+    this.#tx32[v + 1] = 0;
+    this.#tx[slot + TX_DATA - 2] = 0;
+    this.#tx[slot + TX_DATA - 1] = 0;
+    copyEgress(this.#tx, slot + TX_DATA, src, f);
+    this.#queue(slot, f.length);
+    return true;
+  }
+
+  /**
+   * A frame that needs its checksum filled or its segments cut: the kernel does it (and the
+   * device after it) from the header; what the header cannot say goes to the software fallback:
+   * a GSO frame without NEEDS_CSUM, or one longer than a slot holds.
+   */
+  #transmitOffload(src: Uint8Array, f: EgressFrame): boolean {
+    const c = this.counters;
+    const bits = f.offload;
+    const len = f.length;
+    if (!this.#link.up) {
+      c[DROP_LINK_DOWN]++;
+      return false;
+    }
+    const tagged = egressTagged(src, f);
+    const wire = this.#link.mtu + ETH_HLEN + (tagged ? 4 : 0);
+    const gso = (bits & OFFLOAD_GSO_ANY) !== 0;
+    if ((bits & ~ACCEPTS) !== 0 || (gso && len > this.#txRoom)) {
+      return this.#fallback.send(src, f, this, this.#link.mtu + ETH_HLEN);
+    }
+    if (!gso && len > wire) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    if (len < ETH_HLEN || f.csumStart + f.csumOffset + 2 > len) {
+      c[DROP_BAD_OFFLOAD]++;
+      return false;
+    }
+    const slot = this.#txSlot();
+    if (slot < 0) return false;
+    const at = slot + TX_DATA;
+    copyEgress(this.#tx, at, src, f);
+    let hdrLen = 0;
+    let mss = 0;
+    if (gso) {
+      // The headers end after the L4 header (TCP: its data offset); segments must fit the MTU.
+      const l4 = f.csumStart;
+      hdrLen = (bits & OFFLOAD_USO) !== 0 ? l4 + 8 : l4 + (this.#tx[at + l4 + 12] >>> 4) * 4;
+      mss = f.gsoSize;
+      if (hdrLen + mss > wire) mss = wire - hdrLen;
+      if (hdrLen > len || mss <= 0) {
+        c[hdrLen > len ? DROP_BAD_OFFLOAD : DROP_TOO_BIG]++;
+        return false; // the slot stays AVAILABLE: nothing was queued
+      }
+      c[TX_GSO]++;
+    }
+    writeVirtioNetHdr(
+      this.#tx,
+      slot + TPACKET3_HDR_ALIGNED,
+      bits,
+      f.csumStart,
+      f.csumOffset,
+      mss,
+      hdrLen,
+    );
+    this.#queue(slot, len);
+    return true;
+  }
+
+  /** The head TX slot if the kernel is done with it, else -1 (counted: no buffer). */
+  #txSlot(): number {
     const i = this.#txHead;
     const slot = Math.floor(i / this.#txFramesPerBlock) * this.#txBlockSize +
       (i % this.#txFramesPerBlock) * this.#txFrameSize;
-    const st = (slot + TP_STATUS) >> 2;
     // The kernel frees slots in order as their skbs are destroyed: head busy = ring full.
-    if (Atomics.load(this.#tx32, st) !== TP_STATUS_AVAILABLE) {
-      c[DROP_NO_BUFFER]++;
-      return false;
+    if (Atomics.load(this.#tx32, (slot + TP_STATUS) >> 2) !== TP_STATUS_AVAILABLE) {
+      this.counters[DROP_NO_BUFFER]++;
+      return -1;
     }
-    copyEgress(this.#tx, slot + TPACKET3_HDR_ALIGNED, src, f);
-    this.#tx32[(slot + TP_LEN) >> 2] = f.length;
+    return slot;
+  }
+
+  /** Hands the frame in `slot` (its virtio_net_hdr and `len` bytes) to the kernel. */
+  #queue(slot: number, len: number): void {
+    const st = (slot + TP_STATUS) >> 2;
+    this.#tx32[(slot + TP_LEN) >> 2] = VNET_HDR_LEN + len;
     Atomics.store(this.#tx32, st, TP_STATUS_SEND_REQUEST);
     this.#txLast = st;
+    const i = this.#txHead;
     this.#txHead = i + 1 === this.#txFrameNr ? 0 : i + 1;
     this.#txQueued++;
-    c[TX_PACKETS]++;
-    c[TX_BYTES] += f.length;
-    return true;
+    this.counters[TX_PACKETS]++;
+    this.counters[TX_BYTES] += len;
   }
 
   flush(): void {

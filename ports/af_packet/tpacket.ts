@@ -1,6 +1,7 @@
 // TPACKET_V3 layouts (include/uapi/linux/if_packet.h), the rings' geometry, the spec the control
 // plane hands a Worker, and the egress checks and copy both datapath variants share.
 import { type EgressFrame, MAX_FRAME_LEN } from "../port.ts";
+import { VNET_HDR_LEN } from "../offload/virtio_net_hdr.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
 import { ETH_HLEN, ETH_P_8021Q, VLAN_HLEN } from "../ethernet.ts";
 
@@ -39,20 +40,24 @@ export interface RingGeometry {
   txFrameSize: number;
 }
 
-const TX_SLOT_MIN = (TPACKET3_HDR_ALIGNED + MAX_FRAME_LEN + 15) & ~15;
+/** Every frame of the rings is preceded by a struct virtio_net_hdr (PACKET_VNET_HDR). */
+export const TX_DATA = TPACKET3_HDR_ALIGNED + VNET_HDR_LEN;
+const TX_SLOT_MIN = (TX_DATA + MAX_FRAME_LEN + 15) & ~15;
 
 /**
- * 64 KiB blocks are order-4 allocations the kernel usually finds contiguous; each holds ~42
- * 1500-byte or 7 9000-byte frames. 128 RX blocks (8 MiB) absorb ~6 ms of 10 Gb/s while a
- * Worker sits in GC or yields; 64 TX blocks give 448 slots of 9360 B (any MTU <= 9000).
+ * RX: 128 KiB blocks hold one or two 64 KiB GSO frames (the kernel truncates a frame longer than
+ * a block), or ~85 1500-byte frames; 64 of them (8 MiB) absorb ~6 ms of 10 Gb/s while a Worker
+ * sits in GC or yields. TX: V3 TX slots have one size, so a slot holds a 64 KiB GSO frame: 128
+ * slots (8 MiB), one per 64 KiB block (order-4 allocations the kernel usually finds contiguous).
+ * A GSO frame longer than a slot's room is segmented in software.
  */
 export const DEFAULT_GEOMETRY: RingGeometry = {
-  rxBlockSize: 1 << 16,
-  rxBlockNr: 128,
+  rxBlockSize: 1 << 17,
+  rxBlockNr: 64,
   rxRetireMs: 1,
   txBlockSize: 1 << 16,
-  txBlockNr: 64,
-  txFrameSize: Math.floor((1 << 16) / Math.floor((1 << 16) / TX_SLOT_MIN)) & ~15,
+  txBlockNr: 128,
+  txFrameSize: 1 << 16,
 };
 
 /** Throws on a geometry the kernel would refuse with a bare EINVAL. */
@@ -62,7 +67,7 @@ export function checkGeometry(g: RingGeometry): void {
   for (const [k, v] of [["rxBlockSize", g.rxBlockSize], ["txBlockSize", g.txBlockSize]] as const) {
     if (v <= 0 || v % page) problems.push(`${k} ${v} is not a positive multiple of ${page}`);
   }
-  if (g.rxBlockSize < 48 + 68 + MAX_FRAME_LEN) {
+  if (g.rxBlockSize < 48 + 68 + VNET_HDR_LEN + MAX_FRAME_LEN) {
     problems.push(`rxBlockSize ${g.rxBlockSize} cannot hold a ${MAX_FRAME_LEN}-byte frame`);
   }
   if (g.txFrameSize % 16 || g.txFrameSize < TX_SLOT_MIN || g.txFrameSize > g.txBlockSize) {
@@ -78,7 +83,7 @@ export const txFramesPerBlock = (g: RingGeometry) => Math.floor(g.txBlockSize / 
 export const LINK_UP = 0;
 /** The MTU transmit enforces. */
 export const LINK_MTU = 1;
-/** The longest frame receive accepts: longer ones are GSO/GRO/LRO aggregates, not frames. */
+/** The longest frame receive accepts without a GSO header: longer ones are refused. */
 export const LINK_RX_MAX = 2;
 export const LINK_WORDS = 3;
 
@@ -112,6 +117,13 @@ export interface AfPacketSpec {
   fd: number;
   /** MTU the port enforces on transmit: min(configured, interface), at open. */
   mtu: number;
+  /**
+   * PACKET_VNET_HDR on `fd` (and the TX-only ring sockets): each frame is preceded by a struct
+   * virtio_net_hdr with its checksum and GSO state.
+   */
+  vnetHdr: boolean;
+  /** The syscall variant's transmit socket, without PACKET_VNET_HDR (-1 for the ring). */
+  plainTxFd: number;
   /** Int32 words LINK_UP, LINK_MTU, LINK_RX_MAX, kept current by the control plane. */
   link: SharedArrayBuffer;
   /** Null for the syscall variant. */
@@ -124,6 +136,11 @@ export interface AfPacketSpec {
   txExtra: { fd: number; address: bigint; blockSize: number; blockNr: number; frameSize: number }[];
 }
 
+/** Whether the egress frame's outer ethertype is 802.1Q (the kernel allows it 4 more bytes). */
+export function egressTagged(src: Uint8Array, f: EgressFrame): boolean {
+  return ((f.byteAt(src, 12) << 8) | f.byteAt(src, 13)) === ETH_P_8021Q;
+}
+
 /**
  * What the kernel lets out (tpacket_snd/packet_snd): MTU + Ethernet header, 4 more bytes only
  * when the outer ethertype is 802.1Q; `room` caps it at what a TX slot holds.
@@ -133,7 +150,7 @@ export function egressFits(src: Uint8Array, f: EgressFrame, mtu: number, room: n
   if (len > room) return false;
   if (len <= mtu + ETH_HLEN) return true;
   if (len > mtu + ETH_HLEN + VLAN_HLEN) return false;
-  return ((f.byteAt(src, 12) << 8) | f.byteAt(src, 13)) === ETH_P_8021Q;
+  return egressTagged(src, f);
 }
 
 /** Copies an egress frame to dst[at...); returns the end offset. */

@@ -145,6 +145,7 @@ export class VirtioNetDatapath implements DatapathPort {
         batch.offset[n] = 0;
       }
       batch.length[n] = len;
+      batch.offload[n] = 0;
       c[RX_BYTES] += len;
       n++;
     }

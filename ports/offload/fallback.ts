@@ -1,0 +1,98 @@
+// The software fallback a port uses for a frame that needs an offload it cannot hand on (a guest
+// that did not negotiate it, an AF_PACKET socket without PACKET_VNET_HDR) or that is too long
+// for it (a GSO frame larger than the port's slots, or with segments longer than its MTU):
+// the checksum is completed, or the super-frame is segmented, and the result goes out through
+// the port's own plain transmit. Always correct, never the fast path: one extra copy per frame.
+import { CSUM_FILLED, DROP_BAD_OFFLOAD, DROP_TOO_BIG, GSO_SEGMENTED } from "../counters.ts";
+import { EgressFrame, MAX_FRAME_LEN, MAX_GSO_FRAME } from "../port.ts";
+import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
+import { copyMemory } from "../../ffi/native_copy.ts";
+import { completeChecksum } from "./checksum.ts";
+import { FrameHeaders, parseHeaders, segment, type SegmentSink } from "./gso.ts";
+import {
+  OFFLOAD_CSUM,
+  OFFLOAD_GSO,
+  OFFLOAD_GSO_NO_CSUM,
+  OFFLOAD_TSO4,
+  OFFLOAD_TSO6,
+  OFFLOAD_USO,
+} from "./virtio_net_hdr.ts";
+
+/** The port's transmit for a frame that needs nothing done to it. */
+export interface PlainTransmit {
+  transmitPlain(src: Uint8Array, f: EgressFrame): boolean;
+}
+
+/** Copies the egress frame f (head ++ tail) to dst[0, f.length). */
+export function materialize(dst: Uint8Array, src: Uint8Array, f: EgressFrame): void {
+  for (let k = 0; k < f.headLength; k++) dst[k] = f.head[k];
+  copyMemory(dst, f.headLength, src, f.tailStart, f.tailEnd - f.tailStart);
+}
+
+export class OffloadFallback implements SegmentSink {
+  readonly #whole = new Uint8Array(MAX_GSO_FRAME);
+  readonly #seg = new Uint8Array(MAX_FRAME_LEN);
+  readonly #plain = new EgressFrame();
+  readonly #h = new FrameHeaders();
+  #port: PlainTransmit | null = null;
+  #sent = 0;
+
+  constructor(readonly counters: Float64Array) {}
+
+  /**
+   * Sends f through port.transmitPlain with its offloads done here: segments of at most
+   * `maxFrame` bytes (4 more when the frame carries a VLAN tag), or the frame with its checksum
+   * filled. Returns whether anything was sent; drops are counted.
+   */
+  send(src: Uint8Array, f: EgressFrame, port: PlainTransmit, maxFrame: number): boolean {
+    const c = this.counters;
+    const len = f.length;
+    if (len > MAX_GSO_FRAME || len < ETH_HLEN) {
+      c[DROP_BAD_OFFLOAD]++;
+      return false;
+    }
+    const b = this.#whole;
+    materialize(b, src, f);
+    const bits = f.offload;
+    if ((bits & (OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM)) === 0) {
+      // Checksum only (the caller checked csumStart + csumOffset + 2 <= length on receive).
+      if ((bits & OFFLOAD_CSUM) !== 0) {
+        completeChecksum(b, len, f.csumStart, f.csumOffset);
+        c[CSUM_FILLED]++;
+      }
+      return port.transmitPlain(b, this.#plain.setWhole(b, 0, len));
+    }
+    const h = this.#h;
+    if (parseHeaders(b, len, h) !== 0 || !matchesGsoType(bits, h)) {
+      c[DROP_BAD_OFFLOAD]++;
+      return false;
+    }
+    const limit = Math.min(MAX_FRAME_LEN, maxFrame + (h.tags > 0 ? VLAN_HLEN : 0));
+    let mss = f.gsoSize;
+    if (h.end + mss > limit) mss = limit - h.end;
+    if (mss <= 0) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    this.#port = port;
+    this.#sent = 0;
+    segment(b, len, h, mss, this.#seg, this);
+    this.#port = null;
+    c[GSO_SEGMENTED]++;
+    return this.#sent > 0;
+  }
+
+  segment(seg: Uint8Array, len: number): boolean {
+    const ok = this.#port!.transmitPlain(seg, this.#plain.setWhole(seg, 0, len));
+    if (ok) this.#sent++;
+    return ok;
+  }
+}
+
+/** The GSO type the header claimed matches the headers found (TSO4: TCP over IPv4, ...). */
+function matchesGsoType(bits: number, h: FrameHeaders): boolean {
+  if ((bits & OFFLOAD_TSO4) !== 0) return h.tcp && !h.ipv6;
+  if ((bits & OFFLOAD_TSO6) !== 0) return h.tcp && h.ipv6;
+  if ((bits & OFFLOAD_USO) !== 0) return !h.tcp;
+  return false;
+}

@@ -1,0 +1,184 @@
+// Segmentation in software (what the kernel's skb_gso_segment does for a device without TSO):
+// a TCP or UDP super-frame is cut into frames of at most `mss` payload bytes, each with its own
+// IP length, IPv4 id and header checksum, TCP sequence number and flags (FIN and PSH only on the
+// last segment, CWR only on the first) and a complete L4 checksum. Pure functions on bytes.
+import { checksumOf, onesSum, readU16, TCP_CHECK, UDP_CHECK, writeU16 } from "./checksum.ts";
+import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
+import { copyMemory } from "../../ffi/native_copy.ts";
+
+const ETH_P_IP = 0x0800;
+const ETH_P_IPV6 = 0x86dd;
+const ETH_P_8021Q = 0x8100;
+const ETH_P_8021AD = 0x88a8;
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+const IPV6_HOPOPTS = 0;
+const IPV6_DSTOPTS = 60;
+const IPV6_HLEN = 40;
+/** Extension headers walked before the L4 header; more is refused. */
+const MAX_IPV6_EXT = 4;
+/** Routing, fragment, ESP, AH, mobility, HIP, shim6: a segment's L4 header is not found past them. */
+const IPV6_EXT_NOT_WALKED = [43, 44, 50, 51, 135, 139, 140];
+const TCP_FLAG_FIN = 0x01;
+const TCP_FLAG_PSH = 0x08;
+const TCP_FLAG_CWR = 0x80;
+
+/** Why a super-frame cannot be segmented (the frame is dropped, counted as drop_bad_offload). */
+export const GSO_BAD_L2 = -1;
+export const GSO_BAD_IP = -2;
+/** IPv6 routing or fragment header, or another one not walked: counted, not segmented. */
+export const GSO_UNSUPPORTED_EXT = -3;
+export const GSO_BAD_L4 = -4;
+export const GSO_BAD_MSS = -5;
+
+/** Where the headers of a frame are, as parseHeaders() found them. */
+export class FrameHeaders {
+  /** Start of the IP header. */
+  l3 = 0;
+  /** Start of the TCP/UDP header. */
+  l4 = 0;
+  /** End of the TCP/UDP header: where the payload starts. */
+  end = 0;
+  ipv6 = false;
+  tcp = false;
+  /** 802.1Q/802.1ad tags between the MAC addresses and the IP header. */
+  tags = 0;
+}
+
+/**
+ * Finds the IP and TCP/UDP headers of b[0, len) (up to two VLAN tags; IPv6 hop-by-hop and
+ * destination options headers). Returns 0, or a GSO_* code naming what is wrong.
+ */
+export function parseHeaders(b: Uint8Array, len: number, h: FrameHeaders): number {
+  let at = ETH_HLEN - 2;
+  let tags = 0;
+  if (len < ETH_HLEN) return GSO_BAD_L2;
+  let type = readU16(b, at);
+  while ((type === ETH_P_8021Q || type === ETH_P_8021AD) && tags < 2) {
+    at += VLAN_HLEN;
+    tags++;
+    if (at + 2 > len) return GSO_BAD_L2;
+    type = readU16(b, at);
+  }
+  const l3 = at + 2;
+  let l4: number;
+  let proto: number;
+  if (type === ETH_P_IP) {
+    if (l3 + 20 > len || (b[l3] >>> 4) !== 4) return GSO_BAD_IP;
+    const ihl = (b[l3] & 0xf) * 4;
+    // A fragment (MF or an offset) has no L4 header of its own to segment by.
+    if (ihl < 20 || (readU16(b, l3 + 6) & 0x3fff) !== 0) return GSO_BAD_IP;
+    l4 = l3 + ihl;
+    proto = b[l3 + 9];
+    h.ipv6 = false;
+  } else if (type === ETH_P_IPV6) {
+    if (l3 + IPV6_HLEN > len || (b[l3] >>> 4) !== 6) return GSO_BAD_IP;
+    proto = b[l3 + 6];
+    l4 = l3 + IPV6_HLEN;
+    for (let k = 0; proto === IPV6_HOPOPTS || proto === IPV6_DSTOPTS; k++) {
+      if (k === MAX_IPV6_EXT || l4 + 8 > len) return GSO_UNSUPPORTED_EXT;
+      proto = b[l4];
+      l4 += (b[l4 + 1] + 1) * 8;
+    }
+    h.ipv6 = true;
+  } else {
+    return GSO_BAD_IP;
+  }
+  if (proto === IPPROTO_TCP) {
+    if (l4 + 20 > len) return GSO_BAD_L4;
+    const doff = (b[l4 + 12] >>> 4) * 4;
+    if (doff < 20 || l4 + doff > len) return GSO_BAD_L4;
+    h.end = l4 + doff;
+    h.tcp = true;
+  } else if (proto === IPPROTO_UDP) {
+    if (l4 + 8 > len) return GSO_BAD_L4;
+    h.end = l4 + 8;
+    h.tcp = false;
+  } else {
+    return h.ipv6 && IPV6_EXT_NOT_WALKED.includes(proto) ? GSO_UNSUPPORTED_EXT : GSO_BAD_L4;
+  }
+  h.l3 = l3;
+  h.l4 = l4;
+  h.tags = tags;
+  return 0;
+}
+
+/** The pseudo-header sum (RFC 793 / RFC 8200 8.1) for an L4 segment of `l4Len` bytes. */
+export function pseudoSum(b: Uint8Array, h: FrameHeaders, l4Len: number): number {
+  const proto = h.tcp ? IPPROTO_TCP : IPPROTO_UDP;
+  if (h.ipv6) return onesSum(b, h.l3 + 8, h.l3 + 40, 0) + proto + l4Len;
+  return onesSum(b, h.l3 + 12, h.l3 + 20, 0) + proto + l4Len;
+}
+
+/** Where the segments go: called once per segment, seg[0, len) complete and checksummed. */
+export interface SegmentSink {
+  segment(seg: Uint8Array, len: number): boolean;
+}
+
+/**
+ * Cuts the super-frame b[0, len) with headers `h` into segments of at most `mss` payload bytes,
+ * built one at a time in `seg` (room for h.end + mss bytes) and handed to `sink`. Returns the
+ * segments handed over (those the sink refused included), or GSO_BAD_MSS.
+ */
+export function segment(
+  b: Uint8Array,
+  len: number,
+  h: FrameHeaders,
+  mss: number,
+  seg: Uint8Array,
+  sink: SegmentSink,
+): number {
+  const end = h.end;
+  const payload = len - end;
+  if (mss <= 0 || end + Math.min(mss, payload) > seg.length) return GSO_BAD_MSS;
+  const count = payload <= 0 ? 1 : Math.ceil(payload / mss);
+  const l3 = h.l3;
+  const l4 = h.l4;
+  const seq0 = h.tcp ? readU32(b, l4 + 4) : 0;
+  const id0 = h.ipv6 ? 0 : readU16(b, l3 + 4);
+  const flags = h.tcp ? b[l4 + 13] : 0;
+  for (let k = 0; k < count; k++) {
+    const from = end + k * mss;
+    const n = Math.max(0, Math.min(mss, len - from));
+    for (let i = 0; i < end; i++) seg[i] = b[i];
+    if (n > 0) copyMemory(seg, end, b, from, n);
+    const segLen = end + n;
+    if (h.ipv6) {
+      writeU16(seg, l3 + 4, segLen - l3 - IPV6_HLEN);
+    } else {
+      writeU16(seg, l3 + 2, segLen - l3);
+      writeU16(seg, l3 + 4, (id0 + k) & 0xffff);
+      writeU16(seg, l3 + 10, 0);
+      writeU16(seg, l3 + 10, checksumOf(onesSum(seg, l3, l4, 0)));
+    }
+    let check: number;
+    if (h.tcp) {
+      writeU32(seg, l4 + 4, (seq0 + k * mss) >>> 0);
+      let f = flags;
+      if (k !== count - 1) f &= ~(TCP_FLAG_FIN | TCP_FLAG_PSH);
+      if (k !== 0) f &= ~TCP_FLAG_CWR;
+      seg[l4 + 13] = f;
+      check = l4 + TCP_CHECK;
+    } else {
+      writeU16(seg, l4 + 4, segLen - l4);
+      check = l4 + UDP_CHECK;
+    }
+    writeU16(seg, check, 0);
+    let c = checksumOf(onesSum(seg, l4, segLen, pseudoSum(seg, h, segLen - l4)));
+    if (c === 0 && !h.tcp) c = 0xffff;
+    writeU16(seg, check, c);
+    sink.segment(seg, segLen);
+  }
+  return count;
+}
+
+function readU32(b: Uint8Array, at: number): number {
+  return ((b[at] << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]) >>> 0;
+}
+
+function writeU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = (v >>> 16) & 0xff;
+  b[at + 2] = (v >>> 8) & 0xff;
+  b[at + 3] = v & 0xff;
+}
