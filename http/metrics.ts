@@ -61,6 +61,10 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   fdb_limit_refused: ["fdb_limit_refused", "New source MACs refused: port at fdb.maxPerPort."],
   notifications: ["notifications", "Guest notifications (call eventfd writes) and kicks."],
   rx_csum_partial: ["rx_csum_partial", "Frames received with their L4 checksum left to offload."],
+  rx_gso: ["rx_gso", "GSO super-frames received (guest TSO, kernel GSO/GRO)."],
+  tx_gso: ["tx_gso", "GSO super-frames handed to the port's peer to segment."],
+  csum_filled: ["csum_filled", "Frames whose L4 checksum the switch filled for this port."],
+  gso_segmented: ["gso_segmented", "GSO super-frames the switch segmented for this port."],
   connections: ["connections", "vhost-user connections the port accepted or made."],
   protocol_errors: ["protocol_errors", "Malformed vhost-user messages on the current connection."],
   mac_moved: [

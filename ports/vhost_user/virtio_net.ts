@@ -24,7 +24,9 @@ import { SplitQueue } from "./split_queue.ts";
 import type { QueueSpec, VirtQueue } from "./virtqueue.ts";
 import { copyBytes, wordView } from "../copy.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
-import { ETH_HLEN } from "../ethernet.ts";
+import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
+import { OffloadFallback } from "../offload/fallback.ts";
+import { OFFLOAD_DATA_VALID } from "../offload/virtio_net_hdr.ts";
 
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
@@ -50,6 +52,7 @@ export class VirtioNetDatapath implements DatapathPort {
   #rxQueue: VirtQueue | null = null;
   /** How a frame goes into the guest's RX ring (see setRxQueue). */
   #fill: Fill;
+  readonly #fallback: OffloadFallback;
   #cursor = 0;
   #relQueue: VirtQueue | null = null;
   readonly #relHeads = new Int32Array(BURST);
@@ -67,6 +70,7 @@ export class VirtioNetDatapath implements DatapathPort {
     readonly counters: Float64Array,
   ) {
     this.#fill = this.#noRing;
+    this.#fallback = new OffloadFallback(counters);
   }
 
   get rxQueue(): VirtQueue | null {
@@ -170,6 +174,15 @@ export class VirtioNetDatapath implements DatapathPort {
   }
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
+    // A checksum-partial or GSO frame (from an uplink with the kernel's offloads) is finished
+    // in software: the guest gets complete frames of at most its MTU.
+    if ((f.offload & ~OFFLOAD_DATA_VALID) !== 0) {
+      return this.#fallback.send(src, f, this, this.maxFrame - VLAN_HLEN);
+    }
+    return this.#fill(src, f);
+  }
+
+  transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
     return this.#fill(src, f);
   }
 
