@@ -15,7 +15,7 @@ const MAX_QUEUED = 256;
 const YIELD_EVERY = 32;
 
 /** Requests whose reply carries a payload (REPLY_ACK does not apply to them). */
-const HAS_REPLY = new Set([
+const HAS_REPLY = new Set<number>([
   P.VHOST_USER_GET_FEATURES,
   P.VHOST_USER_GET_PROTOCOL_FEATURES,
   P.VHOST_USER_GET_VRING_BASE,

@@ -11,20 +11,23 @@ import type { QueueSpec } from "./virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN_LEGACY } from "./virtio_net.ts";
 
 // virtio-net feature bits offered (virtio 1.x 5.1.3); offloads we do not implement are not offered.
-export const VIRTIO_NET_F_MTU = 3;
-export const VIRTIO_NET_F_MAC = 5;
-export const VIRTIO_NET_F_MRG_RXBUF = 15;
-export const VIRTIO_NET_F_STATUS = 16;
-export const VIRTIO_NET_F_CTRL_VQ = 17;
-/** The guest announces itself (gratuitous ARP) after a migration; QEMU asks it to. */
-export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
-export const VIRTIO_NET_F_MQ = 22;
-export const VIRTIO_F_ANY_LAYOUT = 27;
-export const VIRTIO_RING_F_INDIRECT_DESC = 28;
-export const VIRTIO_RING_F_EVENT_IDX = 29;
-export const VIRTIO_F_VERSION_1 = 32;
-export const VIRTIO_F_RING_PACKED = 34;
-export const VIRTIO_F_IN_ORDER = 35;
+import {
+  VHOST_F_LOG_ALL,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VIRTIO_F_ANY_LAYOUT,
+  VIRTIO_F_IN_ORDER,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_CTRL_VQ,
+  VIRTIO_NET_F_GUEST_ANNOUNCE,
+  VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MQ,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MTU,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./features.ts";
 
 const bit = (n: number) => 1n << BigInt(n);
 const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
@@ -111,8 +114,8 @@ export class VhostUserDevice {
       // The datapath uses every ring's buffers in the order they were made available.
       VIRTIO_F_IN_ORDER,
       VIRTIO_NET_F_GUEST_ANNOUNCE,
-      P.VHOST_F_LOG_ALL,
-      P.VHOST_USER_F_PROTOCOL_FEATURES,
+      VHOST_F_LOG_ALL,
+      VHOST_USER_F_PROTOCOL_FEATURES,
     ].reduce((acc, n) => acc | bit(n), 0n);
     if (config.packedRing) f |= bit(VIRTIO_F_RING_PACKED);
     if (config.queuePairs > 1) f |= bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ);
@@ -165,8 +168,8 @@ export class VhostUserDevice {
         if ((f & ~this.offeredFeatures) !== 0n) {
           throw new P.ProtocolError(`SET_FEATURES: 0x${f.toString(16)} has bits not offered`);
         }
-        const logging = has(f, P.VHOST_F_LOG_ALL);
-        if (logging !== has(this.features, P.VHOST_F_LOG_ALL)) {
+        const logging = has(f, VHOST_F_LOG_ALL);
+        if (logging !== has(this.features, VHOST_F_LOG_ALL)) {
           // A live migration of this guest starts (or ends): say so, an operator wants to know.
           this.log(
             logging
@@ -372,7 +375,7 @@ export class VhostUserDevice {
 
   /** Rings start once the front-end kicked them up; with protocol features, once enabled too. */
   #live(ring: Ring): boolean {
-    const needEnable = has(this.features, P.VHOST_USER_F_PROTOCOL_FEATURES);
+    const needEnable = has(this.features, VHOST_USER_F_PROTOCOL_FEATURES);
     return ring.started && ring.num > 0 && ring.addr !== null && (ring.enabled || !needEnable);
   }
 
@@ -384,7 +387,7 @@ export class VhostUserDevice {
     const mergeable = has(this.features, VIRTIO_NET_F_MRG_RXBUF);
     const packed = has(this.features, VIRTIO_F_RING_PACKED);
     const inOrder = has(this.features, VIRTIO_F_IN_ORDER);
-    const log = has(this.features, P.VHOST_F_LOG_ALL) ? this.#log : null;
+    const log = has(this.features, VHOST_F_LOG_ALL) ? this.#log : null;
     const queues: QueueSpec[] = [];
     this.rings.forEach((ring, index) => {
       if (!this.#live(ring)) return;

@@ -2,77 +2,93 @@
 // (request u32, flags u32, size u32) then `size` bytes of payload, all little-endian;
 // fds travel as SCM_RIGHTS ancillary data with the message. Names follow the spec.
 
-export const VHOST_USER_GET_FEATURES = 1;
-export const VHOST_USER_SET_FEATURES = 2;
-export const VHOST_USER_SET_OWNER = 3;
-export const VHOST_USER_RESET_OWNER = 4;
-export const VHOST_USER_SET_MEM_TABLE = 5;
-export const VHOST_USER_SET_LOG_BASE = 6;
-export const VHOST_USER_SET_LOG_FD = 7;
-export const VHOST_USER_SET_VRING_NUM = 8;
-export const VHOST_USER_SET_VRING_ADDR = 9;
-export const VHOST_USER_SET_VRING_BASE = 10;
-export const VHOST_USER_GET_VRING_BASE = 11;
-export const VHOST_USER_SET_VRING_KICK = 12;
-export const VHOST_USER_SET_VRING_CALL = 13;
-export const VHOST_USER_SET_VRING_ERR = 14;
-export const VHOST_USER_GET_PROTOCOL_FEATURES = 15;
-export const VHOST_USER_SET_PROTOCOL_FEATURES = 16;
-export const VHOST_USER_GET_QUEUE_NUM = 17;
-export const VHOST_USER_SET_VRING_ENABLE = 18;
-export const VHOST_USER_SEND_RARP = 19;
-export const VHOST_USER_NET_SET_MTU = 20;
-export const VHOST_USER_SET_BACKEND_REQ_FD = 21;
-export const VHOST_USER_IOTLB_MSG = 22;
-export const VHOST_USER_SET_VRING_ENDIAN = 23;
-export const VHOST_USER_GET_CONFIG = 24;
-export const VHOST_USER_SET_CONFIG = 25;
-export const VHOST_USER_RESET_DEVICE = 34;
-export const VHOST_USER_GET_MAX_MEM_SLOTS = 36;
-export const VHOST_USER_ADD_MEM_REG = 37;
-export const VHOST_USER_REM_MEM_REG = 38;
-export const VHOST_USER_SET_STATUS = 39;
-export const VHOST_USER_GET_STATUS = 40;
+/**
+ * Front-end message types (vhost-user.rst "Front-end message types"), name -> request code: the
+ * one table of them. The named constants and requestName() are derived from it.
+ */
+export const VHOST_USER_REQUESTS = {
+  VHOST_USER_GET_FEATURES: 1,
+  VHOST_USER_SET_FEATURES: 2,
+  VHOST_USER_SET_OWNER: 3,
+  VHOST_USER_RESET_OWNER: 4,
+  VHOST_USER_SET_MEM_TABLE: 5,
+  VHOST_USER_SET_LOG_BASE: 6,
+  VHOST_USER_SET_LOG_FD: 7,
+  VHOST_USER_SET_VRING_NUM: 8,
+  VHOST_USER_SET_VRING_ADDR: 9,
+  VHOST_USER_SET_VRING_BASE: 10,
+  VHOST_USER_GET_VRING_BASE: 11,
+  VHOST_USER_SET_VRING_KICK: 12,
+  VHOST_USER_SET_VRING_CALL: 13,
+  VHOST_USER_SET_VRING_ERR: 14,
+  VHOST_USER_GET_PROTOCOL_FEATURES: 15,
+  VHOST_USER_SET_PROTOCOL_FEATURES: 16,
+  VHOST_USER_GET_QUEUE_NUM: 17,
+  VHOST_USER_SET_VRING_ENABLE: 18,
+  VHOST_USER_SEND_RARP: 19,
+  VHOST_USER_NET_SET_MTU: 20,
+  VHOST_USER_SET_BACKEND_REQ_FD: 21,
+  VHOST_USER_IOTLB_MSG: 22,
+  VHOST_USER_SET_VRING_ENDIAN: 23,
+  VHOST_USER_GET_CONFIG: 24,
+  VHOST_USER_SET_CONFIG: 25,
+  VHOST_USER_GET_INFLIGHT_FD: 31,
+  VHOST_USER_SET_INFLIGHT_FD: 32,
+  VHOST_USER_RESET_DEVICE: 34,
+  VHOST_USER_VRING_KICK: 35,
+  VHOST_USER_GET_MAX_MEM_SLOTS: 36,
+  VHOST_USER_ADD_MEM_REG: 37,
+  VHOST_USER_REM_MEM_REG: 38,
+  VHOST_USER_SET_STATUS: 39,
+  VHOST_USER_GET_STATUS: 40,
+} as const;
 
-const REQUEST_NAMES: Record<number, string> = {
-  1: "GET_FEATURES",
-  2: "SET_FEATURES",
-  3: "SET_OWNER",
-  4: "RESET_OWNER",
-  5: "SET_MEM_TABLE",
-  6: "SET_LOG_BASE",
-  7: "SET_LOG_FD",
-  8: "SET_VRING_NUM",
-  9: "SET_VRING_ADDR",
-  10: "SET_VRING_BASE",
-  11: "GET_VRING_BASE",
-  12: "SET_VRING_KICK",
-  13: "SET_VRING_CALL",
-  14: "SET_VRING_ERR",
-  15: "GET_PROTOCOL_FEATURES",
-  16: "SET_PROTOCOL_FEATURES",
-  17: "GET_QUEUE_NUM",
-  18: "SET_VRING_ENABLE",
-  19: "SEND_RARP",
-  20: "NET_SET_MTU",
-  21: "SET_BACKEND_REQ_FD",
-  22: "IOTLB_MSG",
-  23: "SET_VRING_ENDIAN",
-  24: "GET_CONFIG",
-  25: "SET_CONFIG",
-  31: "GET_INFLIGHT_FD",
-  32: "SET_INFLIGHT_FD",
-  34: "RESET_DEVICE",
-  35: "VRING_KICK",
-  36: "GET_MAX_MEM_SLOTS",
-  37: "ADD_MEM_REG",
-  38: "REM_MEM_REG",
-  39: "SET_STATUS",
-  40: "GET_STATUS",
-};
+export const {
+  VHOST_USER_GET_FEATURES,
+  VHOST_USER_SET_FEATURES,
+  VHOST_USER_SET_OWNER,
+  VHOST_USER_RESET_OWNER,
+  VHOST_USER_SET_MEM_TABLE,
+  VHOST_USER_SET_LOG_BASE,
+  VHOST_USER_SET_LOG_FD,
+  VHOST_USER_SET_VRING_NUM,
+  VHOST_USER_SET_VRING_ADDR,
+  VHOST_USER_SET_VRING_BASE,
+  VHOST_USER_GET_VRING_BASE,
+  VHOST_USER_SET_VRING_KICK,
+  VHOST_USER_SET_VRING_CALL,
+  VHOST_USER_SET_VRING_ERR,
+  VHOST_USER_GET_PROTOCOL_FEATURES,
+  VHOST_USER_SET_PROTOCOL_FEATURES,
+  VHOST_USER_GET_QUEUE_NUM,
+  VHOST_USER_SET_VRING_ENABLE,
+  VHOST_USER_SEND_RARP,
+  VHOST_USER_NET_SET_MTU,
+  VHOST_USER_SET_BACKEND_REQ_FD,
+  VHOST_USER_IOTLB_MSG,
+  VHOST_USER_SET_VRING_ENDIAN,
+  VHOST_USER_GET_CONFIG,
+  VHOST_USER_SET_CONFIG,
+  VHOST_USER_GET_INFLIGHT_FD,
+  VHOST_USER_SET_INFLIGHT_FD,
+  VHOST_USER_RESET_DEVICE,
+  VHOST_USER_VRING_KICK,
+  VHOST_USER_GET_MAX_MEM_SLOTS,
+  VHOST_USER_ADD_MEM_REG,
+  VHOST_USER_REM_MEM_REG,
+  VHOST_USER_SET_STATUS,
+  VHOST_USER_GET_STATUS,
+} = VHOST_USER_REQUESTS;
+
+/** Request code -> its name less the VHOST_USER_ prefix, for log lines and errors. */
+const REQUEST_NAMES: ReadonlyMap<number, string> = new Map(
+  Object.entries(VHOST_USER_REQUESTS).map((
+    [name, code],
+  ) => [code, name.slice("VHOST_USER_".length)]),
+);
 
 export function requestName(request: number): string {
-  return REQUEST_NAMES[request] ?? `request ${request}`;
+  return REQUEST_NAMES.get(request) ?? `request ${request}`;
 }
 
 // Header flags.
@@ -81,31 +97,37 @@ export const VHOST_USER_VERSION_MASK = 0x3;
 export const VHOST_USER_REPLY_MASK = 0x4;
 export const VHOST_USER_NEED_REPLY_MASK = 0x8;
 
-// Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
-export const VHOST_USER_PROTOCOL_F_MQ = 0;
-/** SET_LOG_BASE passes the dirty log as a shared memory fd (live migration). */
-export const VHOST_USER_PROTOCOL_F_LOG_SHMFD = 1;
-/** SEND_RARP: announce a migrated guest's MAC on its behalf. */
-export const VHOST_USER_PROTOCOL_F_RARP = 2;
-export const VHOST_USER_PROTOCOL_F_REPLY_ACK = 3;
-export const VHOST_USER_PROTOCOL_F_NET_MTU = 4;
-export const VHOST_USER_PROTOCOL_F_BACKEND_REQ = 5;
-export const VHOST_USER_PROTOCOL_F_RESET_DEVICE = 13;
-export const VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS = 15;
-export const VHOST_USER_PROTOCOL_F_STATUS = 16;
+/** Protocol feature bits (GET/SET_PROTOCOL_FEATURES, "Protocol features"): the one table. */
+export const VHOST_USER_PROTOCOL_FEATURES = {
+  VHOST_USER_PROTOCOL_F_MQ: 0,
+  /** SET_LOG_BASE passes the dirty log as a shared memory fd (live migration). */
+  VHOST_USER_PROTOCOL_F_LOG_SHMFD: 1,
+  /** SEND_RARP: announce a migrated guest's MAC on its behalf. */
+  VHOST_USER_PROTOCOL_F_RARP: 2,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK: 3,
+  VHOST_USER_PROTOCOL_F_NET_MTU: 4,
+  VHOST_USER_PROTOCOL_F_BACKEND_REQ: 5,
+  VHOST_USER_PROTOCOL_F_RESET_DEVICE: 13,
+  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS: 15,
+  VHOST_USER_PROTOCOL_F_STATUS: 16,
+} as const;
 
-/**
- * Feature bit 26 (the vhost feature space, like bit 30): the back-end marks what it writes into
- * guest memory in the front-end's dirty log while SET_FEATURES has it on (live migration).
- */
-export const VHOST_F_LOG_ALL = 26;
+export const {
+  VHOST_USER_PROTOCOL_F_MQ,
+  VHOST_USER_PROTOCOL_F_LOG_SHMFD,
+  VHOST_USER_PROTOCOL_F_RARP,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  VHOST_USER_PROTOCOL_F_NET_MTU,
+  VHOST_USER_PROTOCOL_F_BACKEND_REQ,
+  VHOST_USER_PROTOCOL_F_RESET_DEVICE,
+  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  VHOST_USER_PROTOCOL_F_STATUS,
+} = VHOST_USER_PROTOCOL_FEATURES;
+
 /** SET_VRING_ADDR flags bit 0: writes to this ring's used ring are logged at `log`. */
 export const VHOST_VRING_F_LOG = 1 << 0;
 /** The dirty log's granularity: one bit per 4 KiB page of guest physical memory. */
 export const VHOST_LOG_PAGE = 0x1000;
-
-/** Feature bit 30 of GET_FEATURES: the back-end speaks GET/SET_PROTOCOL_FEATURES. */
-export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 
 // SET_VRING_KICK/CALL/ERR payload: ring index in bits 0..7, bit 8 = no fd passed.
 export const VHOST_USER_VRING_IDX_MASK = 0xff;

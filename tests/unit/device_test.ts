@@ -8,12 +8,14 @@ import {
   type DatapathState,
   type DeviceDatapath,
   VhostUserDevice,
+} from "../../ports/vhost_user/device.ts";
+import {
   VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_RING_F_EVENT_IDX,
-} from "../../ports/vhost_user/device.ts";
+} from "../../ports/vhost_user/features.ts";
 import { type Message, ProtocolError } from "../../ports/vhost_user/protocol.ts";
 import { memTablePayload, vringAddrPayload } from "../helpers/frontend.ts";
 import * as W from "../helpers/vhost_wire.ts";
