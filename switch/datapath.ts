@@ -3,7 +3,12 @@
 // datapath state on every worker, resolving only when all of them acknowledged.
 import { CounterTable } from "../ports/counters.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
-import { sharedLastAvail, sharedRingState } from "../ports/vhost_user/virtqueue.ts";
+import {
+  isGuestRxRing,
+  queuePairOf,
+  sharedLastAvail,
+  sharedRingState,
+} from "../ports/vhost_user/virtqueue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
 import { installInterruptHandler, interruptThread } from "../ffi/signal.ts";
 import { createTapBuffer } from "./tap.ts";
@@ -295,7 +300,7 @@ export class Datapath {
     if (state === null) return positions;
 
     const threads = this.options.threads;
-    const rxRings = state.queues.filter((q) => (q.index & 1) === 0).map((q) => q.index);
+    const rxRings = state.queues.filter((q) => isGuestRxRing(q.index)).map((q) => q.index);
     // Worker w fills guest RX ring w mod n, like OVS's per-PMD transmit queues; when the guest
     // has fewer RX rings than there are workers, the workers sharing one take its lock per frame.
     const shared = new Map<number, SharedArrayBuffer>();
@@ -311,7 +316,8 @@ export class Datapath {
     const next = { ...state, queues };
     await this.#applyAll(port, (w) => ({
       state: next,
-      pollRings: queues.filter((q) => q.index & 1 && this.pollerOf(port, q.index >> 1) === w)
+      pollRings: queues
+        .filter((q) => !isGuestRxRing(q.index) && this.pollerOf(port, queuePairOf(q.index)) === w)
         .map((q) => q.index),
       fillRing: rxRings.length ? rxRings[w % rxRings.length] : -1,
     }));

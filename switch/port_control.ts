@@ -6,6 +6,7 @@ import { sigbusCount } from "../ffi/sigbus.ts";
 import { AfPacketPort } from "../ports/af_packet/af_packet_port.ts";
 import type { DatapathState, DeviceDatapath } from "../ports/vhost_user/device.ts";
 import { VhostUserPort } from "../ports/vhost_user/vhost_user_port.ts";
+import { isGuestRxRing } from "../ports/vhost_user/virtqueue.ts";
 import { VxlanPort } from "../ports/vxlan/vxlan_port.ts";
 import { FdbAging } from "./aging.ts";
 import { Fdb } from "./fdb.ts";
@@ -93,7 +94,7 @@ export class PortControl {
     const datapath: DeviceDatapath = {
       apply: async (state: DatapathState | null) => {
         const stopped = await inner.apply(state);
-        this.setLink(index, state?.queues.some((q) => (q.index & 1) === 0) ?? false);
+        this.setLink(index, state?.queues.some((q) => isGuestRxRing(q.index)) ?? false);
         return stopped;
       },
       announce: (mac) => inner.announce(mac),

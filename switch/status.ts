@@ -3,6 +3,7 @@
 // bridge, the workers' counters and the ports' control side; it changes nothing but the FDB
 // (flushFdb).
 import { featureNames } from "../ports/vhost_user/features.ts";
+import { isGuestRxRing, queuePairOf } from "../ports/vhost_user/virtqueue.ts";
 import { nowSeconds } from "./aging.ts";
 import type { Bridge } from "./bridge.ts";
 import type { Datapath } from "./datapath.ts";
@@ -189,8 +190,9 @@ export class SwitchStatus {
     const device = port?.connection?.device;
     const state = port?.state ?? "down";
     const queues = (device?.running?.queues ?? [])
-      .filter((q) => q.index & 1)
-      .map((q) => ({ index: q.index >> 1, worker: this.datapath.pollerOf(i, q.index >> 1) }));
+      .filter((q) => !isGuestRxRing(q.index))
+      .map((q) => queuePairOf(q.index))
+      .map((pair) => ({ index: pair, worker: this.datapath.pollerOf(i, pair) }));
     return {
       name: cfg.name,
       type: "vhost-user",

@@ -6,7 +6,7 @@ import { CounterTable } from "../ports/counters.ts";
 import type { DatapathPort } from "../ports/port.ts";
 import { DirtyLog } from "../ports/vhost_user/dirty_log.ts";
 import { GuestMemory } from "../ports/vhost_user/memory.ts";
-import type { VirtQueue } from "../ports/vhost_user/virtqueue.ts";
+import { isGuestRxRing, type VirtQueue } from "../ports/vhost_user/virtqueue.ts";
 import { openQueue, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge } from "./bridge.ts";
 import { Fdb } from "./fdb.ts";
@@ -172,8 +172,8 @@ class DatapathWorker {
         const q = openQueue(mem, spec, log); // split or packed, for the ring's whole life
         q.setGuestKicks(false); // while we busy-poll, the guest need not kick us
         rings.set(spec.index, q);
-        if (spec.index & 1) datapath.txQueues.push(q);
-        else datapath.setRxQueue(q);
+        if (isGuestRxRing(spec.index)) datapath.setRxQueue(q);
+        else datapath.txQueues.push(q);
       }
       next = { datapath, rings };
     }

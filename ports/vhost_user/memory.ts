@@ -214,8 +214,14 @@ export class MemoryTable {
 
 /**
  * The datapath's view of one device's memory. `translate` returns the byte offset of a guest
- * physical range inside `bytes[region]` (setting `region`), or -1 when the range is not wholly
- * inside one region: the caller drops that frame.
+ * physical range inside `bytes[region]`, or -1 when the range is not wholly inside one region:
+ * the caller drops that frame.
+ *
+ * The hand-off, explicitly: translate() and translatePart() return the offset and leave the
+ * region it lies in in `region` (translatePart also the bytes it holds in `partLength`). Read
+ * them right after the call that set them, before any other translate on this GuestMemory; they
+ * mean nothing after a -1. (One translate per descriptor runs on the datapath: returning an
+ * object or a pair would allocate per descriptor.) Every caller reads them on the next line.
  */
 export class GuestMemory {
   readonly count: number;
@@ -223,6 +229,7 @@ export class GuestMemory {
   readonly #start: Float64Array;
   readonly #end: Float64Array;
   readonly #base: Float64Array;
+  /** Set by translate() and translatePart() when they succeed: see the class comment. */
   region = 0;
 
   constructor(readonly specs: RegionSpec[]) {
@@ -260,7 +267,7 @@ export class GuestMemory {
     return -1;
   }
 
-  /** Set by translatePart: bytes of the range inside `region`. */
+  /** Set by translatePart() when it succeeds: bytes of the range inside `region`. */
   partLength = 0;
 
   /** The guest physical address of byte `offset` of `bytes[region]` (translate's inverse). */

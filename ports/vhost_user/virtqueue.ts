@@ -168,3 +168,17 @@ export function appendSplitSegments(
   }
   return n;
 }
+
+/**
+ * virtio-net's queue numbering (virtio 1.2, 5.1.2 "Virtqueues"): ring 2N is the guest's
+ * receiveq N+1, the ring the switch fills (its transmit), and ring 2N+1 the guest's transmitq
+ * N+1, the ring the switch polls (its receive). Every ring index is read through these two.
+ */
+export function isGuestRxRing(ring: number): boolean {
+  return (ring & 1) === 0;
+}
+
+/** The queue pair a ring belongs to (rings 2N and 2N+1 are pair N). */
+export function queuePairOf(ring: number): number {
+  return ring >> 1;
+}
