@@ -1,0 +1,390 @@
+// L2 safety with real peers: namespaces behind af-packet ports (ping, iperf3, tcpdump), a Linux
+// bridge closing a loop between two uplinks, and a DPDK testpmd front-end flooding broadcasts.
+// Needs root (namespaces); iperf3, tcpdump and dpdk-testpmd for the tests that use them.
+import assert from "node:assert/strict";
+import { createVethNetns, netnsSkipReason, run, type VethNetns } from "./helpers/netns.ts";
+import { startSwitch, type TestSwitch, waitFor } from "./helpers/switch.ts";
+import { commandMissing } from "./helpers/peers.ts";
+import { parsePing } from "./helpers/ping.ts";
+import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
+
+const skip = netnsSkipReason();
+const iperfMissing = commandMissing("iperf3", "iperf3");
+const tcpdumpMissing = commandMissing("tcpdump", "tcpdump");
+const pmdMissing = testpmdAvailable();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function netTest(name: string, missing: (string | null)[], fn: () => Promise<void>) {
+  const why = [skip, ...missing].find((m) => m !== null) ?? null;
+  Deno.test({ name, ignore: why !== null, sanitizeOps: false, sanitizeResources: false, fn });
+}
+
+const addr = (i: number) => `10.21.0.${i + 1}`;
+
+interface Lab {
+  nets: VethNetns[];
+  sw: TestSwitch;
+  counters(port: string): Record<string, number>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * `n` namespaces (10.21.0.1, .2, ...; the last `silent` without an address), each behind an
+ * af-packet port p1..pn, plus `extraPorts`, with `portExtra[i]` merged into port i's config.
+ */
+async function lab(
+  n: number,
+  o: {
+    silent?: number;
+    portExtra?: Record<string, unknown>[];
+    extraPorts?: Record<string, unknown>[];
+    mirrors?: unknown[];
+    threads?: number;
+  } = {},
+): Promise<Lab> {
+  const nets: VethNetns[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const silent = i >= n - (o.silent ?? 0);
+      nets.push(await createVethNetns({ nsAddr: silent ? null : `${addr(i)}/24` }));
+    }
+    const sw = await startSwitch({
+      name: "l2lab",
+      threads: o.threads ?? 1,
+      http: { listen: "127.0.0.1:0" },
+      ports: [
+        ...nets.map((ns, i) => ({
+          name: `p${i + 1}`,
+          type: "af-packet",
+          interface: ns.hostIf,
+          ...o.portExtra?.[i],
+        })),
+        ...(o.extraPorts ?? []),
+      ],
+      ...(o.mirrors ? { mirrors: o.mirrors } : {}),
+    });
+    const counters = (port: string) => sw.sw.port(port)!.counters;
+    return {
+      nets,
+      sw,
+      counters,
+      async [Symbol.asyncDispose]() {
+        await sw.stop();
+        for (const ns of nets) await ns.close();
+      },
+    };
+  } catch (err) {
+    for (const ns of nets) await ns.close();
+    throw err;
+  }
+}
+
+async function ping(ns: VethNetns, to: string, count: number, interval = "0.1") {
+  const out = await new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      ns.name,
+      "busybox",
+      "ping",
+      "-c",
+      `${count}`,
+      "-i",
+      interval,
+      "-W",
+      "1",
+      to,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return parsePing(new TextDecoder().decode(out.stdout));
+}
+
+async function rxPackets(ns: VethNetns): Promise<number> {
+  return Number(await ns.exec(["cat", `/sys/class/net/${ns.nsIf}/statistics/rx_packets`]));
+}
+
+/** UDP iperf3 from `from` to `to` (an address); the received payload rate in bits/s. */
+async function iperfUdp(from: VethNetns, to: VethNetns, toAddr: string, offered: string) {
+  const port = String(5200 + Math.floor(Math.random() * 700));
+  const server = new Deno.Command("ip", {
+    args: ["netns", "exec", to.name, "iperf3", "-s", "-1", "-p", port],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await sleep(500);
+    const args = [
+      "-c",
+      toAddr,
+      "-p",
+      port,
+      "-u",
+      "-b",
+      offered,
+      "-l",
+      `${UDP_PAYLOAD}`,
+      "-t",
+      "4",
+      "-J",
+    ];
+    const out = JSON.parse(await from.exec(["iperf3", ...args]));
+    if (out.error) throw new Error(`iperf3: ${out.error}`);
+    const end = out.end;
+    return {
+      received: end.sum_received.bits_per_second as number,
+      sent: end.sum_sent.bits_per_second as number,
+    };
+  } finally {
+    try {
+      server.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await server.status;
+  }
+}
+
+const UDP_PAYLOAD = 1400;
+const IPERF_SECONDS = 4;
+/** Ethernet + IPv4 + UDP headers around each datagram: what the policer meters besides payload. */
+const L2_PER_DATAGRAM = UDP_PAYLOAD + 8 + 20 + 14;
+const toL2 = (payloadBps: number) => payloadBps * L2_PER_DATAGRAM / UDP_PAYLOAD;
+
+/**
+ * iperf3's control connection is TCP: with the veth's checksum offload on, its segments leave
+ * checksum-partial and the far end drops them unless the port completes them; computed by the
+ * kernel here so this test measures policing alone.
+ */
+async function checksumsInSoftware(ns: VethNetns): Promise<void> {
+  await ns.exec(["ethtool", "-K", ns.nsIf, "tx", "off"]);
+}
+
+/** Bytes the namespace end of `ns` received, as Ethernet frames (the kernel's veth counter). */
+async function rxBytes(ns: VethNetns): Promise<number> {
+  return Number(await ns.exec(["cat", `/sys/class/net/${ns.nsIf}/statistics/rx_bytes`]));
+}
+
+/**
+ * iperf3 UDP from `from` to `to` through a policed port, measured where it arrives: the
+ * receiver's veth counts the Ethernet bytes the switch delivered (iperf3's own figure also
+ * drops what its receiving process was too slow to read on this shared machine).
+ */
+async function policed(from: VethNetns, to: VethNetns, toAddr: string, offered: string) {
+  const bytes0 = await rxBytes(to);
+  const r = await iperfUdp(from, to, toAddr, offered);
+  const delivered = (await rxBytes(to) - bytes0) * 8 / IPERF_SECONDS;
+  return { offered: toL2(r.sent), delivered, iperf: toL2(r.received) };
+}
+
+netTest(
+  "policing: iperf3 UDP through af-packet ports stays within 10% of the ingress and egress rates",
+  [iperfMissing],
+  async () => {
+    const INGRESS = 20_000_000;
+    const EGRESS = 30_000_000;
+    await using l = await lab(3, {
+      portExtra: [
+        { policing: { ingress: { bitsPerSecond: INGRESS } } },
+        {},
+        { policing: { egress: { bitsPerSecond: EGRESS } } },
+      ],
+    });
+    const [n1, n2, n3] = l.nets;
+    for (const ns of l.nets) await checksumsInSoftware(ns);
+    // Teach the switch where everyone is (and fill the ARP caches) before measuring.
+    for (const [a, b] of [[n1, 1], [n2, 2], [n3, 0]] as const) await ping(a, addr(b), 2);
+    for (
+      const [what, rate, from, to, toAddr, offered, counter] of [
+        ["ingress", INGRESS, n1, n2, addr(1), "60M", () => l.counters("p1").drop_policed],
+        ["egress", EGRESS, n2, n3, addr(2), "90M", () => l.counters("p3").drop_egress_policed],
+      ] as const
+    ) {
+      const r = await policed(from, to, toAddr, offered);
+      console.log(
+        `  ${what} policer ${rate / 1e6} Mbit/s: offered ${(r.offered / 1e6).toFixed(1)}, ` +
+          `delivered ${(r.delivered / 1e6).toFixed(2)} Mbit/s of Ethernet frames ` +
+          `(${((r.delivered / rate - 1) * 100).toFixed(1)}%), iperf3 received ${
+            (r.iperf / 1e6).toFixed(2)
+          }`,
+      );
+      assert.ok(r.offered > rate * 1.5, `iperf3 offered only ${r.offered}`);
+      assert.ok(
+        Math.abs(r.delivered - rate) <= rate * 0.1,
+        `${what}: delivered ${r.delivered} for ${rate}`,
+      );
+      assert.ok(counter() > 0, `${what}: drops counted`);
+    }
+  },
+);
+
+netTest("mirror: tcpdump on an af-packet mirror port captures exactly the mirrored port's frames", [
+  tcpdumpMissing,
+], async () => {
+  await using l = await lab(3, {
+    silent: 1,
+    mirrors: [{ name: "span", ports: ["p1"], direction: "both", output: "p3" }],
+  });
+  const [n1, n2, n3] = l.nets;
+  // The monitor has no address and IPv6 off: everything on its wire is a mirrored copy (its
+  // port received nothing, checked below).
+  const cap = await n3.capture(100_000);
+  // libpcap drains its socket once the filter is in place, a moment after "listening on".
+  await sleep(300);
+  const pinged = await ping(n1, addr(1), 20, "0.05");
+  await ping(n2, addr(0), 5, "0.05");
+  await sleep(500);
+  const frames = await cap.done(1000);
+  const c = l.counters("p1");
+  console.log(
+    `  p1 rx ${c.rx_packets} tx ${c.tx_packets}, mirrored ${c.mirrored}; tcpdump captured ${frames.length}`,
+  );
+  assert.equal(await rxPackets(n3), frames.length, "the monitor's kernel saw what tcpdump saw");
+  assert.equal(pinged.received, 20);
+  assert.equal(frames.length, c.rx_packets + c.tx_packets);
+  assert.equal(c.mirrored, frames.length);
+  assert.equal(l.counters("p3").tx_packets, frames.length);
+  assert.equal(l.counters("p2").mirrored, 0);
+  assert.equal(l.counters("p3").rx_packets, 0, "the monitor sent nothing");
+});
+
+netTest(
+  "loop guard: a Linux bridge joining two uplinks' veths is cut within a second; others keep forwarding",
+  [],
+  async () => {
+    const id = `${(Deno.pid % 1296).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
+    const netns = `h21lp-${id}`;
+    const ends = [`lg${id}a`, `lg${id}b`];
+    await run("ip", ["netns", "add", netns]);
+    try {
+      for (const end of ends) {
+        await run("ip", [
+          "link",
+          "add",
+          `${end}h`,
+          "type",
+          "veth",
+          "peer",
+          "name",
+          `${end}n`,
+          "netns",
+          netns,
+        ]);
+        await Deno.writeTextFile(`/proc/sys/net/ipv6/conf/${end}h/disable_ipv6`, "1");
+      }
+      await run("ip", ["-n", netns, "link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+      await run("ip", [
+        "netns",
+        "exec",
+        netns,
+        "sh",
+        "-c",
+        "for i in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 > $i; done",
+      ]);
+      for (const end of ends) {
+        await run("ip", ["-n", netns, "link", "set", `${end}n`, "master", "br0", "up"]);
+        await run("ip", ["link", "set", `${end}h`, "up"]);
+      }
+      await run("ip", ["-n", netns, "link", "set", "br0", "up"]);
+      await using l = await lab(2, {
+        extraPorts: ends.map((end, i) => ({
+          name: `up${i + 1}`,
+          type: "af-packet",
+          interface: `${end}h`,
+          loopGuard: true,
+        })),
+      });
+      const [n1, n2] = l.nets;
+      await waitFor(
+        "both uplinks up",
+        () => ["up1", "up2"].every((p) => l.sw.sw.port(p)!.state === "up"),
+      );
+      // up2 came up last: it is the one loop guard blocks.
+      await sleep(200);
+      const t0 = performance.now();
+      // The first ARP broadcast floods to both uplinks and the Linux bridge sends each copy back.
+      const pinging = ping(n1, addr(1), 30, "0.1");
+      await waitFor(
+        "loop guard to block a port",
+        () => l.sw.logs.some((m) => m.includes("loop guard: blocked")),
+        5000,
+        () => l.sw.logs.join("\n"),
+      );
+      const ms = performance.now() - t0;
+      const line = l.sw.logs.find((m) => m.includes("loop guard: blocked"))!;
+      console.log(`  ${line}\n  blocked ${ms.toFixed(0)} ms after the first broadcast`);
+      assert.match(line, /^\[up2\] loop guard: blocked: MACs moving between up2 and up1 at \d+\/s/);
+      assert.ok(ms < 1000, `loop stopped only after ${ms} ms`);
+      assert.deepEqual(l.sw.sw.port("up2")!.safety?.loopGuard?.blocked, true);
+      assert.equal(l.sw.sw.port("up1")!.safety?.loopGuard?.blocked, false);
+      // The loop is gone: the uplinks stop churning.
+      const moved = () => l.counters("up1").mac_moved + l.counters("up2").mac_moved;
+      const m0 = moved();
+      await sleep(500);
+      assert.ok(moved() - m0 < 10, `MACs still moving: ${moved() - m0} in 0.5 s`);
+      const first = await pinging;
+      const again = await ping(n2, addr(0), 10);
+      console.log(
+        `  ping during the loop: ${first.received}/${first.transmitted}; after: ${again.received}/${again.transmitted}`,
+      );
+      assert.ok(first.received >= first.transmitted - 3, `ping through the loop: ${first.output}`);
+      assert.equal(again.received, 10);
+      const dropped = l.counters("up2").drop_loop;
+      assert.ok(dropped > 0, "up2's frames are dropped and counted");
+    } finally {
+      for (const end of ends) await run("ip", ["link", "del", `${end}h`]).catch(() => {});
+      await run("ip", ["netns", "del", netns]).catch(() => {});
+    }
+  },
+);
+
+netTest("storm control: a testpmd broadcast flood is cut to the limit (within 10%); pings pass", [
+  pmdMissing,
+], async () => {
+  const LIMIT = 2000;
+  await using l = await lab(2, {
+    threads: 2,
+    extraPorts: [{
+      name: "flood",
+      type: "vhost-user",
+      socket: "$DIR/flood.sock",
+      stormControl: { broadcast: LIMIT, burstFrames: 200 },
+    }],
+  });
+  const [n1, n2] = l.nets;
+  await ping(n1, addr(1), 2);
+  await using pmd = await Testpmd.launch({
+    name: "h21flood",
+    lcores: "0@1,1@0",
+    totalNumMbufs: 4096,
+    vdevs: [virtioUserVdev({ index: 0, path: `${l.sw.dir}/flood.sock`, mac: "02:00:00:21:00:01" })],
+    args: ["--forward-mode=txonly", "--eth-peer=0,ff:ff:ff:ff:ff:ff", "--txpkts=64"],
+  });
+  await pmd.waitLinkUp([0]);
+  await pmd.start();
+  try {
+    await sleep(1000); // past the initial burst
+    const c0 = l.counters("flood");
+    const r0 = await rxPackets(n2);
+    const t0 = performance.now();
+    const pinged = await ping(n1, addr(1), 30, "0.1");
+    const seconds = (performance.now() - t0) / 1000;
+    const c1 = l.counters("flood");
+    const r1 = await rxPackets(n2);
+    const offered = (c1.rx_packets - c0.rx_packets) / seconds;
+    const passed = (c1.flooded - c0.flooded) / seconds;
+    // n2 also receives the 10/s echo requests (and perhaps an ARP): leave them out.
+    const delivered = (r1 - r0 - pinged.received) / seconds;
+    console.log(
+      `  offered ${offered.toFixed(0)} fps of broadcast, passed ${passed.toFixed(0)}, ` +
+        `n2 received ${
+          delivered.toFixed(0)
+        } fps (limit ${LIMIT}); ping ${pinged.received}/${pinged.transmitted}`,
+    );
+    assert.ok(offered > LIMIT * 3, `testpmd offered only ${offered} fps`);
+    assert.ok(Math.abs(delivered - LIMIT) <= LIMIT * 0.1, `delivered ${delivered} fps`);
+    assert.ok(pinged.received >= 28, `ping during the storm: ${pinged.output}`);
+    assert.ok(l.counters("flood").drop_storm_broadcast > 0);
+  } finally {
+    await pmd.stop().catch(() => {});
+  }
+});
