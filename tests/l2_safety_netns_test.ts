@@ -2,11 +2,11 @@
 // bridge closing a loop between two uplinks, and a DPDK testpmd front-end flooding broadcasts.
 // Needs root (namespaces); iperf3, tcpdump and dpdk-testpmd for the tests that use them.
 import assert from "node:assert/strict";
-import { createVethNetns, netnsSkipReason, run, type VethNetns } from "./helpers/netns.ts";
+import { createVethNetns, netnsSkipReason, run, type VethNetns } from "../peers/netns.ts";
 import { startSwitch, type TestSwitch, waitFor } from "./helpers/switch.ts";
 import { commandMissing } from "./helpers/peers.ts";
 import { parsePing } from "./helpers/ping.ts";
-import { Testpmd, testpmdAvailable, virtioUserVdev } from "./helpers/testpmd.ts";
+import { Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
 
 const skip = netnsSkipReason();
 const iperfMissing = commandMissing("iperf3", "iperf3");
