@@ -68,8 +68,13 @@ export const NO_SAFETY: PortSafetyConfig = {
 
 const MAX_RATE_BPS = 400_000_000_000;
 const MAX_FPS = 100_000_000;
-/** Default loop guard threshold: a MAC table in a loop churns thousands of times a second. */
-export const LOOP_GUARD_MOVES_PER_SECOND = 100;
+/**
+ * Default loop guard threshold. A station moving between ports even once a second is rare (a
+ * VM migrating moves once); a loop through af-packet uplinks moves a MAC on every round trip,
+ * which the kernel's ring block timeout stretches to a few milliseconds: ~100 moves/s with one
+ * frame looping each way, thousands with real traffic.
+ */
+export const LOOP_GUARD_MOVES_PER_SECOND = 20;
 export const LOOP_GUARD_RETRY_SECONDS = 30;
 
 type Obj = Record<string, unknown>;

@@ -473,7 +473,7 @@ Deno.test("topology: safety sections parse to defaulted values", () => {
     },
     loopGuard: null,
   });
-  assert.deepEqual(t.ports[1].safety.loopGuard, { movesPerSecond: 100, retrySeconds: 30 });
+  assert.deepEqual(t.ports[1].safety.loopGuard, { movesPerSecond: 20, retrySeconds: 30 });
   assert.deepEqual(t.mirrors, [{
     name: "mirror0",
     ports: ["vm1", "up"],
