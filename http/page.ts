@@ -101,6 +101,26 @@ function fill(tbody, rows, columns, emptyText) {
     el("td", { className: "empty", colSpan: columns }, emptyText))]));
 }
 
+// The port's L2 safety features in a few words; loop guard's block stands out.
+function safetyCell(p) {
+  const s = p.safety || {};
+  const tags = [];
+  if (s.security) {
+    const sec = s.security;
+    tags.push(sec.learnOnce ? "mac pinned" + (sec.pinnedMac ? " " + sec.pinnedMac : "") : "");
+    if (sec.allowedMacs.length) tags.push(sec.allowedMacs.length + " mac");
+    if (sec.ipv4 || sec.ipv6) tags.push("ip check");
+  }
+  if (s.stormControl) tags.push("storm");
+  if (s.policing) tags.push("policed");
+  if (s.loopGuard) tags.push(s.loopGuard.blocked ? "LOOP: BLOCKED" : "loop guard");
+  if (s.mirroredBy) tags.push("mirrored");
+  if (s.mirrorOutputOf) tags.push("mirror output");
+  const text = tags.filter(Boolean).join(", ") || "-";
+  return el("td", { className: s.loopGuard && s.loopGuard.blocked ? "bad" : "",
+    title: JSON.stringify(s, null, 1) }, text);
+}
+
 function renderPorts(ports, stats) {
   const rates = new Map(stats.ports.map((p) => [p.name, p]));
   const rows = ports.map((p) => {
@@ -121,9 +141,10 @@ function renderPorts(ports, stats) {
       el("td", { className: "n", title: bytes(c.tx_bytes || 0) }, fmt(c.tx_packets || 0)),
       el("td", { className: "n" }, rate(r.txPerSecond)),
       el("td", { className: "n" + (total ? " bad" : ""),
-        title: drops.map(([k, v]) => k + ": " + fmt(v)).join("\\n") || "no drops" }, fmt(total)));
+        title: drops.map(([k, v]) => k + ": " + fmt(v)).join("\\n") || "no drops" }, fmt(total)),
+      safetyCell(p));
   });
-  fill($("ports"), rows, 9, "no ports");
+  fill($("ports"), rows, 10, "no ports");
   const up = ports.filter((p) => STATE_CLASS[p.state] === "ok").length;
   $("c-ports").textContent = up + " / " + ports.length;
   const fps = stats.ports.reduce((n, p) => n + p.rxPerSecond, 0);
@@ -213,7 +234,7 @@ export const PAGE = `<!doctype html>
   <table>
     <thead><tr><th>Port</th><th>Type</th><th>State</th><th>Socket / interface</th>
       <th class="n">RX packets</th><th class="n">RX/s</th><th class="n">TX packets</th>
-      <th class="n">TX/s</th><th class="n">Drops</th></tr></thead>
+      <th class="n">TX/s</th><th class="n">Drops</th><th>L2 safety</th></tr></thead>
     <tbody id="ports"></tbody>
   </table>
   <h2>MAC table <small id="fdb-count"></small>
