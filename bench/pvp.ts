@@ -26,6 +26,9 @@ const USAGE = `Usage: deno task bench [options]
   --warmup S               seconds between tx-first and the first period (default 2)
   --only switch,ovs,wire   configurations to run
   --threads 1,2            switch datapath threads to try
+  --rings split,packed     the front-end's ring layouts to try (virtio-user packed_vq; default split)
+  --baseline DIR           also run the switch of another checkout (e.g. a git worktree of main)
+                           as "base-tN": an A/B of a change within one run
   --rounds R               times each configuration runs, interleaved (default 4)
   --quiet-cpus C           before each trial wait until other work uses under C CPUs (0.3),
   --quiet-wait S           but no longer than S seconds (default 10; 0 = never wait);
@@ -43,6 +46,8 @@ function options() {
       periods: { type: "string", default: "3" },
       only: { type: "string", default: "switch,ovs,wire" },
       threads: { type: "string", default: "1,2" },
+      rings: { type: "string", default: "split" },
+      baseline: { type: "string" },
       "quiet-cpus": { type: "string", default: "0.3" },
       "quiet-wait": { type: "string", default: "10" },
     },
@@ -63,6 +68,11 @@ function options() {
     warmupSeconds: num("warmup", values.warmup, 0, 600),
     kinds: kinds as TargetKind[],
     threads: list(values.threads).map((t) => Math.round(num("threads", t, 1, 64))),
+    rings: list(values.rings).map((r) => {
+      if (r !== "split" && r !== "packed") throw new Error(`--rings: unknown ${r}`);
+      return r === "packed";
+    }),
+    baseline: values.baseline ? values.baseline.replace(/\/?$/, "/") : undefined,
     rounds: Math.round(num("rounds", values.rounds, 1, 100)),
     quietCpus: num("quiet-cpus", values["quiet-cpus"], 0, 64),
     quietWait: num("quiet-wait", values["quiet-wait"], 0, 600),
@@ -93,8 +103,15 @@ async function main() {
     Deno.exit(1);
   }
   const notes: string[] = [];
-  const specs: TargetSpec[] = o.kinds.flatMap((kind): TargetSpec[] =>
-    kind === "switch" ? o.threads.map((threads) => ({ kind, threads })) : [{ kind }]
+  const specs: TargetSpec[] = o.rings.flatMap((packed) =>
+    o.kinds.flatMap((kind): TargetSpec[] =>
+      kind === "switch"
+        ? o.threads.flatMap((threads) => [
+          { kind, threads, packed },
+          ...(o.baseline ? [{ kind, threads, packed, repo: o.baseline }] : []),
+        ])
+        : [{ kind, packed }]
+    )
   );
   const ovsWhy = o.kinds.includes("ovs") ? ovsMissing() : null;
   if (ovsWhy) notes.push(`ovs skipped: ${ovsWhy}`);

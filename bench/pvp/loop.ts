@@ -103,7 +103,9 @@ export async function runTrial(spec: TargetSpec, o: TrialOptions): Promise<Trial
       // The forwarding lcore on CPU 1, the target's busy thread(s) mostly on CPU 0.
       lcores: "0@0,1@1",
       filePrefix: `${DPDK_PREFIX}fe${o.tag}`,
-      vdevs: target.sockets.map((path, index) => virtioUserVdev({ index, path, mac: MACS[index] })),
+      vdevs: target.sockets.map((path, index) =>
+        virtioUserVdev({ index, path, mac: MACS[index], packedVq: spec.packed })
+      ),
       args: [
         "--forward-mode=mac",
         `--eth-peer=0,${MACS[1]}`,

@@ -103,24 +103,27 @@ export function summarize(trials: (Trial & { round: number })[], quietCpus: numb
   });
   const trialMedian = (t: Trial) => dist(t.periods.map((p) => (p.mpps[0] + p.mpps[1]) / 2)).median;
   for (const r of rows) {
-    const ref = (c: string) => rows.find((x) => x.size === r.size && x.config === c);
+    // Against the reference on the same ring layout when it ran, else on the split ring.
+    const ring = r.config.endsWith("-packed") ? "-packed" : "";
+    const find = (c: string) => rows.find((x) => x.size === r.size && x.config === c);
+    const ref = (c: string) => find(c + ring) ?? find(c);
     const ratio = (a: number, b: number | undefined) =>
       b && Number.isFinite(a) && Number.isFinite(b) ? a / b : null;
-    if (r.config !== "ovs") {
+    if (!r.config.startsWith("ovs")) {
       r.ratios.mppsVsOvs = ratio(r.mppsPerDirection.median, ref("ovs")?.mppsPerDirection.median);
       r.ratios.cpuVsOvs = ratio(r.cpuPerMframe.median, ref("ovs")?.cpuPerMframe.median);
       for (const t of trials.filter((t) => t.size === r.size && t.config === r.config)) {
         const o = trials.find((x) =>
-          x.round === t.round && x.size === t.size && x.config === "ovs"
+          x.round === t.round && x.size === t.size && x.config === ref("ovs")?.config
         );
         const v = o && ratio(trialMedian(t), trialMedian(o));
         if (v) r.ratios.mppsVsOvsPerRound.push(v);
       }
     }
-    if (r.config !== "ovs") {
+    if (!r.config.startsWith("ovs")) {
       r.quiet.mppsVsOvs = ratio(r.quiet.mppsPerDirection, ref("ovs")?.quiet.mppsPerDirection);
     }
-    if (r.config !== "wire") {
+    if (!r.config.startsWith("wire")) {
       r.quiet.mppsVsWire = ratio(r.quiet.mppsPerDirection, ref("wire")?.quiet.mppsPerDirection);
       r.ratios.mppsVsWire = ratio(r.mppsPerDirection.median, ref("wire")?.mppsPerDirection.median);
       r.ratios.cpuVsWire = ratio(r.cpuPerMframe.median, ref("wire")?.cpuPerMframe.median);

@@ -23,10 +23,15 @@ export interface TargetSpec {
   kind: TargetKind;
   /** Datapath threads (switch only). */
   threads?: number;
+  /** The front-end's ring layout (virtio-user packed_vq); split unless asked. */
+  packed?: boolean;
+  /** Another checkout of the switch to run instead of this one (an A/B baseline). */
+  repo?: string;
 }
 
 export const targetLabel = (s: TargetSpec) =>
-  s.kind === "switch" ? `switch-t${s.threads ?? 1}` : s.kind;
+  (s.kind === "switch" ? `${s.repo ? "base" : "switch"}-t${s.threads ?? 1}` : s.kind) +
+  (s.packed ? "-packed" : "");
 
 /** Per-port counters as the target sees them (index = front-end port). */
 export interface TargetCounters {
@@ -58,13 +63,13 @@ export interface Target {
 }
 
 export function startTarget(spec: TargetSpec, dir: string, tag: string): Promise<Target> {
-  if (spec.kind === "switch") return startSwitch(dir, spec.threads ?? 1);
+  if (spec.kind === "switch") return startSwitch(dir, spec.threads ?? 1, spec.repo ?? REPO);
   if (spec.kind === "ovs") return startOvs(dir, `${DPDK_PREFIX}ovs${tag}`);
   return startWire(dir, `${DPDK_PREFIX}wire${tag}`);
 }
 
 /** The switch as its own process, exactly as `deno task start` runs it. */
-async function startSwitch(dir: string, threads: number): Promise<Target> {
+async function startSwitch(dir: string, threads: number, repo: string): Promise<Target> {
   const listen = `127.0.0.1:${freePort()}`;
   const sockets: [string, string] = [`${dir}/p0.sock`, `${dir}/p1.sock`];
   const topology = {
@@ -82,8 +87,8 @@ async function startSwitch(dir: string, threads: number): Promise<Target> {
   const v8Flags = Deno.env.get("PVP_V8_FLAGS");
   const argv = [Deno.execPath(), "run", "--allow-all"];
   if (v8Flags) argv.push(`--v8-flags=${v8Flags}`);
-  argv.push(`${REPO}mod.ts`, topoPath);
-  const proc = new Proc("switch", argv, { cwd: REPO });
+  argv.push(`${repo}mod.ts`, topoPath);
+  const proc = new Proc("switch", argv, { cwd: repo });
   const get = async (path: string) => {
     const res = await fetch(`http://${listen}${path}`).catch((e) => {
       throw new Error(`GET ${path}: ${e.message} (${e.cause ?? "no cause"})\n${proc.describe()}`);

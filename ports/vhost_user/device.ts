@@ -9,6 +9,7 @@ import { MemoryTable } from "./memory.ts";
 import * as P from "./protocol.ts";
 import type { QueueSpec } from "./virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN_LEGACY } from "./virtio_net.ts";
+import { packedResumeBase } from "./packed_queue.ts";
 
 // virtio-net feature bits offered (virtio 1.x 5.1.3); offloads we do not implement are not offered.
 import {
@@ -31,6 +32,7 @@ import {
 
 const bit = (n: number) => 1n << BigInt(n);
 const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
+const hex = (n: number) => n.toString(16).padStart(4, "0");
 
 /** What the workers need to run this port's datapath; null = not running. */
 export interface DatapathState {
@@ -233,8 +235,24 @@ export class VhostUserDevice {
       }
       case P.VHOST_USER_SET_VRING_BASE: {
         const { index, num } = P.decodeVringState(msg);
-        if (num > 0xffff) throw new P.ProtocolError(`SET_VRING_BASE: base ${num} > 65535`);
-        this.#ring(index, msg).base = num;
+        const ring = this.#ring(index, msg);
+        if (!has(this.features, VIRTIO_F_RING_PACKED)) {
+          if (num > 0xffff) throw new P.ProtocolError(`SET_VRING_BASE: base ${num} > 65535`);
+          ring.base = num;
+          return null;
+        }
+        // Packed: bits 0-14 the avail position, bit 15 its wrap counter; QEMU adds the used
+        // position and wrap counter in bits 16-31, DPDK's front-ends leave them 0. Buffers
+        // between the two were taken by the previous back-end and never given back: resume at
+        // the used position so the guest gets them back (a few frames may go twice).
+        const avail = num & 0xffff;
+        const used = num >>> 16;
+        if (used !== 0 && used !== avail) {
+          this.log(
+            `ring ${index}: avail base 0x${hex(avail)}, used 0x${hex(used)}: resuming at used`,
+          );
+        }
+        ring.base = used !== 0 ? used : avail;
         return null;
       }
       case P.VHOST_USER_GET_VRING_BASE: {
@@ -244,7 +262,13 @@ export class VhostUserDevice {
         await this.#sync();
         closeFd(ring.kickFd);
         ring.kickFd = -1;
-        return P.vringStatePayload(index, ring.base);
+        // Packed: nothing is in flight once a ring stopped, so the used side (bits 16-31, read
+        // by QEMU, ignored by DPDK) equals the avail side.
+        const packed = has(this.features, VIRTIO_F_RING_PACKED);
+        return P.vringStatePayload(
+          index,
+          packed ? (ring.base | (ring.base << 16)) >>> 0 : ring.base,
+        );
       }
       case P.VHOST_USER_SET_VRING_KICK:
       case P.VHOST_USER_SET_VRING_CALL:
@@ -413,10 +437,22 @@ export class VhostUserDevice {
         return;
       }
       const starting = !this.#running?.queues.some((q) => q.index === index);
-      if (starting && ring.base !== 0) {
+      if (packed && starting) {
+        const found = packedResumeBase((i) => mem.readU16(desc, 16 * i + 14) >>> 15, n, ring.base);
+        if (found !== ring.base) {
+          this.log(
+            `ring ${index}: base 0x${hex(ring.base)} but the descriptors say 0x${hex(found)}: ` +
+              "resuming there",
+          );
+          ring.base = found;
+        }
+      }
+      if (starting && ring.base !== (packed ? 0x8000 : 0)) {
         // A migrated guest's rings resume where the source's stopped (or a front-end
         // reconnects): worth a line for the operator following a migration.
-        this.log(`ring ${index} resumes at avail position ${ring.base}`);
+        this.log(
+          `ring ${index} resumes at avail position ${packed ? `0x${hex(ring.base)}` : ring.base}`,
+        );
       }
       if (!packed && starting) {
         // A ring (re)starts. A front-end that reconnects after a back-end restart may send a

@@ -182,6 +182,15 @@ export class MemoryTable {
     return new DataView(viewMapping(s.mapAddress, s.mapLength)).getUint16(where.offset + 2, true);
   }
 
+  /** The u16 at `byte` past a translated ring address, read by the control plane. */
+  readU16(where: { region: number; offset: number }, byte: number): number {
+    const s = this.#regions[where.region].spec;
+    return new DataView(viewMapping(s.mapAddress, s.mapLength)).getUint16(
+      where.offset + byte,
+      true,
+    );
+  }
+
   /** Translates a front-end virtual address range (ring addresses) to a region and offset. */
   translateUser(uva: number, len: number): { region: number; offset: number } | null {
     for (let i = 0; i < this.#regions.length; i++) {

@@ -57,6 +57,29 @@ export function packedBaseFromSeq(seq: number, size: number): number {
   return (seq & (size - 1)) | (wrapOf(seq, size) << 15);
 }
 
+/**
+ * Where a packed ring really stands, from its descriptors' USED flags, for a ring that starts
+ * on a new connection. A front-end that lost its back-end cannot know (QEMU then sends the base
+ * it got at the last clean stop, or its initial one): positions the device passed in this lap
+ * carry USED = its wrap counter (it wrote them, or the driver already made them available for
+ * the next lap), positions ahead carry the other value (written in the previous lap, or made
+ * available for this one). That holds while chains have one descriptor each (Linux and DPDK
+ * use indirect tables for more), so the flags are trusted only when they show exactly one such
+ * edge; otherwise, and when `base` agrees with them, `base` stands.
+ */
+export function packedResumeBase(usedFlag: (pos: number) => number, size: number, base: number) {
+  const u0 = usedFlag(0);
+  let edge = size;
+  for (let i = 1; i < size; i++) {
+    const u = usedFlag(i);
+    if (edge === size && u !== u0) edge = i;
+    else if (edge !== size && u === u0) return base; // more than one edge: chains, keep base
+  }
+  // No edge: every position is ahead of the device, which starts a lap at 0.
+  const found = edge === size ? (u0 ? 0 : 0x8000) : edge | (u0 ? 0x8000 : 0);
+  return found === base ? base : found;
+}
+
 function wrapOf(seq: number, size: number): number {
   return ((seq / size) & 1) ^ 1;
 }

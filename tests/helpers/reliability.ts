@@ -170,6 +170,8 @@ export interface PortJson {
   name: string;
   state: string;
   mode?: string;
+  /** Negotiated feature names (vhost-user ports). */
+  features?: string[];
   queues: { index: number; worker: number }[];
   counters: Record<string, number>;
 }

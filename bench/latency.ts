@@ -1,0 +1,242 @@
+// `deno task bench:latency`: round-trip latency at a low frame rate through the switch's
+// af-packet ports, against the Linux bridge and Open vSwitch's userspace datapath on the same
+// set-up. Two namespaces, each behind a veth pair whose root end is a port of the system under
+// test; `busybox ping -i 0.002` from one to the other (500 frames/s each way); per-frame RTTs give
+// p50/p90/p99. The switch runs with its default adaptive polling, so this is the latency a
+// lightly loaded switch adds; its CPU use over a few idle seconds is reported beside it.
+// Configurations alternate in every round (A B C A B C ...). Needs root.
+import { parseArgs } from "node:util";
+import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
+import { createVethNetns, netnsSkipReason, type VethNetns } from "../tests/helpers/netns.ts";
+import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } from "./pvp/proc.ts";
+import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
+
+const USAGE = `Usage: deno task bench:latency [options]   (as root)
+  --only switch,bridge,ovs   systems to measure (default all three)
+  --rounds R                 alternating rounds (default 3)
+  --count N                  pings per trial (default 1000)
+  --interval S               seconds between pings (default 0.002)
+  --idle S                   seconds of idle CPU measured per switch trial (default 3)
+  --out DIR                  where results go (default bench/results)`;
+
+type Kind = "switch" | "bridge" | "ovs";
+/** BusyBox's ping (busybox-static, which the guest images need anyway): `-i` takes fractions. */
+const PING = ["busybox", "ping"];
+
+function options() {
+  const { values: v } = parseArgs({
+    options: {
+      help: { type: "boolean", default: false },
+      only: { type: "string", default: "switch,bridge,ovs" },
+      rounds: { type: "string", default: "3" },
+      count: { type: "string", default: "1000" },
+      interval: { type: "string", default: "0.002" },
+      idle: { type: "string", default: "3" },
+      out: { type: "string", default: `${REPO}bench/results` },
+    },
+  });
+  if (v.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const kinds = listOption(v.only) as Kind[];
+  for (const k of kinds) {
+    if (!["switch", "bridge", "ovs"].includes(k)) throw new Error(`--only: unknown ${k}`);
+  }
+  return {
+    kinds,
+    rounds: Math.round(numberOption("rounds", v.rounds, 1, 100)),
+    count: Math.round(numberOption("count", v.count, 10, 1_000_000)),
+    interval: numberOption("interval", v.interval, 0.0002, 10),
+    idle: numberOption("idle", v.idle, 0, 600),
+    out: v.out,
+  };
+}
+
+interface Running {
+  stop(): Promise<void>;
+  /** The process whose CPU time is the system's own (none for the kernel bridge). */
+  pid?: number;
+}
+
+async function startSwitch(dir: string, ifs: string[]): Promise<Running> {
+  const listen = `127.0.0.1:${freePort()}`;
+  const topology = {
+    name: "lat",
+    http: { listen },
+    threads: 1,
+    ports: ifs.map((iface, i) => ({ name: `p${i}`, type: "af-packet", interface: iface })),
+  };
+  await Deno.writeTextFile(`${dir}/topology.json`, JSON.stringify(topology));
+  const proc = new Proc("switch", [
+    Deno.execPath(),
+    "run",
+    "--allow-all",
+    `${REPO}mod.ts`,
+    `${dir}/topology.json`,
+  ], { cwd: REPO });
+  await waitFor("the switch's HTTP endpoint", async () => {
+    if (proc.exited) throw new Error(`the switch exited\n${proc.describe()}`);
+    return await fetch(`http://${listen}/health`).then((r) => r.ok || undefined, () => undefined);
+  }, 30_000);
+  return { pid: proc.pid, stop: () => proc.stop() };
+}
+
+async function startBridge(tag: string, ifs: string[]): Promise<Running> {
+  const br = `lat${tag}`;
+  await run(["ip", "link", "add", br, "type", "bridge"]);
+  for (const i of ifs) await run(["ip", "link", "set", i, "master", br]);
+  await run(["ip", "link", "set", br, "up"]);
+  return {
+    stop: async () => {
+      for (const i of ifs) await run(["ip", "link", "set", i, "nomaster"]).catch(() => {});
+      await run(["ip", "link", "del", br]).catch(() => {});
+    },
+  };
+}
+
+/** OVS's userspace (netdev) datapath with the veths as system ports; no DPDK. */
+async function startOvs(dir: string, ifs: string[]): Promise<Running> {
+  const env = { OVS_RUNDIR: dir, OVS_DBDIR: dir, OVS_LOGDIR: dir, OVS_SYSCONFDIR: dir };
+  const db = `unix:${dir}/db.sock`;
+  const vsctl = (...a: string[]) => run(["ovs-vsctl", `--db=${db}`, "--timeout=30", ...a], env);
+  await run(["ovsdb-tool", "create", `${dir}/conf.db`, "/usr/share/openvswitch/vswitch.ovsschema"]);
+  const procs = [
+    new Proc("ovsdb-server", [
+      "ovsdb-server",
+      `${dir}/conf.db`,
+      `--remote=punix:${dir}/db.sock`,
+      `--unixctl=${dir}/ovsdb.ctl`,
+    ], { env }),
+  ];
+  const stop = async () => {
+    for (const p of procs.reverse()) await p.stop();
+  };
+  try {
+    await waitFor("ovsdb-server", () => exists(`${dir}/db.sock`) || undefined, 10_000);
+    await vsctl("--no-wait", "init");
+    procs.push(
+      new Proc("ovs-vswitchd", [OVS_VSWITCHD, db, `--unixctl=${dir}/vswitchd.ctl`], { env }),
+    );
+    await vsctl(
+      ...["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"],
+      ...ifs.flatMap((i) => ["--", "add-port", "br0", i]),
+    );
+    return { pid: procs[1].pid, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+interface Result {
+  kind: Kind;
+  round: number;
+  rttMs: number[];
+  sent: number;
+  idleCpuPercent: number | null;
+}
+
+async function trial(
+  kind: Kind,
+  round: number,
+  dir: string,
+  a: VethNetns,
+  b: VethNetns,
+  o: ReturnType<typeof options>,
+): Promise<Result> {
+  const ifs = [a.hostIf, b.hostIf];
+  const sys = kind === "switch"
+    ? await startSwitch(dir, ifs)
+    : kind === "bridge"
+    ? await startBridge(`${Deno.pid % 10000}`, ifs)
+    : await startOvs(dir, ifs);
+  const unregister = onCleanup(() => sys.stop());
+  try {
+    // Learn both MACs (and ARP) first; then measure.
+    await a.exec([...PING, "-c", "20", "-i", "0.01", "-w", "5", "10.66.0.2"]).catch(() => "");
+    let idle: number | null = null;
+    if (sys.pid && o.idle > 0) {
+      await sleep(500);
+      const c0 = cpuSeconds(sys.pid);
+      const t0 = performance.now();
+      await sleep(o.idle * 1000);
+      idle = (100 * (cpuSeconds(sys.pid) - c0)) / ((performance.now() - t0) / 1000);
+    }
+    const out = await a.exec([...PING, "-c", `${o.count}`, "-i", `${o.interval}`, "10.66.0.2"])
+      .catch((e) => String(e));
+    const rttMs = [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+    return { kind, round, rttMs, sent: o.count, idleCpuPercent: idle };
+  } finally {
+    unregister();
+    await sys.stop();
+  }
+}
+
+function pct(sorted: number[], p: number): number {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+async function main() {
+  const o = optionsOrExit(options, USAGE);
+  const why = netnsSkipReason();
+  if (why) {
+    console.error(`cannot run the latency bench: ${why}`);
+    Deno.exit(1);
+  }
+  const kinds = o.kinds.filter((k) => k !== "ovs" || !ovsMissing());
+  const root = await Deno.makeTempDir({ prefix: "lat-" });
+  await using a = await createVethNetns({ nsAddr: "10.66.0.1/24" });
+  await using b = await createVethNetns({ nsAddr: "10.66.0.2/24" });
+  const loadavg = (await Deno.readTextFile("/proc/loadavg")).trim();
+  const results: Result[] = [];
+  try {
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const kind of kinds) {
+        const dir = `${root}/${round}-${kind}`;
+        await Deno.mkdir(dir);
+        console.error(`round ${round}: ${kind}`);
+        results.push(await trial(kind, round, dir, a, b, o));
+      }
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true }).catch(() => {});
+  }
+  const rows = kinds.map((kind) => {
+    const rs = results.filter((r) => r.kind === kind);
+    const all = rs.flatMap((r) => r.rttMs).sort((x, y) => x - y);
+    const idle = rs.map((r) => r.idleCpuPercent).filter((x): x is number => x !== null);
+    return {
+      kind,
+      frames: all.length,
+      lost: rs.reduce((n, r) => n + r.sent - r.rttMs.length, 0),
+      p50: pct(all, 50),
+      p90: pct(all, 90),
+      p99: pct(all, 99),
+      max: all[all.length - 1] ?? NaN,
+      mean: all.reduce((x, y) => x + y, 0) / all.length,
+      idleCpuPercent: idle.length ? Math.max(...idle) : null,
+    };
+  });
+  const f = (x: number) => x.toFixed(3).padStart(8);
+  const lines = [
+    `ping -i ${o.interval} -c ${o.count}, ${o.rounds} rounds, load average at start ${loadavg}`,
+    "system      p50 ms   p90 ms   p99 ms   max ms  mean ms   lost  idle CPU %",
+    ...rows.map((r) =>
+      `${r.kind.padEnd(8)} ${f(r.p50)} ${f(r.p90)} ${f(r.p99)} ${f(r.max)} ${f(r.mean)} ${
+        String(r.lost).padStart(6)
+      }  ${r.idleCpuPercent === null ? "-" : r.idleCpuPercent.toFixed(2)}`
+    ),
+  ];
+  console.log(lines.join("\n"));
+  await Deno.mkdir(o.out, { recursive: true });
+  const json = JSON.stringify(
+    { date: new Date().toISOString(), options: o, loadavg, rows },
+    null,
+    1,
+  );
+  await Deno.writeTextFile(`${o.out}/latency-latest.json`, json + "\n");
+}
+
+if (import.meta.main) await main();
