@@ -7,7 +7,7 @@
 // Configurations alternate in every round (A B C A B C ...). Needs root.
 import { parseArgs } from "node:util";
 import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
-import { createVethNetns, netnsSkipReason, type VethNetns } from "../tests/helpers/netns.ts";
+import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
 import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } from "./pvp/proc.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
 
@@ -164,7 +164,7 @@ async function trial(
       idle = (100 * (cpuSeconds(sys.pid) - c0)) / ((performance.now() - t0) / 1000);
     }
     const out = await a.exec([...PING, "-c", `${o.count}`, "-i", `${o.interval}`, "10.66.0.2"])
-      .catch((e) => String(e));
+      .catch((e: unknown) => String(e));
     const rttMs = [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
     return { kind, round, rttMs, sent: o.count, idleCpuPercent: idle };
   } finally {

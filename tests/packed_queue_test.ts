@@ -74,6 +74,7 @@ class Driver {
       callFd: opts.callFd ?? -1,
       kickFd: -1,
       shared: null,
+      ringLog: [],
     });
   }
 
