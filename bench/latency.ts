@@ -12,14 +12,17 @@ import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } fr
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
 
 const USAGE = `Usage: deno task bench:latency [options]   (as root)
-  --only switch,bridge,ovs   systems to measure (default all three)
+  --only switch,switch-syscall,bridge,ovs
+                             systems to measure (default all four)
   --rounds R                 alternating rounds (default 3)
   --count N                  pings per trial (default 1000)
   --interval S               seconds between pings (default 0.002)
   --idle S                   seconds of idle CPU measured per switch trial (default 3)
   --out DIR                  where results go (default bench/results)`;
 
-type Kind = "switch" | "bridge" | "ovs";
+/** `switch` (TPACKET_V3 rings, the default) or `switch-syscall` (io: "syscall", one recv per
+ * frame): the pair shows how long frames wait in an RX block before the kernel hands it over. */
+type Kind = "switch" | "switch-syscall" | "bridge" | "ovs";
 /** BusyBox's ping (busybox-static, which the guest images need anyway): `-i` takes fractions. */
 const PING = ["busybox", "ping"];
 
@@ -27,7 +30,7 @@ function options() {
   const { values: v } = parseArgs({
     options: {
       help: { type: "boolean", default: false },
-      only: { type: "string", default: "switch,bridge,ovs" },
+      only: { type: "string", default: "switch,switch-syscall,bridge,ovs" },
       rounds: { type: "string", default: "3" },
       count: { type: "string", default: "1000" },
       interval: { type: "string", default: "0.002" },
@@ -41,7 +44,9 @@ function options() {
   }
   const kinds = listOption(v.only) as Kind[];
   for (const k of kinds) {
-    if (!["switch", "bridge", "ovs"].includes(k)) throw new Error(`--only: unknown ${k}`);
+    if (!["switch", "switch-syscall", "bridge", "ovs"].includes(k)) {
+      throw new Error(`--only: unknown ${k}`);
+    }
   }
   return {
     kinds,
@@ -59,13 +64,13 @@ interface Running {
   pid?: number;
 }
 
-async function startSwitch(dir: string, ifs: string[]): Promise<Running> {
+async function startSwitch(dir: string, ifs: string[], io: "ring" | "syscall"): Promise<Running> {
   const listen = `127.0.0.1:${freePort()}`;
   const topology = {
     name: "lat",
     http: { listen },
     threads: 1,
-    ports: ifs.map((iface, i) => ({ name: `p${i}`, type: "af-packet", interface: iface })),
+    ports: ifs.map((iface, i) => ({ name: `p${i}`, type: "af-packet", interface: iface, io })),
   };
   await Deno.writeTextFile(`${dir}/topology.json`, JSON.stringify(topology));
   const proc = new Proc("switch", [
@@ -146,8 +151,8 @@ async function trial(
   o: ReturnType<typeof options>,
 ): Promise<Result> {
   const ifs = [a.hostIf, b.hostIf];
-  const sys = kind === "switch"
-    ? await startSwitch(dir, ifs)
+  const sys = kind.startsWith("switch")
+    ? await startSwitch(dir, ifs, kind === "switch" ? "ring" : "syscall")
     : kind === "bridge"
     ? await startBridge(`${Deno.pid % 10000}`, ifs)
     : await startOvs(dir, ifs);
@@ -222,9 +227,9 @@ async function main() {
   const f = (x: number) => x.toFixed(3).padStart(8);
   const lines = [
     `ping -i ${o.interval} -c ${o.count}, ${o.rounds} rounds, load average at start ${loadavg}`,
-    "system      p50 ms   p90 ms   p99 ms   max ms  mean ms   lost  idle CPU %",
+    "system            p50 ms   p90 ms   p99 ms   max ms  mean ms   lost  idle CPU %",
     ...rows.map((r) =>
-      `${r.kind.padEnd(8)} ${f(r.p50)} ${f(r.p90)} ${f(r.p99)} ${f(r.max)} ${f(r.mean)} ${
+      `${r.kind.padEnd(14)} ${f(r.p50)} ${f(r.p90)} ${f(r.p99)} ${f(r.max)} ${f(r.mean)} ${
         String(r.lost).padStart(6)
       }  ${r.idleCpuPercent === null ? "-" : r.idleCpuPercent.toFixed(2)}`
     ),

@@ -149,109 +149,127 @@ interface Exchange {
 // SET_VRING_BASE 0 for rings whose indexes are far past 0. Like DPDK's vhost library, the switch
 // resumes such a ring at its used index; once it took the 0 as is, re-sent old frames and could
 // never deliver to testpmd again. The last step checks that this stays fixed.
-Deno.test({
-  name: "switch restart (SIGTERM, SIGKILL) under testpmd virtio-user server=1: it reconnects",
-  ignore: testpmdMissing !== null,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
-    await using rig = await SwitchRig.start({
-      name: "restart-pmd",
-      ports: [
-        { name: "pmd", type: "vhost-user", socket: "$DIR/pmd.sock", mode: "client" },
-        { name: "peer", type: "vhost-user", socket: "$DIR/peer.sock" },
-      ],
-    });
-    let peer: VhostFrontend | null = null;
-    const pmd = await Testpmd.launch({
-      name: "server-mode",
-      lcores: "0@1,1@0",
-      totalNumMbufs: 2048,
-      vdevs: [virtioUserVdev({ index: 0, path: rig.sock("pmd"), mac: PMD_MAC, server: true })],
-      args: ["--forward-mode=rxonly"],
-    });
-    const results: Exchange[] = [];
-    try {
-      await pmd.waitLinkUp([0]);
-      /** testpmd sends one burst to a fresh TS front-end, which sends 10 frames back. */
-      const exchange = async (what: string, resent = 0) => {
-        peer?.close();
-        peer = await VhostFrontend.open(rig.sock("peer"));
-        const fe = peer;
-        fe.postRxBuffers(128);
-        const [pmdTx0] = await pmd.portStats();
-        const taken0 = (await rig.port("pmd")).counters.rx_packets;
-        const handed0 = (await rig.port("peer")).counters.tx_packets;
-        await pmd.cmd("start tx_first");
-        let burst = 0;
-        // Settled once testpmd's burst left, the switch took at least that many frames from
-        // testpmd's ring, and the peer holds every frame the switch handed it. A frame sent
-        // twice then shows as more taken than testpmd sent, or more than 32 at the peer.
-        await until(`${what}: testpmd's burst at the peer, everything handed over`, async () => {
-          for (const f of fe.receive()) if (macString(f, 6) === PMD_MAC) burst++;
+// With packed_vq=1 testpmd resets its rings when it reconnects (DPDK drops what was in flight)
+// and sends a fresh base; the switch must not mistake the stale descriptors for a position.
+for (const packed of [false, true]) {
+  Deno.test({
+    name: `switch restart (SIGTERM, SIGKILL) under testpmd virtio-user server=1${
+      packed ? ", packed_vq=1" : ""
+    }: it reconnects`,
+    ignore: testpmdMissing !== null,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn(t) {
+      await using rig = await SwitchRig.start({
+        name: "restart-pmd",
+        ports: [
+          { name: "pmd", type: "vhost-user", socket: "$DIR/pmd.sock", mode: "client" },
+          { name: "peer", type: "vhost-user", socket: "$DIR/peer.sock" },
+        ],
+      });
+      let peer: VhostFrontend | null = null;
+      const pmd = await Testpmd.launch({
+        name: "server-mode",
+        lcores: "0@1,1@0",
+        totalNumMbufs: 2048,
+        vdevs: [
+          virtioUserVdev({
+            index: 0,
+            path: rig.sock("pmd"),
+            mac: PMD_MAC,
+            server: true,
+            packedVq: packed,
+          }),
+        ],
+        args: ["--forward-mode=rxonly"],
+      });
+      const results: Exchange[] = [];
+      try {
+        await pmd.waitLinkUp([0]);
+        /** testpmd sends one burst to a fresh TS front-end, which sends 10 frames back. */
+        const exchange = async (what: string, resent = 0) => {
+          peer?.close();
+          peer = await VhostFrontend.open(rig.sock("peer"));
+          const fe = peer;
+          fe.postRxBuffers(128);
+          const [pmdTx0] = await pmd.portStats();
+          const taken0 = (await rig.port("pmd")).counters.rx_packets;
+          const handed0 = (await rig.port("peer")).counters.tx_packets;
+          await pmd.cmd("start tx_first");
+          let burst = 0;
+          // Settled once testpmd's burst left, the switch took at least that many frames from
+          // testpmd's ring, and the peer holds every frame the switch handed it. A frame sent
+          // twice then shows as more taken than testpmd sent, or more than 32 at the peer.
+          await until(`${what}: testpmd's burst at the peer, everything handed over`, async () => {
+            for (const f of fe.receive()) if (macString(f, 6) === PMD_MAC) burst++;
+            const sent = (await pmd.portStats())[0].txPackets - pmdTx0.txPackets;
+            const taken = (await rig.port("pmd")).counters.rx_packets - taken0;
+            const handed = (await rig.port("peer")).counters.tx_packets - handed0;
+            return sent >= 32 && taken >= sent && handed === burst && burst >= 32;
+          }, 10_000);
           const sent = (await pmd.portStats())[0].txPackets - pmdTx0.txPackets;
           const taken = (await rig.port("pmd")).counters.rx_packets - taken0;
-          const handed = (await rig.port("peer")).counters.tx_packets - handed0;
-          return sent >= 32 && taken >= sent && handed === burst && burst >= 32;
-        }, 10_000);
-        const sent = (await pmd.portStats())[0].txPackets - pmdTx0.txPackets;
-        const taken = (await rig.port("pmd")).counters.rx_packets - taken0;
-        assert.equal(taken, sent, `${what}: the switch took ${taken} frames, testpmd sent ${sent}`);
-        const [before] = await pmd.portStats();
-        for (let i = 0; i < 10; i++) fe.send(seqFrame(PMD_MAC, PEER_MAC, 6, i, 80));
-        const delivered = async () => (await pmd.portStats())[0].rxPackets - before.rxPackets;
-        await until(`${what}: 10 frames at testpmd`, async () => await delivered() >= 10, 10_000)
-          .catch(() => {});
-        await pmd.cmd("stop");
-        const r = {
-          what,
-          resent,
-          burst,
-          delivered: await delivered(),
-          counters: (await rig.port("pmd")).counters,
-        };
-        results.push(r);
-        return r;
-      };
-      const first = await exchange("before the restarts");
-      assert.equal(first.burst, 32);
-      assert.equal(first.delivered, 10);
-      for (const signal of ["SIGTERM", "SIGKILL"] as const) {
-        const t0 = performance.now();
-        const { status } = await rig.stop(signal);
-        await rig.spawn();
-        await rig.waitRunning("pmd", 20_000);
-        const runningMs = performance.now() - t0;
-        await pmd.waitLinkUp([0], 20_000);
-        const linkMs = performance.now() - t0;
-        await sleep(300);
-        const resent = (await rig.port("pmd")).counters.rx_packets;
-        const r = await exchange(`after ${signal}`, resent);
-        console.log(
-          `  ${signal} (exit ${status.signal ?? status.code}): the new switch reconnected to ` +
-            `testpmd ${runningMs.toFixed(0)} ms after the signal, testpmd link up after ${
-              linkMs.toFixed(0)
-            } ms; frames it had sent before, taken again: ${r.resent}; one new burst from ` +
-            `testpmd arrived as ${r.burst} frames, ${r.delivered} of 10 ` +
-            `frames reached testpmd (switch: drop_no_buffer ${r.counters.drop_no_buffer})`,
-        );
-        assert.ok(runningMs < 10_000, `reconnected after ${runningMs} ms`);
-        assert.equal(r.counters.connections, 1);
-        assert.ok(r.burst >= 32, "testpmd's frames reach the switch again");
-        assert.ok(!pmd.exited, "testpmd kept running");
-      }
-      await t.step({
-        name: "no frame sent twice, and frames reach testpmd again after the restart",
-        fn() {
-          assert.deepEqual(
-            results.map((r) => [r.what, r.resent, r.burst, r.delivered]),
-            results.map((r) => [r.what, 0, 32, 10]),
+          assert.equal(
+            taken,
+            sent,
+            `${what}: the switch took ${taken} frames, testpmd sent ${sent}`,
           );
-        },
-      });
-    } finally {
-      (peer as VhostFrontend | null)?.close();
-      await pmd.quit();
-    }
-  },
-});
+          const [before] = await pmd.portStats();
+          for (let i = 0; i < 10; i++) fe.send(seqFrame(PMD_MAC, PEER_MAC, 6, i, 80));
+          const delivered = async () => (await pmd.portStats())[0].rxPackets - before.rxPackets;
+          await until(`${what}: 10 frames at testpmd`, async () => await delivered() >= 10, 10_000)
+            .catch(() => {});
+          await pmd.cmd("stop");
+          const r = {
+            what,
+            resent,
+            burst,
+            delivered: await delivered(),
+            counters: (await rig.port("pmd")).counters,
+          };
+          results.push(r);
+          return r;
+        };
+        const first = await exchange("before the restarts");
+        assert.equal(first.burst, 32);
+        assert.equal(first.delivered, 10);
+        for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+          const t0 = performance.now();
+          const { status } = await rig.stop(signal);
+          await rig.spawn();
+          await rig.waitRunning("pmd", 20_000);
+          const runningMs = performance.now() - t0;
+          await pmd.waitLinkUp([0], 20_000);
+          const linkMs = performance.now() - t0;
+          await sleep(300);
+          const resent = (await rig.port("pmd")).counters.rx_packets;
+          const r = await exchange(`after ${signal}`, resent);
+          console.log(
+            `  ${signal} (exit ${status.signal ?? status.code}): the new switch reconnected to ` +
+              `testpmd ${runningMs.toFixed(0)} ms after the signal, testpmd link up after ${
+                linkMs.toFixed(0)
+              } ms; frames it had sent before, taken again: ${r.resent}; one new burst from ` +
+              `testpmd arrived as ${r.burst} frames, ${r.delivered} of 10 ` +
+              `frames reached testpmd (switch: drop_no_buffer ${r.counters.drop_no_buffer})`,
+          );
+          assert.ok(runningMs < 10_000, `reconnected after ${runningMs} ms`);
+          assert.equal(r.counters.connections, 1);
+          assert.ok(r.burst >= 32, "testpmd's frames reach the switch again");
+          assert.ok(!pmd.exited, "testpmd kept running");
+        }
+        await t.step({
+          name: "no frame sent twice, and frames reach testpmd again after the restart",
+          fn() {
+            assert.deepEqual(
+              results.map((r) => [r.what, r.resent, r.burst, r.delivered]),
+              results.map((r) => [r.what, 0, 32, 10]),
+            );
+          },
+        });
+      } finally {
+        (peer as VhostFrontend | null)?.close();
+        await pmd.quit();
+      }
+    },
+  });
+}
