@@ -149,9 +149,8 @@ export class Switch implements SwitchView {
     sw.#housekeeping();
     sw.#housekeepingTimer = setInterval(() => sw.#housekeeping(), 1000);
     sw.#aging = new FdbAging(bridge.fdb, topology.fdb.agingSeconds);
-    if (safety.loopGuard.enabled) {
-      sw.#loopGuardTimer = setInterval(() => sw.#loopGuard(), SAMPLE_MS);
-    }
+    // Always sampled (a few counter reads every SAMPLE_MS): loop guard can be turned on live.
+    sw.#loopGuardTimer = setInterval(() => sw.#loopGuard(), SAMPLE_MS);
     return sw;
   }
 

@@ -186,7 +186,7 @@ Deno.test("queues without rxqAffinity are spread round-robin over the workers", 
 });
 
 Deno.test("the shipped examples are valid", () => {
-  for (const name of ["two-vms", "three-vms-uplink", "vlans", "vxlan"]) {
+  for (const name of ["two-vms", "three-vms-uplink", "vlans", "vxlan", "l2-safety"]) {
     const t = loadTopology(new URL(`../examples/${name}.json`, import.meta.url).pathname);
     assert.ok(t.ports.length >= 2, name);
   }
