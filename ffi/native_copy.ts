@@ -166,9 +166,17 @@ const native = tryLoadNativeCopy();
 export const nativeCopyLoaded = native !== null;
 
 // Pointer arguments take V8's fast path (~17 ns a call); typed-array ones cost twice that.
-// So each view's start pointer is looked up once (V8 keeps array buffers of more than 64
-// bytes, and mapped memory, in place) and the last one of each side is remembered: a burst
-// nearly always copies from one guest's memory into one other guest's.
+// So each view's start pointer is looked up once and the last one of each side is remembered:
+// a burst nearly always copies from one guest's memory into one other guest's.
+//
+// ASSUMPTION: V8 never moves the bytes of an array buffer once they live outside its heap: mapped
+// memory (guest regions, rings) never moves, and V8 allocates the backing store of every buffer
+// of more than 64 bytes (typed_array_max_size_in_heap) outside the heap, where the garbage
+// collector does not compact. Views of 64 bytes or less may sit on the heap and move, so they
+// never get a remembered pointer (copyMemory copies them with set()). Should a V8 release start
+// moving external buffers, a remembered pointer would write into freed memory:
+// tests/native_copy_test.ts ("remembered pointers stay valid across compacting collections")
+// copies through remembered pointers between forced compacting collections and reads back.
 const pointers = new WeakMap<Uint8Array, Deno.PointerValue>();
 const SMALL = 64;
 let lastDst: Uint8Array | null = null;
@@ -176,6 +184,7 @@ let lastDstPointer: Deno.PointerValue = null;
 let lastSrc: Uint8Array | null = null;
 let lastSrcPointer: Deno.PointerValue = null;
 
+/** The start of `view`, looked up once per view: valid for good under the ASSUMPTION above. */
 function pointerOf(view: Uint8Array): Deno.PointerValue {
   let p = pointers.get(view);
   if (p === undefined) {

@@ -123,3 +123,22 @@ Deno.test("views of 64 bytes or less (which V8 may keep on its heap) are copied 
   assert.equal(dst[50], 0);
   assert.throws(() => copyMemory(dst, 40, src, 0, 25), RangeError);
 });
+
+Deno.test({
+  name: "remembered pointers stay valid across compacting collections (V8 keeps buffers in place)",
+  ignore: !onX86Linux,
+}, async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "--v8-flags=--expose-gc,--stress-compaction",
+      new URL("./native_copy_gc_fixture.ts", import.meta.url).pathname,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  assert.equal(text, "ok");
+});
