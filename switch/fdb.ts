@@ -644,7 +644,8 @@ export class Fdb {
 
   private lock(): void {
     const w = this.w;
-    // Test-and-test-and-set: spin on a plain read so waiters do not bounce the line.
+    // Test-and-test-and-set: waiters spin on Atomics.load (a load, no locked instruction) and
+    // try the compareExchange only once the lock looks free, so they do not bounce the line.
     while (Atomics.compareExchange(w, LOCK, 0, 1) !== 0) {
       while (Atomics.load(w, LOCK) !== 0) { /* spin: holders never block */ }
     }

@@ -367,8 +367,8 @@ function yieldToEventLoop(): Promise<void> {
 }
 /**
  * How often a worker lets its event loop run when no control message waits. Every message the
- * control plane sends is counted in the mailbox first, and workers have no timers, so this is only
- * a backstop.
+ * control plane sends is counted in the mailbox first, and a worker's only timer is the one it
+ * waits on while such a message is still on its way (in run()), so this is only a backstop.
  */
 const YIELD_EVERY_MS = 1000;
 const nowSeconds = () => Math.floor((performance.timeOrigin + performance.now()) / 1000);
