@@ -7,7 +7,14 @@ import { LIBRARY_NAME } from "../../ffi/native_copy.ts";
 import { libc } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../../ffi/fd.ts";
-import { type Mapping, memfdCreate, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
+import {
+  type Mapping,
+  memfdCreate,
+  MFD_ALLOW_SEALING,
+  mmap,
+  munmap,
+  viewMapping,
+} from "../../ffi/mem.ts";
 import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
 import * as P from "./vhost_wire.ts";
 
@@ -54,6 +61,8 @@ export interface FrontendOptions {
   memBytes?: number;
   /** Guest physical address of the first data slot (RX and TX buffers), e.g. above 4 GiB. */
   dataBase?: number;
+  /** Make the memfd sealable (MFD_ALLOW_SEALING, as QEMU does; DPDK's is not). */
+  sealable?: boolean;
 }
 
 export interface SendOptions {
@@ -167,6 +176,7 @@ export class VhostFrontend {
       regions: 1,
       memBytes: 0,
       dataBase: 0,
+      sealable: false,
       ...opts,
     };
     const n = this.opts.queueSize;
@@ -195,7 +205,11 @@ export class VhostFrontend {
     const unit = 2 ** 20 * this.opts.regions;
     this.memSize = Math.ceil(Math.max(this.#dataBase + 2 * n * SLOT, this.opts.memBytes) / unit) *
       unit;
-    this.memfd = memfdCreate("vhost-frontend", this.memSize);
+    this.memfd = memfdCreate(
+      "vhost-frontend",
+      this.memSize,
+      this.opts.sealable ? MFD_ALLOW_SEALING : 0,
+    );
     try {
       this.#mapping = mmap(this.memSize, { fd: this.memfd });
     } catch (err) {
