@@ -16,6 +16,7 @@ Usage:
   deno task start --help              show this help
   deno task fdb [--url URL]           show a running switch's MAC table (--help for filters)
   deno task ports [--url URL]         show a running switch's ports and counters
+  deno task ctl COMMAND ...           change a running switch, show its flows (--help)
 
 The topology file lists the ports (vhost-user sockets, AF_PACKET interfaces), the datapath
 threads, FDB settings and the HTTP listen address; see examples/ and README.md.`;
@@ -124,6 +125,8 @@ async function main(args: string[]): Promise<void> {
 
 if (import.meta.main) {
   const [command, ...rest] = Deno.args;
-  if (command === "fdb" || command === "ports") Deno.exit(await runCli(command, rest));
+  if (command === "fdb" || command === "ports" || command === "ctl") {
+    Deno.exit(await runCli(command, rest));
+  }
   await main(Deno.args);
 }

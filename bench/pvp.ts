@@ -24,7 +24,7 @@ const USAGE = `Usage: deno task bench [options]
   --periods N              measurement periods per trial (default 3)
   --period-seconds S       length of one period (default 2)
   --warmup S               seconds between tx-first and the first period (default 2)
-  --only switch,ovs,wire   configurations to run
+  --only switch,ovs,wire   configurations to run (also switch-noflows: flow counting off)
   --threads 1,2            switch datapath threads to try
   --rings split,packed     the front-end's ring layouts to try (virtio-user packed_vq; default split)
   --baseline DIR           also run the switch of another checkout (e.g. a git worktree of main)
@@ -59,7 +59,9 @@ function options() {
   const num = numberOption;
   const kinds = list(values.only);
   for (const k of kinds) {
-    if (!["switch", "ovs", "wire"].includes(k)) throw new Error(`--only: unknown ${k}`);
+    if (!["switch", "switch-noflows", "ovs", "wire"].includes(k)) {
+      throw new Error(`--only: unknown ${k}`);
+    }
   }
   return {
     sizes: list(values.sizes).map((s) => num("sizes", s, 64, 1518)),
@@ -105,10 +107,10 @@ async function main() {
   const notes: string[] = [];
   const specs: TargetSpec[] = o.rings.flatMap((packed) =>
     o.kinds.flatMap((kind): TargetSpec[] =>
-      kind === "switch"
+      kind === "switch" || kind === "switch-noflows"
         ? o.threads.flatMap((threads) => [
           { kind, threads, packed },
-          ...(o.baseline ? [{ kind, threads, packed, repo: o.baseline }] : []),
+          ...(o.baseline && kind === "switch" ? [{ kind, threads, packed, repo: o.baseline }] : []),
         ])
         : [{ kind, packed }]
     )

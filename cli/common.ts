@@ -52,16 +52,38 @@ function endpointUrl(opts: { url?: string; topology?: string }): string {
 }
 
 /** GET `path` from the endpoint as JSON; errors name the endpoint and what it answered. */
-export async function getJson<T>({ base, topology }: Endpoint, path: string): Promise<T> {
+export function getJson<T>(at: Endpoint, path: string): Promise<T> {
+  return requestJson<T>(at, "GET", path);
+}
+
+/**
+ * One request to the endpoint, its answer as JSON. A refusal is a CliError listing every problem
+ * the switch gave, one per line.
+ */
+export async function requestJson<T>(
+  { base, topology }: Endpoint,
+  method: string,
+  path: string,
+  opts: { body?: unknown; token?: string } = {},
+): Promise<T> {
   let res: Response;
+  const headers: Record<string, string> = {};
+  if (opts.token) headers.Authorization = `Bearer ${opts.token}`;
+  if (opts.body !== undefined) headers["Content-Type"] = "application/json";
   try {
-    res = await fetch(base + path, { signal: AbortSignal.timeout(10_000) });
+    res = await fetch(base + path, {
+      method,
+      headers,
+      body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+      // A change may wait for a port to stop (a front-end to let go): longer than a read.
+      signal: AbortSignal.timeout(method === "GET" ? 10_000 : 30_000),
+    });
   } catch (err) {
     if (err instanceof Deno.errors.NotCapable) {
       throw new CliError(`no permission to reach ${base}: run with --allow-net`);
     }
     if (err instanceof DOMException && err.name === "TimeoutError") {
-      throw new CliError(`${base} did not answer ${path} within 10 s`);
+      throw new CliError(`${base} did not answer ${method} ${path} in time`);
     }
     throw new CliError(
       `no switch answering at ${base}; is it running? start it with deno task start ${
@@ -77,8 +99,9 @@ export async function getJson<T>({ base, topology }: Endpoint, path: string): Pr
     throw new CliError(`${base}${path}: HTTP ${res.status}, not JSON; is this a vswitch endpoint?`);
   }
   if (!res.ok) {
-    const error = (body as { error?: unknown })?.error ?? text;
-    throw new CliError(`${base}${path}: ${res.status} ${error}`);
+    const { error, problems } = body as { error?: unknown; problems?: unknown };
+    if (Array.isArray(problems) && problems.length) throw new CliError(problems.join("\n"));
+    throw new CliError(`${base}${path}: ${res.status} ${error ?? text}`);
   }
   return body as T;
 }

@@ -13,6 +13,7 @@ import { captureRoutes } from "./capture.ts";
 import { fail } from "./fail.ts";
 import { controlRoutes } from "./control.ts";
 import { fdbRoutes } from "./fdb.ts";
+import { flowRoutes } from "./flows.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { PAGE, PAGE_CSP } from "./page.ts";
 import type { SwitchView } from "../switch/view.ts";
@@ -82,5 +83,6 @@ export function createApp(view: SwitchView, options: AppOptions = {}): Hono {
   app.route("/", captureRoutes(view, guard));
   app.route("/", fdbRoutes(view));
   app.route("/", controlRoutes(view));
+  app.route("/", flowRoutes(view));
   return app;
 }

@@ -9,7 +9,7 @@ import { type FdbFilter, matchesFdbFilter, type SwitchView } from "../switch/vie
 type Query = Record<string, string | string[]>;
 
 /** The filter a query names, or the 400 message that says what is wrong with it. */
-async function parseFilter(
+export async function parseFilter(
   view: SwitchView,
   query: Query,
   keys: readonly string[],

@@ -12,6 +12,7 @@ import {
 import { eventfdWrite } from "../ffi/fd.ts";
 import { installInterruptHandler, interruptThread } from "../ffi/signal.ts";
 import { createTapBuffer } from "./tap.ts";
+import { createFlowBuffer } from "./flows.ts";
 import type { PortVlanConfig } from "./bridge.ts";
 import { rarpAnnouncement } from "./announce.ts";
 import type { AfPacketSpec } from "../ports/af_packet/tpacket.ts";
@@ -39,6 +40,8 @@ export interface DatapathOptions {
   bridge: BridgeShare;
   busyPoll: boolean;
   idleAfterMs: number;
+  /** Count flows (GET /flows); default true. */
+  flowStats?: boolean;
   /** CPU per worker (topology poll.cpus), or null. */
   cpus: number[] | null;
   /** Per port: the worker polling each queue pair, when the topology pins it. */
@@ -103,7 +106,13 @@ export class Datapath {
   /** Where the datapath reports; the switch replaces the defaults. */
   events: DatapathEvents = defaultEvents;
 
+  /** Each worker's flow table (empty when flows are not counted). */
+  readonly flowTables: SharedArrayBuffer[] = [];
+
   private constructor(readonly options: DatapathOptions) {
+    if (options.flowStats !== false) {
+      for (let w = 0; w < options.threads; w++) this.flowTables.push(createFlowBuffer());
+    }
     this.counters = CounterTable.create(options.threads, options.portCount);
   }
 
@@ -189,6 +198,7 @@ export class Datapath {
           mailbox,
           stats,
           portCount: options.portCount,
+          flows: dp.flowTables[w] ?? null,
           busyPoll: options.busyPoll,
           cpu: options.cpus?.[w] ?? -1,
           idleAfterMs: options.idleAfterMs,

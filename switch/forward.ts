@@ -4,6 +4,7 @@
 import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
 import { type Bridge, Decision } from "./bridge.ts";
+import type { FlowCounter } from "./flows.ts";
 import type { TapWriter } from "./tap.ts";
 import type { IngressGuard } from "./port_guard.ts";
 import { Clock } from "./token_bucket.ts";
@@ -48,6 +49,9 @@ export class Forwarder {
    */
   readonly #touchedList: Int32Array;
 
+  /** Counts what the datapath does per flow (flows.ts); null: not counted. */
+  flows: FlowCounter | null = null;
+
   /** `counters[port]`: this worker's counter block of each port. */
   constructor(readonly bridge: Bridge, portCount: number, readonly counters: Float64Array[]) {
     this.targets = new Array(portCount).fill(null);
@@ -72,6 +76,7 @@ export class Forwarder {
     const taps = this.taps;
     const polled = this.polled;
     const guards = this.guards;
+    const flows = this.flows;
     if (this.timed) this.clock.tick();
     let nTouched = 0;
     for (let p = 0; p < polled.length; p++) {
@@ -84,6 +89,7 @@ export class Forwarder {
       }
       const rxTaps = taps[index];
       const guard = guards[index];
+      if (flows !== null) flows.begin(index, now);
       for (let i = 0; i < n; i++) {
         const bytes = batch.bytes[i];
         const off = batch.offset[i];
@@ -94,6 +100,7 @@ export class Forwarder {
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, decision);
         if (guard !== null && k > 0 && decision.flooded && !guard.admitFlood(bytes, off)) continue;
+        if (flows !== null) flows.count(decision, len);
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];
@@ -123,6 +130,7 @@ export class Forwarder {
         }
       }
       moved += n;
+      if (flows !== null) flows.end();
       port.release();
       for (let t = 0; t < nTouched; t++) {
         const dst = touchedList[t];

@@ -4,7 +4,8 @@
 // starts them in order, stops them in reverse and answers SwitchView by asking them.
 import { Reactor } from "../ffi/epoll.ts";
 import { installSigbusHandler } from "../ffi/sigbus.ts";
-import { FdbAging } from "./aging.ts";
+import { FdbAging, nowSeconds } from "./aging.ts";
+import { flowEntries } from "./flow_view.ts";
 import { Bridge, type PortVlanConfig } from "./bridge.ts";
 import { captureStream } from "./capture.ts";
 import { Datapath } from "./datapath.ts";
@@ -20,6 +21,7 @@ import type {
   CaptureOptions,
   FdbEntry,
   FdbFilter,
+  FlowEntry,
   PortStatus,
   SwitchControl,
   SwitchInfo,
@@ -135,6 +137,7 @@ export class Switch implements SwitchView {
       busyPoll: topology.poll.mode === "busy",
       idleAfterMs: topology.poll.idleAfterMs,
       cpus: topology.poll.cpus,
+      flowStats: topology.poll.flowStats,
       affinity: slots.map((p) => p?.rxqAffinity),
       safety: safety.counters.buffer,
     });
@@ -242,6 +245,10 @@ export class Switch implements SwitchView {
       },
       reload: (who) => live.reload(who),
     };
+  }
+
+  flows(): FlowEntry[] {
+    return flowEntries(this.datapath.flowTables, this.table, this.bridge, nowSeconds());
   }
 
   capture(port: string, opts: CaptureOptions): AsyncIterable<Uint8Array> | undefined {

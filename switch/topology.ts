@@ -78,6 +78,8 @@ export interface PollConfig {
   idleAfterMs: number;
   /** CPU each worker is pinned to (like OVS pmd-cpu-mask), or null: the kernel decides. */
   cpus: number[] | null;
+  /** Count traffic per flow for GET /flows (a few ns a frame). */
+  flowStats: boolean;
 }
 export interface StaticFdbEntry {
   /** Lower-case, colon separated. */
@@ -175,10 +177,11 @@ export function checkTopology(json: unknown, fileName: string, label = fileName)
   const name = c.str(root.name, "name", undefined, NAME_RE, NAME_RULE) ?? "";
   const http = parseHttp(c, root.http);
   const threads = c.int(root.threads, "threads", 1, 64, 1);
-  const poll = c.section(root.poll, "poll", ["mode", "idleAfterMs", "cpus"]);
+  const poll = c.section(root.poll, "poll", ["mode", "idleAfterMs", "cpus", "flowStats"]);
   const pollMode = c.oneOf(poll.mode, "poll.mode", ["adaptive", "busy"] as const, "adaptive");
   const idleAfterMs = c.int(poll.idleAfterMs, "poll.idleAfterMs", 0, 60_000, 200) ?? 200;
   const cpus = parseCpus(c, poll.cpus, threads ?? 1);
+  const flowStats = c.bool(poll.flowStats, "poll.flowStats", true);
   const ports = parsePorts(c, root.ports, dirname(resolve(fileName)), threads);
   const mirrors = parseMirrors(c, root.mirrors, ports);
   const fdb = parseFdb(c, root.fdb, ports, mirrors);
@@ -187,7 +190,12 @@ export function checkTopology(json: unknown, fileName: string, label = fileName)
     name,
     http,
     threads: threads ?? 1,
-    poll: { mode: pollMode ?? "adaptive", idleAfterMs, cpus },
+    poll: {
+      mode: pollMode ?? "adaptive",
+      idleAfterMs,
+      cpus,
+      flowStats,
+    },
     fdb,
     ports,
     mirrors,

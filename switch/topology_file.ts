@@ -79,6 +79,7 @@ export function topologyToFile(t: Topology): TopologyFile {
       mode: t.poll.mode,
       idleAfterMs: t.poll.idleAfterMs,
       ...(t.poll.cpus === null ? {} : { cpus: t.poll.cpus }),
+      flowStats: t.poll.flowStats,
     },
     fdb: {
       agingSeconds: t.fdb.agingSeconds,

@@ -145,6 +145,8 @@ export interface SwitchView {
    * after maxFrames frames or `seconds`, or when `signal` aborts. undefined for an unknown port.
    */
   capture(port: string, opts: CaptureOptions): AsyncIterable<Uint8Array> | undefined;
+  /** The flows the datapath is using (GET /flows); absent when flows are not counted. */
+  flows?(): MaybePromise<FlowEntry[]>;
   /** The changes a running switch accepts; absent for a view that cannot change. */
   control?: SwitchControl;
 }
@@ -185,4 +187,42 @@ export function matchesFdbFilter(entry: FdbEntry, filter: FdbFilter): boolean {
   return (filter.port === undefined || entry.port === filter.port) &&
     (filter.vlan === undefined || entry.vlan === filter.vlan) &&
     (filter.mac === undefined || entry.mac === filter.mac);
+}
+
+/** One flow of GET /flows: what the datapath did with frames of one key (flows.ts). */
+export interface FlowEntry {
+  inPort: string;
+  /** The frames' VLAN (0: untagged domain); -1 when dropped before it was known. */
+  vlan: number;
+  src: string;
+  dst: string;
+  /** OVS-style: "output:vm2", "push_vlan(10),output:up", "flood:vm2,vm3", "drop(vlan)". */
+  actions: string;
+  /** "output" (one known port), "flood", or "drop". */
+  action: "output" | "flood" | "drop";
+  /** Per output port: the port and what happens to the tag ("push 10", "pop", "set 10", ""). */
+  out: { port: string; tag: string }[];
+  /** Why the frames were dropped (the drop counter's reason), for action "drop". */
+  dropReason?: string;
+  packets: number;
+  bytes: number;
+  /** Seconds since a frame last matched. */
+  lastUsedSeconds: number;
+}
+
+/** Every given field must match; a MAC matches the source or the destination. */
+export interface FlowFilter {
+  port?: string;
+  vlan?: number;
+  mac?: string;
+  /** Hide flows idle longer than this many seconds (default 10, like OVS's max-idle). */
+  maxIdle?: number;
+}
+
+export function matchesFlowFilter(f: FlowEntry, filter: FlowFilter): boolean {
+  return (filter.port === undefined || f.inPort === filter.port ||
+    f.out.some((o) => o.port === filter.port)) &&
+    (filter.vlan === undefined || f.vlan === filter.vlan) &&
+    (filter.mac === undefined || f.src === filter.mac || f.dst === filter.mac) &&
+    f.lastUsedSeconds <= (filter.maxIdle ?? 10);
 }

@@ -16,6 +16,7 @@ import { TapWriter } from "./tap.ts";
 import { OneFrame } from "./announce.ts";
 import { announcePeerWritesIn, interruptedPeerWrites } from "../ports/peer_eventfd.ts";
 import { currentThread } from "../ffi/signal.ts";
+import { FlowCounter } from "./flows.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
@@ -83,6 +84,7 @@ class DatapathWorker {
       (_, p) => this.counters.block(init.worker, p),
     );
     this.forwarder = new Forwarder(this.bridge, init.portCount, blocks);
+    if (init.flows) this.forwarder.flows = new FlowCounter(init.flows);
     this.mailbox = new Int32Array(init.mailbox);
     this.stats = new Float64Array(init.stats);
     this.busyPoll = init.busyPoll;

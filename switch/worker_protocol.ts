@@ -29,6 +29,8 @@ export interface WorkerInit {
   /** WORKER_STATS float64 fields this worker writes. */
   stats: SharedArrayBuffer;
   portCount: number;
+  /** This worker's flow table (flows.ts), or null when flows are not counted. */
+  flows: SharedArrayBuffer | null;
   busyPoll: boolean;
   idleAfterMs: number;
   /** The CPU to pin this worker's thread to, or -1. */

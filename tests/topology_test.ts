@@ -63,7 +63,7 @@ Deno.test("defaults fill every optional field", async () => {
       readOnly: false,
     },
     threads: 1,
-    poll: { mode: "adaptive", idleAfterMs: 200, cpus: null },
+    poll: { mode: "adaptive", idleAfterMs: 200, cpus: null, flowStats: true },
     fdb: { agingSeconds: 300, maxEntries: 8192, maxPerPort: 0, static: [] },
     ports: [
       {
@@ -102,7 +102,7 @@ Deno.test("a full topology keeps every value given", async () => {
     name: "lab.br-1",
     http: { listen: "[::1]:9090", token: "s3cret-t0ken", readOnly: true },
     threads: 4,
-    poll: { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0] },
+    poll: { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0], flowStats: false },
     fdb: {
       agingSeconds: 60,
       maxEntries: 1024,
@@ -132,7 +132,7 @@ Deno.test("a full topology keeps every value given", async () => {
   });
   assert.equal(t.name, "lab.br-1");
   assert.equal(t.threads, 4);
-  assert.deepEqual(t.poll, { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0] });
+  assert.deepEqual(t.poll, { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0], flowStats: false });
   assert.deepEqual(t.fdb, {
     agingSeconds: 60,
     maxEntries: 1024,

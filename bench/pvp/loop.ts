@@ -158,7 +158,12 @@ export async function runTrial(spec: TargetSpec, o: TrialOptions): Promise<Trial
       trial.error = "the loop is dead: no frames moved during the measurement";
     }
     o.progress("draining the loop and checking counters");
-    trial.integrity = await drain(fe, () => target.counters(), o.size - 4, spec.kind === "switch");
+    trial.integrity = await drain(
+      fe,
+      () => target.counters(),
+      o.size - 4,
+      spec.kind.startsWith("switch"),
+    );
   } catch (e) {
     trial.error = (e as Error).message;
   } finally {

@@ -17,7 +17,8 @@ import {
 
 import { REPO } from "../options.ts";
 
-export type TargetKind = "switch" | "ovs" | "wire";
+/** "switch-noflows": the switch with flow counting off (poll.flowStats false), for its cost. */
+export type TargetKind = "switch" | "switch-noflows" | "ovs" | "wire";
 
 export interface TargetSpec {
   kind: TargetKind;
@@ -30,7 +31,11 @@ export interface TargetSpec {
 }
 
 export const targetLabel = (s: TargetSpec) =>
-  (s.kind === "switch" ? `${s.repo ? "base" : "switch"}-t${s.threads ?? 1}` : s.kind) +
+  (s.kind === "switch"
+    ? `${s.repo ? "base" : "switch"}-t${s.threads ?? 1}`
+    : s.kind === "switch-noflows"
+    ? `switch-t${s.threads ?? 1}-noflows`
+    : s.kind) +
   (s.packed ? "-packed" : "");
 
 /** Per-port counters as the target sees them (index = front-end port). */
@@ -63,13 +68,20 @@ export interface Target {
 }
 
 export function startTarget(spec: TargetSpec, dir: string, tag: string): Promise<Target> {
-  if (spec.kind === "switch") return startSwitch(dir, spec.threads ?? 1, spec.repo ?? REPO);
+  if (spec.kind === "switch" || spec.kind === "switch-noflows") {
+    return startSwitch(dir, spec.threads ?? 1, spec.repo ?? REPO, spec.kind === "switch");
+  }
   if (spec.kind === "ovs") return startOvs(dir, `${DPDK_PREFIX}ovs${tag}`);
   return startWire(dir, `${DPDK_PREFIX}wire${tag}`);
 }
 
 /** The switch as its own process, exactly as `deno task start` runs it. */
-async function startSwitch(dir: string, threads: number, repo: string): Promise<Target> {
+async function startSwitch(
+  dir: string,
+  threads: number,
+  repo: string,
+  flowStats: boolean,
+): Promise<Target> {
   const listen = `127.0.0.1:${freePort()}`;
   const sockets: [string, string] = [`${dir}/p0.sock`, `${dir}/p1.sock`];
   const topology = {
@@ -78,7 +90,11 @@ async function startSwitch(dir: string, threads: number, repo: string): Promise<
     threads,
     // Busy polling on pinned CPUs, like an OVS PMD thread (pmd-cpu-mask 0x1 in ovs.ts): the
     // first worker on CPU 0, opposite the front-end's forwarding lcore on CPU 1.
-    poll: { mode: "busy", cpus: Array.from({ length: threads }, (_, w) => w % 2) },
+    poll: {
+      mode: "busy",
+      cpus: Array.from({ length: threads }, (_, w) => w % 2),
+      ...(flowStats ? {} : { flowStats: false }),
+    },
     ports: sockets.map((socket, i) => ({ name: `p${i}`, type: "vhost-user", socket })),
   };
   const topoPath = `${dir}/topology.json`;
