@@ -188,3 +188,51 @@ Deno.test("guest memory that can be sealed is sealed against shrinking", async (
     fe.close();
   }
 });
+
+Deno.test("interrupt suppression: NO_INTERRUPT and EVENT_IDX, counted on the call eventfd", async (t) => {
+  await using ts = await startSwitch(threePorts({}));
+  const send = async (a: VhostFrontend, b: VhostFrontend, n: number, seq: number) => {
+    const start = b.usedIdx(0);
+    for (let i = 0; i < n; i++) a.send(seqFrame(MAC_B, MAC_A, 0, seq + i, 80));
+    // Wait on the used index, not receive(): reading would move used_event again.
+    await waitFor(`${n} frames in b's RX ring`, () => ((b.usedIdx(0) - start) & 0xffff) >= n);
+    a.reclaimTx();
+  };
+  await t.step("NO_INTERRUPT: no call eventfd write while set, then one per burst", async () => {
+    const [a, b] = await frontends(ts.dir, ["a", "b"]);
+    try {
+      b.postRxBuffers(100);
+      b.send(seqFrame(MAC_A, MAC_B, 0, 0, 80)); // b is learned: a's frames go to b only
+      await a.waitFrames(1);
+      b.calls(0);
+      b.setAvailFlags(0, 1);
+      await send(a, b, 40, 1);
+      assert.equal(b.calls(0), 0n, "interrupted although NO_INTERRUPT was set");
+      b.setAvailFlags(0, 0);
+      await send(a, b, 5, 100);
+      assert.ok(b.calls(0) > 0n, "not interrupted once NO_INTERRUPT was cleared");
+      assert.equal(b.receive().length, 45);
+    } finally {
+      [a, b].forEach((fe) => fe.close());
+    }
+  });
+  await t.step("EVENT_IDX: one write, when the used index passes used_event", async () => {
+    const a = await VhostFrontend.open(`${ts.dir}/a.sock`);
+    const b = await VhostFrontend.open(`${ts.dir}/b.sock`, { eventIdx: true });
+    try {
+      a.postRxBuffers(8);
+      b.postRxBuffers(100);
+      b.send(seqFrame(MAC_A, MAC_B, 0, 0, 80));
+      await a.waitFrames(1);
+      b.calls(0);
+      const start = b.usedIdx(0);
+      b.setUsedEvent(0, start + 19); // "interrupt me after the 20th buffer"
+      await send(a, b, 19, 1);
+      assert.equal(b.calls(0), 0n, "interrupted before used_event was passed");
+      await send(a, b, 11, 100);
+      assert.equal(b.calls(0), 1n, "exactly one interrupt for passing used_event");
+    } finally {
+      [a, b].forEach((fe) => fe.close());
+    }
+  });
+});

@@ -105,9 +105,10 @@ function sendFrom(fe: VhostFrontend, gpa: number, bytes: Uint8Array | null, len:
 }
 
 /** A switch process with a and b running and numbered frames flowing between them. */
-async function memoryRig(name: string) {
+async function memoryRig(name: string, threads = 1) {
   const rig = await SwitchRig.start({
     name,
+    threads,
     ports: ["a", "b"].map((name) => ({ name, type: "vhost-user", socket: `$DIR/${name}.sock` })),
   });
   const a = await openWithMemSlots(rig.sock("a"));
@@ -251,11 +252,13 @@ Deno.test({
 // Once frames in flight towards a port being reconfigured vanished without a counter moving
 // (Forwarder skipped targets that were not running); they are now counted as drop_link_down.
 Deno.test({
-  name: "frames towards a port whose memory table is replaced arrive or are counted as dropped",
+  name: "two workers: frames towards a port whose memory table is replaced arrive or are counted",
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    const m = await memoryRig("memory-loss");
+    // Two workers, a and b on different ones: each table change is the two-phase apply across
+    // both (reconfiguration with more than one worker), with b's RX ring shared by them.
+    const m = await memoryRig("memory-loss", 2);
     try {
       const before = await Promise.all(["a", "b"].map((p) => m.rig.port(p)));
       // Only b's table changes (same layout each time); frames flow both ways meanwhile.

@@ -552,6 +552,17 @@ export class VhostFrontend {
     return out;
   }
 
+  /** avail.flags of ring `q` (VRING_AVAIL_F_NO_INTERRUPT = 1: "do not interrupt me"). */
+  setAvailFlags(q: number, flags: number): void {
+    Atomics.store(this.#u16, this.rings[q].avail / 2, flags);
+  }
+
+  /** used_event of ring `q` (EVENT_IDX: interrupt me once the used index passes `idx`). */
+  setUsedEvent(q: number, idx: number): void {
+    const r = this.rings[q];
+    Atomics.store(this.#u16, (r.avail + 4 + 2 * r.size) / 2, idx & 0xffff);
+  }
+
   /** Reads and clears ring `q`'s call eventfd counter. */
   calls(q: number): bigint {
     return eventfdRead(this.rings[q].callFd);
