@@ -4,17 +4,21 @@ import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import {
   COUNTER_FIELDS,
+  CSUM_FILLED,
   DROP_RUNT,
   DROP_TOO_BIG,
   DROP_VNI,
   DROP_VTEP_UNKNOWN,
   DROP_VTEP_UNREACHABLE,
   DROP_VXLAN_HEADER,
+  GSO_SEGMENTED,
   RX_CSUM_FILLED,
+  RX_GSO,
   RX_PACKETS,
   TX_PACKETS,
 } from "../ports/counters.ts";
 import { EgressFrame, FrameBatch } from "../ports/port.ts";
+import { OFFLOAD_CSUM, OFFLOAD_TSO4 } from "../ports/offload/virtio_net_hdr.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
 import { completePartialChecksum } from "../ports/vxlan/inner_checksum.ts";
 import { VxlanPort, type VxlanPortConfig } from "../ports/vxlan/vxlan_port.ts";
@@ -259,13 +263,21 @@ Deno.test("vxlan: frames longer than the inner MTU are dropped and counted; an e
 });
 
 /** An IPv4/TCP frame whose checksum field holds `check` (or the pseudo-header sum if null). */
-function tcpFrame(check: number | null): Uint8Array {
-  const payload = 101;
+function tcpFrame(check: number | null, payload = 101): Uint8Array {
   const f = frame(B, A, 20 + 20 + payload);
   f[12] = 0x08;
   f[13] = 0x00;
   const ip = 14;
-  f.set([0x45, 0, 0, 20 + 20 + payload, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2], ip);
+  const total = 20 + 20 + payload;
+  f.set(
+    [0x45, 0, total >>> 8, total & 0xff, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2],
+    ip,
+  );
+  let ipSum = 0;
+  for (let i = ip; i < ip + 20; i += 2) ipSum += (f[i] << 8) | f[i + 1];
+  while (ipSum > 0xffff) ipSum = (ipSum & 0xffff) + (ipSum >>> 16);
+  f[ip + 10] = (~ipSum >>> 8) & 0xff;
+  f[ip + 11] = ~ipSum & 0xff;
   const tcp = ip + 20;
   f.set([0x30, 0x39, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0], tcp);
   let pseudo = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + 20 + payload;
@@ -279,6 +291,7 @@ function tcpFrame(check: number | null): Uint8Array {
 /** Whether the TCP checksum of tcpFrame()'s layout verifies (sum over pseudo + segment = 0xffff). */
 function tcpChecksumOk(f: Uint8Array): boolean {
   let s = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + (f.length - 34);
+  if (((f[16] << 8) | f[17]) !== f.length - 14) return false; // IP total length
   for (let i = 34; i < f.length; i += 2) s += (f[i] << 8) | (i + 1 < f.length ? f[i + 1] : 0);
   while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
   return s === 0xffff;
@@ -305,4 +318,50 @@ Deno.test("vxlan: an inner TCP checksum left partial by the sending kernel is co
   assert.equal(got.length, 2);
   assert.ok(tcpChecksumOk(got[0]) && tcpChecksumOk(got[1]));
   assert.equal(r.c[RX_CSUM_FILLED], 1);
+});
+
+Deno.test("vxlan: checksum-partial and GSO frames are finished before encapsulation", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  // A learned destination: one VTEP, so each frame is one datagram.
+  await peer.send(vxlan(VNI, frame(A, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+
+  const partial = tcpFrame(null);
+  const f = new EgressFrame().setWhole(partial, 0, partial.length);
+  f.offload = OFFLOAD_CSUM;
+  f.csumStart = 34;
+  f.csumOffset = 16;
+  assert.ok(r.dp.transmit(partial, f));
+  r.dp.flush();
+  await peer.waitFor(1);
+  assert.ok(tcpChecksumOk(peer.got[0].data.subarray(8)), "checksum completed");
+  assert.equal(r.c[CSUM_FILLED], 1);
+
+  const payload = 4000; // a TSO super-frame: 3 segments of at most 1450 - 40 payload bytes
+  const big = tcpFrame(null, payload);
+  const g = new EgressFrame().setWhole(big, 0, big.length);
+  g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
+  g.csumStart = 34;
+  g.csumOffset = 16;
+  g.gsoSize = 1400;
+  assert.ok(r.dp.transmit(big, g));
+  r.dp.flush();
+  await peer.waitFor(4);
+  const segments = peer.got.slice(1).map((d) => d.data.subarray(8));
+  assert.deepEqual(segments.map((s) => s.length - 54), [1400, 1400, 1200]);
+  for (const s of segments) assert.ok(s.length <= 1450 + 14 && tcpChecksumOk(s));
+  assert.equal(r.c[GSO_SEGMENTED], 1);
+});
+
+Deno.test("vxlan: a TCP super-frame received whole (tunnel GSO) is handed on as GSO for the inner MTU", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const big = tcpFrame(null, 6000);
+  await r.peers[0].send(vxlan(VNI, big), r.udpPort);
+  const got = await r.receive(1);
+  assert.equal(got[0].length, big.length);
+  assert.equal(r.batch.offload[0], OFFLOAD_TSO4 | OFFLOAD_CSUM);
+  assert.equal(r.batch.csumStart[0], 34);
+  assert.equal(r.batch.gsoSize[0], 1450 + 14 - 54);
+  assert.equal(r.c[RX_GSO], 1);
 });

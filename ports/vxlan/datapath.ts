@@ -17,6 +17,7 @@ import {
   NOTIFICATIONS,
   RX_BYTES,
   RX_CSUM_FILLED,
+  RX_GSO,
   RX_PACKETS,
   TX_BYTES,
   TX_PACKETS,
@@ -27,6 +28,7 @@ import {
   type EgressFrame,
   type FrameBatch,
   MAX_FRAME_LEN,
+  MAX_GSO_FRAME,
 } from "../port.ts";
 import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
 import {
@@ -49,6 +51,15 @@ import {
 } from "../../ffi/udp.ts";
 import { copyEgress } from "../af_packet/tpacket.ts";
 import { completePartialChecksum } from "./inner_checksum.ts";
+import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
+import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
+import { TCP_CHECK } from "../offload/checksum.ts";
+import {
+  OFFLOAD_CSUM,
+  OFFLOAD_DATA_VALID,
+  OFFLOAD_TSO4,
+  OFFLOAD_TSO6,
+} from "../offload/virtio_net_hdr.ts";
 import { ETH_HLEN, ETH_P_8021Q, macHiAt, macLoAt, VLAN_HLEN } from "../ethernet.ts";
 import {
   MAX_REMOTES,
@@ -64,6 +75,11 @@ import {
 
 /** A datagram slot: VXLAN header + the largest frame, rounded up to cache lines. */
 const SLOT = Math.ceil((VXLAN_HLEN + MAX_FRAME_LEN) / 64) * 64;
+/**
+ * A receive slot holds a GSO frame: a kernel VTEP whose underlay takes tunnel GSO (veth) hands
+ * the socket one datagram per TCP super-frame, not one per segment.
+ */
+const RX_SLOT = Math.ceil((VXLAN_HLEN + MAX_GSO_FRAME) / 64) * 64;
 /** Frames copied per sendmmsg at most, and datagrams (a flooded frame is one per VTEP). */
 const TX_SLOTS = 64;
 const TX_MSGS = 256;
@@ -92,10 +108,10 @@ class MessageArea {
   readonly msgPointers: Deno.PointerObject[];
   readonly #base: number;
 
-  constructor(messages: number, slots: number) {
+  constructor(messages: number, slots: number, readonly slotSize: number) {
     const headers = messages * (MMSGHDR_SIZE + IOVEC_SIZE + SOCKADDR_IN_SIZE);
     const start = Math.ceil(headers / 4096) * 4096;
-    this.mapping = mmap(start + slots * SLOT);
+    this.mapping = mmap(start + slots * slotSize);
     const buf = viewMapping(this.mapping.address, this.mapping.length);
     this.bytes = new Uint8Array(buf);
     this.words = new Uint32Array(buf);
@@ -130,7 +146,7 @@ class MessageArea {
   }
 }
 
-export class VxlanDatapath implements DatapathPort {
+export class VxlanDatapath implements DatapathPort, PlainTransmit {
   readonly #fd: number;
   readonly #vni: number;
   readonly #mtu: number;
@@ -143,6 +159,8 @@ export class VxlanDatapath implements DatapathPort {
   readonly #index = new Int32Array(INDEX_SLOTS);
   #indexed = 0;
   readonly #tx: MessageArea;
+  readonly #fallback: OffloadFallback;
+  readonly #headers = new FrameHeaders();
   #txSlots = 0;
   #txMsgs = 0;
 
@@ -159,7 +177,8 @@ export class VxlanDatapath implements DatapathPort {
     this.#table = table;
     this.#remotes = new Int32Array(spec.remotes);
     this.#rx = null;
-    this.#tx = new MessageArea(TX_MSGS, TX_SLOTS);
+    this.#tx = new MessageArea(TX_MSGS, TX_SLOTS, SLOT);
+    this.#fallback = new OffloadFallback(counters);
     try {
       const tx = this.#tx;
       for (let i = 0; i < TX_MSGS; i++) {
@@ -168,10 +187,10 @@ export class VxlanDatapath implements DatapathPort {
       // Every datagram carries the same header: written once per slot, never per frame.
       for (let s = 0; s < TX_SLOTS; s++) writeVxlanHeader(tx.bytes, tx.slots + s * SLOT, spec.vni);
       if (receives) {
-        const rx = this.#rx = new MessageArea(BURST, BURST);
+        const rx = this.#rx = new MessageArea(BURST, BURST, RX_SLOT);
         for (let i = 0; i < BURST; i++) {
-          rx.setPointer(rx.iovs + i * IOVEC_SIZE + IOV_BASE, rx.slots + i * SLOT);
-          rx.words[(rx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] = SLOT;
+          rx.setPointer(rx.iovs + i * IOVEC_SIZE + IOV_BASE, rx.slots + i * RX_SLOT);
+          rx.words[(rx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] = RX_SLOT;
         }
       }
     } catch (err) {
@@ -196,7 +215,7 @@ export class VxlanDatapath implements DatapathPort {
       const len = w[(m + MSG_LEN) >> 2];
       const truncated = (w[(m + MSG_FLAGS) >> 2] & MSG_TRUNC) !== 0;
       w[(m + MSG_NAMELEN) >> 2] = SOCKADDR_IN_SIZE; // the kernel wrote the length it used
-      const h = rx.slots + i * SLOT;
+      const h = rx.slots + i * RX_SLOT;
       if (truncated) {
         c[DROP_TOO_BIG]++;
         continue;
@@ -228,7 +247,10 @@ export class VxlanDatapath implements DatapathPort {
       if ((b[f + 6] & 1) === 0 && remote >= 0) {
         this.#table.learn(macHiAt(b, f + 6), macLoAt(b, f + 6), 0, remote, now);
       }
-      if (completePartialChecksum(b, f, len - VXLAN_HLEN)) c[RX_CSUM_FILLED]++;
+      const inner = len - VXLAN_HLEN;
+      batch.offload[n] = 0;
+      if (inner > this.#mtu + ETH_HLEN + VLAN_HLEN) this.#superFrame(b, f, inner, batch, n);
+      else if (completePartialChecksum(b, f, inner)) c[RX_CSUM_FILLED]++;
       batch.bytes[n] = b;
       batch.offset[n] = f;
       batch.length[n] = len - VXLAN_HLEN;
@@ -238,6 +260,25 @@ export class VxlanDatapath implements DatapathPort {
     c[RX_PACKETS] += n;
     batch.count = n;
     return n;
+  }
+
+  /**
+   * A frame longer than the inner MTU allows: a TCP super-frame the sending kernel did not
+   * segment (tunnel GSO) is marked as GSO with segments the inner MTU carries, its checksum
+   * partial, and the destination port segments it or hands it on. Anything else stays as it
+   * is, too long for the destination to take (dropped there, counted too_big).
+   */
+  #superFrame(b: Uint8Array, f: number, len: number, batch: FrameBatch, n: number): void {
+    const h = this.#headers;
+    // A view per super-frame (one per ~45 segments' worth of bytes): parseHeaders reads from 0.
+    if (parseHeaders(b.subarray(f, f + len), len, h) !== 0 || !h.tcp) return;
+    const mss = this.#mtu + ETH_HLEN + h.tags * VLAN_HLEN - h.end;
+    if (mss <= 0) return;
+    batch.offload[n] = (h.ipv6 ? OFFLOAD_TSO6 : OFFLOAD_TSO4) | OFFLOAD_CSUM;
+    batch.csumStart[n] = h.l4;
+    batch.csumOffset[n] = TCP_CHECK;
+    batch.gsoSize[n] = mss;
+    this.counters[RX_GSO]++;
   }
 
   /** The frames handed out stay in the receive slots until the next receive(): nothing to do. */
@@ -275,7 +316,13 @@ export class VxlanDatapath implements DatapathPort {
     return k;
   }
 
+  /** A checksum-partial or GSO frame is finished in software first (inner checksums, segments). */
   transmit(src: Uint8Array, f: EgressFrame): boolean {
+    if ((f.offload & ~OFFLOAD_DATA_VALID) === 0) return this.transmitPlain(src, f);
+    return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
+  }
+
+  transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
     const len = f.length;
     if (len < ETH_HLEN) {
