@@ -388,3 +388,53 @@ netTest("storm control: a testpmd broadcast flood is cut to the limit (within 10
     await pmd.stop().catch(() => {});
   }
 });
+
+netTest(
+  "port security: a testpmd front-end flooding with another station's MAC is dropped; the victim keeps its FDB entry and its pings",
+  [pmdMissing],
+  async () => {
+    await using l = await lab(2, {
+      threads: 2,
+      extraPorts: [{
+        name: "tenant",
+        type: "vhost-user",
+        socket: "$DIR/tenant.sock",
+        security: { allowedMacs: ["02:00:00:21:00:02"] },
+      }],
+    });
+    const [n1, n2] = l.nets;
+    await ping(n1, addr(1), 2);
+    const victim = (await n1.exec(["cat", `/sys/class/net/${n1.nsIf}/address`])).trim();
+    const where = () => l.sw.sw.fdb().find((e) => e.mac === victim)?.port;
+    assert.equal(where(), "p1");
+    // testpmd's port takes the victim's MAC: everything it sends claims to be n1.
+    await using pmd = await Testpmd.launch({
+      name: "h21spoof",
+      lcores: "0@1,1@0",
+      totalNumMbufs: 4096,
+      vdevs: [virtioUserVdev({ index: 0, path: `${l.sw.dir}/tenant.sock`, mac: victim })],
+      args: ["--forward-mode=txonly", `--eth-peer=0,${victim}`, "--txpkts=64"],
+    });
+    await pmd.waitLinkUp([0]);
+    await pmd.start();
+    try {
+      await sleep(500);
+      const pinged = await ping(n2, addr(0), 20, "0.1");
+      await pmd.stop();
+      await sleep(300); // the last bursts counted on both sides
+      const c = l.counters("tenant");
+      console.log(
+        `  testpmd sent ${c.rx_packets} frames as ${victim}: drop_spoofed ${c.drop_spoofed}; ` +
+          `n2 -> n1 ping ${pinged.received}/${pinged.transmitted}; ${victim} on ${where()}`,
+      );
+      assert.ok(c.rx_packets > 1000, `testpmd sent only ${c.rx_packets}`);
+      assert.equal(c.drop_spoofed, c.rx_packets, "every spoofed frame dropped");
+      assert.equal(c.flooded + c.unicast, 0, "none forwarded");
+      assert.equal(where(), "p1", "the victim's entry never moved");
+      assert.equal(pinged.received, 20);
+      assert.equal(l.counters("p1").mac_moved, 0);
+    } finally {
+      await pmd.stop().catch(() => {});
+    }
+  },
+);
