@@ -2,7 +2,7 @@
 // clock, port security verdicts on hand-built ARP/IPv4/IPv6 frames, storm classes, loop guard
 // decisions, mirror wrappers, the topology sections, and the forwarder with guards bound.
 import assert from "node:assert/strict";
-import { Clock, createBucket, TokenBucket } from "../switch/token_bucket.ts";
+import { Clock, createBucket, TokenBucket } from "../../switch/token_bucket.ts";
 import {
   createPinned,
   parseIpv4,
@@ -13,11 +13,11 @@ import {
   SECURITY_BAD_IP,
   SECURITY_BAD_MAC,
   SECURITY_OK,
-} from "../switch/port_security.ts";
-import { StormControl } from "../switch/storm_control.ts";
-import { LoopGuard } from "../switch/loop_guard.ts";
-import { frameVlan, MirrorEgress, MirrorIngress } from "../switch/mirror.ts";
-import { IngressGuard, PolicedPort, type PortGuardSpec } from "../switch/port_guard.ts";
+} from "../../switch/port_security.ts";
+import { StormControl } from "../../switch/storm_control.ts";
+import { LoopGuard } from "../../switch/loop_guard.ts";
+import { frameVlan, MirrorEgress, MirrorIngress } from "../../switch/mirror.ts";
+import { IngressGuard, PolicedPort, type PortGuardSpec } from "../../switch/port_guard.ts";
 import {
   DROP_EGRESS_POLICED,
   DROP_LOOP,
@@ -29,13 +29,13 @@ import {
   DROP_STORM_UNKNOWN_UNICAST,
   MIRRORED,
   SAFETY_FIELDS,
-} from "../switch/safety_counters.ts";
-import { Bridge } from "../switch/bridge.ts";
-import { Forwarder } from "../switch/forward.ts";
-import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
-import { parseMac } from "../ports/ethernet.ts";
-import { parseTopology, TopologyError } from "../switch/topology.ts";
-import { SafetyPlane } from "../switch/safety.ts";
+} from "../../switch/safety_counters.ts";
+import { Bridge } from "../../switch/bridge.ts";
+import { Forwarder } from "../../switch/forward.ts";
+import { type DatapathPort, EgressFrame, FrameBatch } from "../../ports/port.ts";
+import { parseMac } from "../../ports/ethernet.ts";
+import { parseTopology, TopologyError } from "../../switch/topology.ts";
+import { SafetyPlane } from "../../switch/safety.ts";
 
 const MAC_A = "52:54:00:00:00:0a";
 const MAC_B = "52:54:00:00:00:0b";
