@@ -132,10 +132,12 @@ Deno.test("a port added while two others pass frames carries traffic; deleted, i
     fe1.send(ethFrame(C, A, 100, 7));
     const [f] = await framesFrom(fe3, A, 1);
     assert.equal(macOf(f, 0), C);
-    // deno-lint-ignore no-explicit-any
-    assert.deepEqual((await r.req("GET", `/fdb?mac=${C}`)).json.entries.map((e: any) => e.port), [
-      "vm3",
-    ]);
+    assert.deepEqual(
+      (await r.req("GET", `/fdb?mac=${C}`)).json.entries.map((e: { port: string }) => e.port),
+      [
+        "vm3",
+      ],
+    );
 
     const deleted = await r.req("DELETE", "/ports/vm3");
     assert.deepEqual(deleted.json, { changed: ["port vm3 deleted"], notApplied: [] });
@@ -188,8 +190,9 @@ Deno.test("POST /ports with a bad port: 400 with every problem, as the loader wo
     "POST /ports: ports[1].socket: required key is missing",
   ]);
   assert.equal(bad.json.error, "5 problems: nothing changed");
-  // deno-lint-ignore no-explicit-any
-  assert.deepEqual((await r.req("GET", "/ports")).json.ports.map((p: any) => p.name), ["vm1"]);
+  assert.deepEqual((await r.req("GET", "/ports")).json.ports.map((p: { name: string }) => p.name), [
+    "vm1",
+  ]);
   assert.equal((await r.req("POST", "/ports", "{")).status, 400);
   assert.equal((await r.req("DELETE", "/ports/nope")).status, 404);
   assert.equal((await r.req("PATCH", "/ports/nope", { mtu: 1400 })).status, 404);
@@ -312,4 +315,69 @@ Deno.test("reload applies the file's difference; an invalid file changes nothing
   ]);
   assert.deepEqual((await r.req("GET", "/topology")).json, before);
   await noneArrive(fe1, fe2, A, BROADCAST);
+});
+
+Deno.test("a front-end flooding thousands of source MACs: its own entries go, its neighbours' stay", async () => {
+  await using r = await rig({
+    name: "live",
+    fdb: { maxEntries: 256 },
+    ports: [vm("vm1"), vm("vm2"), vm("flood")],
+  });
+  const fe1 = await r.attach("vm1", A);
+  await r.attach("vm2", B);
+  const fl = await r.attach("flood", "52:54:00:00:ff:ff");
+  await waitFor("vm1 and vm2 learned", async () => {
+    const ports = (await r.req("GET", "/fdb")).json.entries.map((e: { port: string }) => e.port);
+    return ports.includes("vm1") && ports.includes("vm2");
+  });
+  const flood = async (count: number, base: number) => {
+    const start = r.sw.port("flood")!.counters.rx_packets;
+    for (let i = 0; i < count; i++) {
+      const src = `02:00:00:${((base + i) >> 16 & 0xff).toString(16).padStart(2, "0")}:${
+        ((base + i) >> 8 & 0xff).toString(16).padStart(2, "0")
+      }:${((base + i) & 0xff).toString(16).padStart(2, "0")}`;
+      fl.send(ethFrame(BROADCAST, src, 60, i));
+      if (i % 64 === 63) {
+        await waitFor(
+          `the flood taken (${i})`,
+          () => fl.reclaimTx() >= 0 && r.sw.port("flood")!.counters.rx_packets >= start + i + 1,
+        ).catch((e) => {
+          throw new Error(`${e.message}: ${JSON.stringify(r.sw.port("flood")!.counters)}`);
+        });
+      }
+    }
+    await waitFor(
+      "the flood received",
+      () => r.sw.port("flood")!.counters.rx_packets >= start + count,
+    );
+    fl.reclaimTx();
+  };
+  // 5000 source MACs into a 256-entry table: the flooder's own entries are evicted.
+  await flood(5000, 1);
+  const stats = (await r.req("GET", "/stats")).json.fdb;
+  const flooder = r.sw.port("flood")!.counters;
+  const byPort = (await r.req("GET", "/fdb")).json.entries.map((e: { port: string }) => e.port);
+  assert.ok(byPort.includes("vm1") && byPort.includes("vm2"), "the neighbours' MACs survive");
+  assert.equal(flooder.fdb_learned + 2, byPort.length);
+  assert.equal(flooder.fdb_learned + flooder.fdb_evicted, 5001, JSON.stringify(flooder));
+  assert.equal(stats.evicted, flooder.fdb_evicted);
+  assert.equal(r.sw.port("vm1")!.counters.fdb_evicted, 0);
+  // vm1 -> vm2 still goes straight to vm2 (not flooded: B is still known).
+  const floodedBefore = r.sw.port("vm1")!.counters.flooded;
+  fe1.send(ethFrame(B, A, 60, 1));
+  await waitFor("vm1's frame", () => r.sw.port("vm1")!.counters.unicast === 1);
+  assert.equal(r.sw.port("vm1")!.counters.flooded, floodedBefore);
+
+  // With a per-port limit the flooder is held to it; the rest is refused and counted.
+  await r.req("DELETE", "/fdb?port=flood");
+  const file = (await r.req("GET", "/topology")).json;
+  await Deno.writeTextFile(
+    r.file,
+    JSON.stringify({ ...file, fdb: { ...file.fdb, maxPerPort: 100 } }),
+  );
+  assert.deepEqual((await r.req("POST", "/reload")).json.changed, ["fdb.maxPerPort: 0 -> 100"]);
+  await flood(1000, 100_000);
+  const limited = r.sw.port("flood")!.counters;
+  assert.equal(limited.fdb_learned, 100);
+  assert.equal(limited.fdb_limit_refused, 900);
 });
