@@ -1,6 +1,8 @@
 // GET /: one self-contained page (no external assets, no build step) that shows the switch live:
 // its ports with counters and rates, the datapath workers and the MAC table, refreshed every
 // second from /ports, /stats and /fdb. Every value goes into the DOM as text, never as markup.
+// The script is http/page_script.ts (checked and linted like the rest), inlined as JavaScript.
+import { liveView } from "./page_script.ts";
 
 /** Inline script and style only; fetches go back to this endpoint. */
 export const PAGE_CSP = [
@@ -60,152 +62,8 @@ footer { margin-top: 28px; color: var(--muted); font-size: 12px; }
 a { color: var(--accent); }
 `;
 
-const SCRIPT = `
-"use strict";
-const $ = (id) => document.getElementById(id);
-const num = new Intl.NumberFormat("en-US");
-const fmt = (n) => num.format(Math.round(n));
-const rate = (n) => n >= 100 ? fmt(n) : n.toFixed(1);
-const bytes = (n) => {
-  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  for (; n >= 1024 && i < u.length - 1; i++) n /= 1024;
-  return (i ? n.toFixed(1) : String(n)) + " " + u[i];
-};
-const duration = (s) => {
-  const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
-  const parts = d ? [d + "d", h + "h", m + "m"] : h ? [h + "h", m + "m"] : m ? [m + "m"] : [];
-  return parts.concat([(s % 60) + "s"]).join(" ");
-};
-function el(tag, { dataset, ...props }, ...children) {
-  const e = document.createElement(tag);
-  Object.assign(e, props);
-  Object.assign(e.dataset, dataset);
-  e.append(...children.map((c) => typeof c === "object" ? c : String(c)));
-  return e;
-}
-const STATE_CLASS = { connected: "ok", up: "ok", listening: "warn", connecting: "warn", down: "bad" };
-const isDrop = (k) => /^drop(_|[A-Z])/.test(k);
-
-async function get(path) {
-  const res = await fetch(path, { cache: "no-store" }).catch(() => {
-    throw new Error("cannot reach the switch");
-  });
-  const body = await res.json();
-  if (!res.ok) throw new Error(path + ": " + (body.error || res.status));
-  return body;
-}
-
-function fill(tbody, rows, columns, emptyText) {
-  tbody.replaceChildren(...(rows.length ? rows : [el("tr", {},
-    el("td", { className: "empty", colSpan: columns }, emptyText))]));
-}
-
-// The port's L2 safety features in a few words; loop guard's block stands out.
-function safetyCell(p) {
-  const s = p.safety || {};
-  const tags = [];
-  if (s.security) {
-    const sec = s.security;
-    tags.push(sec.learnOnce ? "mac pinned" + (sec.pinnedMac ? " " + sec.pinnedMac : "") : "");
-    if (sec.allowedMacs.length) tags.push(sec.allowedMacs.length + " mac");
-    if (sec.ipv4 || sec.ipv6) tags.push("ip check");
-  }
-  if (s.stormControl) tags.push("storm");
-  if (s.policing) tags.push("policed");
-  if (s.loopGuard) tags.push(s.loopGuard.blocked ? "LOOP: BLOCKED" : "loop guard");
-  if (s.mirroredBy) tags.push("mirrored");
-  if (s.mirrorOutputOf) tags.push("mirror output");
-  const text = tags.filter(Boolean).join(", ") || "-";
-  return el("td", { className: s.loopGuard && s.loopGuard.blocked ? "bad" : "",
-    title: JSON.stringify(s, null, 1) }, text);
-}
-
-function renderPorts(ports, stats) {
-  const rates = new Map(stats.ports.map((p) => [p.name, p]));
-  const rows = ports.map((p) => {
-    const r = rates.get(p.name) || { rxPerSecond: 0, txPerSecond: 0 };
-    const c = p.counters;
-    const drops = Object.entries(c).filter(([k, v]) => isDrop(k) && v > 0);
-    const total = drops.reduce((n, [, v]) => n + v, 0);
-    const where = p.type === "vhost-user" ? p.socket : p.type === "vxlan"
-      ? "VNI " + p.vni + " " + p.local + " -> " + p.remotes.slice(0, p.flood).join(",")
-      : p.interface;
-    return el("tr", { dataset: { port: p.name } },
-      el("td", {}, el("b", {}, p.name)),
-      el("td", {}, p.type === "vhost-user" ? "vhost-user (" + p.mode + ")" : p.type),
-      el("td", {}, el("span", { className: "pill " + (STATE_CLASS[p.state] || "") }, p.state)),
-      el("td", { className: "mono path", title: where }, where),
-      el("td", { className: "n", title: bytes(c.rx_bytes || 0) }, fmt(c.rx_packets || 0)),
-      el("td", { className: "n" }, rate(r.rxPerSecond)),
-      el("td", { className: "n", title: bytes(c.tx_bytes || 0) }, fmt(c.tx_packets || 0)),
-      el("td", { className: "n" }, rate(r.txPerSecond)),
-      el("td", { className: "n" + (total ? " bad" : ""),
-        title: drops.map(([k, v]) => k + ": " + fmt(v)).join("\\n") || "no drops" }, fmt(total)),
-      safetyCell(p));
-  });
-  fill($("ports"), rows, 10, "no ports");
-  const up = ports.filter((p) => STATE_CLASS[p.state] === "ok").length;
-  $("c-ports").textContent = up + " / " + ports.length;
-  const fps = stats.ports.reduce((n, p) => n + p.rxPerSecond, 0);
-  $("c-rate").textContent = rate(fps);
-}
-
-function renderWorkers(stats) {
-  fill($("workers"), stats.workers.map((w) => el("tr", {},
-    el("td", {}, "worker " + w.worker),
-    el("td", { className: "n" }, fmt(w.frames)),
-    el("td", { className: "n" }, rate(w.framesPerSecond)),
-    el("td", { className: "n" }, (w.busyFraction * 100).toFixed(1) + " %"),
-    el("td", { className: "n" }, fmt(w.sleeps)))), 5, "no workers");
-}
-
-function renderFdb(entries, stats) {
-  const q = $("filter").value.trim().toLowerCase();
-  const shown = entries
-    .filter((e) => !q || [e.mac, e.port, String(e.vlan)].some((v) => v.toLowerCase().includes(q)))
-    .sort((a, b) => a.port.localeCompare(b.port) || a.vlan - b.vlan || a.mac.localeCompare(b.mac));
-  fill($("fdb"), shown.map((e) => el("tr", { dataset: { mac: e.mac } },
-    el("td", { className: "mono" }, e.mac),
-    el("td", { className: "n" }, e.vlan),
-    el("td", {}, e.port),
-    el("td", { className: "n" }, e.static ? "-" : duration(e.ageSeconds)),
-    el("td", {}, e.static ? "static" : "learned"))), 5, q ? "no entry matches" : "no entries");
-  $("fdb-count").textContent = shown.length === entries.length
-    ? entries.length + " entries" : shown.length + " of " + entries.length + " entries";
-  $("c-fdb").textContent = fmt(stats.fdb.entries) + " / " + fmt(stats.fdb.capacity);
-}
-
-let info = null;
-let last = null;
-async function tick() {
-  try {
-    info = info || await get("/info");
-    const [ports, stats, fdb] = await Promise.all([get("/ports"), get("/stats"), get("/fdb")]);
-    document.title = info.name + " - vswitch";
-    $("name").textContent = info.name;
-    $("version").textContent = "vswitch " + info.version + ", " + info.threads + " datapath thread"
-      + (info.threads === 1 ? "" : "s");
-    $("c-uptime").textContent = duration(stats.uptimeSeconds);
-    renderPorts(ports.ports, stats);
-    renderWorkers(stats);
-    renderFdb(fdb.entries, stats);
-    last = { entries: fdb.entries, stats };
-    $("live").textContent = "live, updated " + new Date().toLocaleTimeString();
-    $("live").className = "";
-    $("error").style.display = "none";
-  } catch (err) {
-    $("live").textContent = "not updating";
-    $("live").className = "stale";
-    $("error").textContent = "Not updating: " + err.message;
-    $("error").style.display = "block";
-  } finally {
-    setTimeout(tick, 1000);
-  }
-}
-$("filter").addEventListener("input", () => last && renderFdb(last.entries, last.stats));
-tick();
-`;
+/** The page's script: liveView as Deno compiled it (see http/page_script.ts), called at once. */
+const SCRIPT = `"use strict";\n(${liveView.toString()})();\n`;
 
 export const PAGE = `<!doctype html>
 <html lang="en">

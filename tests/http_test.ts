@@ -185,6 +185,11 @@ Deno.test("GET / serves the live page, self-contained", async () => {
     assert.match(url, /^(\/[a-z]*|data:.*)$/, url);
   }
   assert.ok(!/innerHTML/.test(html), "values go into the DOM as text");
+  // The script is http/page_script.ts as Deno compiled it: plain JavaScript a browser parses.
+  const scripts = [...html.matchAll(/<script>([^]*?)<\/script>/g)].map((m) => m[1]);
+  assert.equal(scripts.length, 1);
+  assert.doesNotThrow(() => new Function(scripts[0]), "the inline script is valid JavaScript");
+  assert.match(scripts[0], /^"use strict";\n\(function liveView\(\)/);
 });
 
 Deno.test("GET /stats", async () => {
