@@ -3,6 +3,7 @@
 // during the copy), hand the burst back to the sender, and flush each destination once.
 import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
+import { copyMemory } from "../ffi/native_copy.ts";
 import { type Bridge, Decision } from "./bridge.ts";
 import type { FlowCounter } from "./flows.ts";
 import type { TapWriter } from "./tap.ts";
@@ -91,11 +92,18 @@ export class Forwarder {
       const guard = guards[index];
       if (flows !== null) flows.begin(index, now);
       for (let i = 0; i < n; i++) {
-        const bytes = batch.bytes[i];
-        const off = batch.offset[i];
+        let bytes = batch.bytes[i];
+        let off = batch.offset[i];
         const len = batch.length[i];
         const offload = batch.offload[i];
         if (rxTaps.length !== 0) tapReceived(rxTaps, batch, i, this.#rxFrame);
+        if (guard !== null && guard.readsFrame && bytes !== batch.scratch[i]) {
+          // The guard checks bytes past the header the bridge copies (ARP, IP sources): from
+          // here on the frame is a private copy, or a guest could rewrite it after the check.
+          copyMemory(batch.scratch[i], 0, bytes, off, len);
+          bytes = batch.scratch[i];
+          off = 0;
+        }
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, decision);

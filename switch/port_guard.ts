@@ -54,6 +54,15 @@ export class IngressGuard {
    * Before the decision (and before the bridge learns the source): false if the frame at
    * frame[off, off + len) is dropped, counted.
    */
+  /**
+   * Whether admit() reads the frame's bytes (addresses, ARP and IP headers): then the forwarder
+   * hands it, and everything after it, a private copy of the frame, so what was checked is what
+   * is learned and sent. Loop-guard blocks and policers read only the length.
+   */
+  get readsFrame(): boolean {
+    return this.#security !== null || this.#storm !== null;
+  }
+
   admit(frame: Uint8Array, off: number, len: number): boolean {
     const c = this.counters;
     if (this.#blocked) {

@@ -2,8 +2,13 @@
 // even when the sender's memory changes while the frame is being copied out.
 import assert from "node:assert/strict";
 import { type DatapathPort, type EgressFrame, type FrameBatch } from "../ports/port.ts";
+import { parseMac } from "../ports/ethernet.ts";
 import { Bridge } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
+import { IngressGuard, type PortGuardSpec } from "../switch/port_guard.ts";
+import { createPinned } from "../switch/port_security.ts";
+import { DROP_SPOOFED, SAFETY_FIELDS } from "../switch/safety_counters.ts";
+import { Clock } from "../switch/token_bucket.ts";
 
 /** A port whose receive hands out frames sitting in `memory` (as a guest's TX ring does). */
 class MemoryPort implements DatapathPort {
@@ -76,4 +81,67 @@ Deno.test("a sender rewriting its frame while it is copied out cannot change wha
   assert.deepEqual(ports[1].sent, [untagged]);
   assert.deepEqual(ports[2].sent, [tagged]);
   assert.deepEqual(ports[0].sent, [], "never back out of the ingress port");
+});
+
+/** A port guard after whose check the sender rewrites its frame (a guest racing the worker). */
+class RacingGuard extends IngressGuard {
+  constructor(spec: PortGuardSpec, counters: Float64Array, readonly race: () => void) {
+    super(spec, counters, new Clock());
+  }
+  override admit(frame: Uint8Array, off: number, len: number): boolean {
+    const admitted = super.admit(frame, off, len);
+    this.race();
+    return admitted;
+  }
+}
+
+Deno.test("a source rewritten after port security admitted the frame is neither learned nor sent", () => {
+  // Port 0 may only send from A; B lives on port 1. A frame from A passes the check, then its
+  // sender writes B over the source: before the fix the bridge learned B on port 0 (the
+  // victim's traffic moved to the spoofer) and sent the spoofed frame on.
+  const A = "02:00:00:00:00:0a";
+  const B = "02:00:00:00:00:0b";
+  const bridge = new Bridge({ vlans: [undefined, undefined, undefined] });
+  const ports = [new MemoryPort(), new MemoryPort(), new MemoryPort()];
+  const fwd = new Forwarder(bridge, 3, ports.map(() => new Float64Array(64)));
+  ports.forEach((p, i) => {
+    bridge.setLinkUp(i, true);
+    fwd.targets[i] = p;
+  });
+  fwd.polled = [{ index: 0, port: ports[0] }];
+  const b = parseMac(B);
+  bridge.fdb.learn(b.hi, b.lo, 0, 1, 0);
+  const a = parseMac(A);
+  const spec: PortGuardSpec = {
+    blocked: false,
+    security: {
+      macs: [a.hi, a.lo | 0],
+      learnOnce: false,
+      pinned: createPinned(),
+      ipv4: null,
+      ipv6: null,
+    },
+    storm: null,
+    ingress: null,
+    egress: null,
+  };
+  const at = 64;
+  const sender = ports[0];
+  const safety = new Float64Array(SAFETY_FIELDS);
+  fwd.guards[0] = new RacingGuard(
+    spec,
+    safety,
+    () => sender.memory.set([2, 0, 0, 0, 0, 0x0b], at + 6),
+  );
+
+  const frame = new Uint8Array(64).fill(0xff, 0, 6);
+  frame.set([2, 0, 0, 0, 0, 0x0a, 0x88, 0xb5], 6);
+  sender.memory.set(frame, at);
+  sender.pending = [{ offset: at, length: 64 }];
+  assert.equal(fwd.poll(0), 1);
+  assert.equal(safety[DROP_SPOOFED], 0, "A was allowed");
+  assert.equal(bridge.fdb.lookup(b.hi, b.lo, 0), 1, "B stays on port 1");
+  assert.equal(bridge.fdb.lookup(a.hi, a.lo, 0), 0, "A was learned on port 0");
+  assert.deepEqual(ports[1].sent, [Array.from(frame)], "sent as checked, from A");
+  assert.deepEqual(ports[2].sent, [Array.from(frame)]);
 });
