@@ -36,15 +36,8 @@ const bit = (n: number) => 1n << BigInt(n);
 export const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Polls `probe` (letting the event loop run) until it returns a truthy value; throws on timeout. */
-export async function waitFor<T>(what: string, probe: () => T, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms: ${what}`);
-    await delay(1);
-  }
-}
+export { waitFor } from "./wait.ts";
+import { waitFor } from "./wait.ts";
 
 export interface FrontendOptions {
   mrgRxbuf?: boolean;

@@ -78,9 +78,8 @@ export async function startSwitch(ports: PortSpec[], threads = 1): Promise<Harne
   };
 }
 
-export function macBytes(mac: string): Uint8Array {
-  return Uint8Array.from(mac.split(":"), (h) => parseInt(h, 16));
-}
+export { macToBytes as macBytes } from "../../peers/pcap.ts";
+import { macToBytes as macBytes } from "../../peers/pcap.ts";
 
 /** An Ethernet frame of `length` bytes (EtherType 0x88b5) with a payload pattern from `seed`. */
 export function ethFrame(dst: string, src: string, length: number, seed = 0): Uint8Array {

@@ -17,22 +17,8 @@ const REPO = fileURLToPath(new URL("../../", import.meta.url));
 export const sleep = delay;
 
 /** Polls `probe` every `everyMs` until it returns a truthy value; throws `what` on timeout. */
-export async function until<T>(
-  what: string,
-  probe: () => T | Promise<T>,
-  timeoutMs: number,
-  everyMs = 20,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    }
-    await delay(everyMs);
-  }
-}
+export { waitFor as until } from "./wait.ts";
+import { waitFor as until } from "./wait.ts";
 
 // ---- /proc figures of a process ----
 
@@ -306,13 +292,8 @@ export class SwitchRig {
 
 export const ETHERTYPE_TEST = 0x88b5;
 
-export function macBytes(mac: string): Uint8Array {
-  return Uint8Array.from(mac.split(":"), (h) => parseInt(h, 16));
-}
-
-export function macString(b: Uint8Array, off = 0): string {
-  return [...b.subarray(off, off + 6)].map((x) => x.toString(16).padStart(2, "0")).join(":");
-}
+export { formatMac as macString, macToBytes as macBytes } from "../../peers/pcap.ts";
+import { formatMac as macString, macToBytes as macBytes } from "../../peers/pcap.ts";
 
 /** A frame carrying `seq` (and `stream`) whose every payload byte is derived from them. */
 export function seqFrame(

@@ -31,17 +31,4 @@ export async function startSwitch(topology: Record<string, unknown>): Promise<Te
   return { sw, dir, logs, stop, [Symbol.asyncDispose]: stop };
 }
 
-/** Polls `cond` until it holds or `timeoutMs` passes; then throws `what` with `detail()`. */
-export async function waitFor(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-  detail: () => string = () => "",
-): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${detail()}`);
-}
+export { waitFor } from "./wait.ts";
