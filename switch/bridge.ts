@@ -164,11 +164,6 @@ export class Decision {
     this.header = new Uint8Array(header);
     this.headerWords = new Uint32Array(header);
   }
-
-  /** Whether the frame came with an 802.1Q tag (priority tags included). */
-  get ingressTagged(): boolean {
-    return this.ingressTci >= 0;
-  }
 }
 
 export class Bridge {
