@@ -51,13 +51,16 @@ export class MirrorIngress implements DatapathPort {
       const bytes = batch.bytes[i];
       const off = batch.offset[i];
       const len = batch.length[i];
-      const vlan = frameVlan(bytes, off, len, this.untaggedVlan);
+      // The VLAN filter reads the private head, which is what goes out: a guest rewriting its
+      // tag meanwhile cannot get a frame of another VLAN mirrored.
+      const frame = this.#frame.setWhole(bytes, off, len);
+      const vlan = frameVlan(frame.head, 0, len, this.untaggedVlan);
       for (let m = 0; m < this.outputs.length; m++) {
         const want = this.vlans[m];
         if (want >= 0 && want !== vlan) continue;
         const out = this.targets[this.outputs[m]];
         if (out === null) continue;
-        if (out.transmit(bytes, this.#frame.setWhole(bytes, off, len))) this.counters[MIRRORED]++;
+        if (out.transmit(bytes, frame)) this.counters[MIRRORED]++;
         this.#sent = true;
       }
     }
