@@ -36,11 +36,18 @@ export function fstat(fd: number): FdStat {
 export const TMPFS_MAGIC = 0x01021994;
 export const HUGETLBFS_MAGIC = 0x958458f6;
 
-/** The type of the file system `fd` is on (statfs f_type, e.g. TMPFS_MAGIC; memfds are on one). */
-export function fsType(fd: number): number {
-  const buf = new Uint8Array(120); // struct statfs on x86_64; f_type is its first field
+/**
+ * The file system `fd` is on (statfs): its type (f_type, e.g. TMPFS_MAGIC; memfds are on
+ * tmpfs, or hugetlbfs with MFD_HUGETLB) and block size (f_bsize: the huge page size there).
+ */
+export function fsInfo(fd: number): { type: number; blockSize: number } {
+  const buf = new Uint8Array(120); // struct statfs on x86_64: f_type, f_bsize first
   check("fstatfs", libc.fstatfs(fd, buf), `fd ${fd}`);
-  return Number(new DataView(buf.buffer).getBigInt64(0, true) & 0xffffffffn);
+  const v = new DataView(buf.buffer);
+  return {
+    type: Number(v.getBigInt64(0, true) & 0xffffffffn),
+    blockSize: Number(v.getBigInt64(8, true)),
+  };
 }
 
 /** What the kernel says the fd is, e.g. "anon_inode:[eventfd]" or "/memfd:guest (deleted)". */

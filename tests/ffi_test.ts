@@ -21,7 +21,12 @@ import {
   unixSocketPair,
 } from "../ffi/unix.ts";
 import { EPOLLIN, Reactor } from "../ffi/epoll.ts";
-import { installSigbusHandler, sigbusCount } from "../ffi/sigbus.ts";
+import {
+  guardGuestMemory,
+  installSigbusHandler,
+  sigbusCount,
+  unguardGuestMemory,
+} from "../ffi/sigbus.ts";
 import { libc } from "../ffi/libc.ts";
 
 Deno.test("memfd mapped twice shows the same bytes, at an offset too", () => {
@@ -178,6 +183,7 @@ Deno.test("a truncated mapped file reads as zeros after SIGBUS instead of killin
   installSigbusHandler();
   const fd = memfdCreate("sigbus-test", 65536);
   const m = mmap(65536, { fd });
+  const slot = guardGuestMemory(m.address, m.length, 4096);
   try {
     const v = new Uint8Array(viewMapping(m.address, m.length));
     v[100] = 1;
@@ -191,7 +197,39 @@ Deno.test("a truncated mapped file reads as zeros after SIGBUS instead of killin
     assert.equal(sigbusCount() - before, 2, "one fault per page replaced");
     assert.equal(fstat(fd).size, 4096);
   } finally {
+    unguardGuestMemory(slot);
     munmap(m);
     closeFd(fd);
   }
+});
+
+Deno.test("a SIGBUS outside guest memory goes to the previous handler: the process ends with SIGBUS", async () => {
+  // In a child process: install the handler, map a memfd without registering it as guest
+  // memory, truncate it and read the lost page.
+  const script = `
+    import { installSigbusHandler, sigbusCount } from "${new URL(
+    "../ffi/sigbus.ts",
+    import.meta.url,
+  )}";
+    import { memfdCreate, mmap, viewMapping } from "${new URL("../ffi/mem.ts", import.meta.url)}";
+    import { libc } from "${new URL("../ffi/libc.ts", import.meta.url)}";
+    installSigbusHandler();
+    const fd = memfdCreate("unguarded", 65536);
+    const m = mmap(65536, { fd });
+    const v = new Uint8Array(viewMapping(m.address, m.length));
+    libc.ftruncate(fd, 0n);
+    console.log("read", v[40000], "repairs", sigbusCount());
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=ts", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.equal(
+    out.signal,
+    "SIGBUS",
+    `expected death by SIGBUS, got ${out.signal}/${out.code}:\n${text}`,
+  );
+  assert.doesNotMatch(text, /read/);
 });

@@ -358,6 +358,63 @@ Deno.test({
         await healthy("guest memory on disk");
       });
 
+      // ---- class 8: guest memory truncated under the switch (SIGBUS) ----
+      /** Truncates the front-end's memory while frames go to it; the switch must hang up. */
+      const truncatedUnderUs = async (fe: VhostFrontend, port: string, regrow: boolean) => {
+        await fe.setup();
+        await rig.waitRunning(port, 5000);
+        fe.postRxBuffers(64);
+        const src = frontend("a");
+        await src.setup();
+        await rig.waitRunning("a", 5000);
+        // From here on, this process must not touch fe's memory either.
+        assert.equal(libc.ftruncate(fe.memfd, 0n), 0);
+        for (let i = 0; i < 8 && !(await fe.waitClosed(100)); i++) {
+          src.send(ethFrame(BROADCAST, MAC_A, 200, i));
+          src.reclaimTx();
+        }
+        assert.ok(await fe.waitClosed(3000), `${port} was not disconnected\n${switchLog()}`);
+        if (regrow) assert.equal(libc.ftruncate(fe.memfd, BigInt(fe.memSize)), 0);
+      };
+      await step("hugetlbfs guest memory truncated while frames go to it", async () => {
+        const hugepages = "/proc/sys/vm/nr_hugepages";
+        const dir = await Deno.makeTempDir({ prefix: "vsw-hugetlbfs-" });
+        const before = Deno.readTextFileSync(hugepages).trim();
+        let mounted = false;
+        try {
+          Deno.writeTextFileSync(hugepages, String(Number(before) + 16));
+          const mount = await new Deno.Command("mount", {
+            args: ["-t", "hugetlbfs", "-o", "pagesize=2M", "none", dir],
+            stderr: "piped",
+          }).output();
+          const got = Number(Deno.readTextFileSync(hugepages).trim()) - Number(before);
+          if (!mount.success || got < 8) {
+            // Loudly: this case is the one that proves huge pages are repaired.
+            console.error(
+              `HUGETLBFS CASE NOT RUN: the kernel refused (mount: ` +
+                `${new TextDecoder().decode(mount.stderr).trim() || "ok"}; ${got} pages)`,
+            );
+            return;
+          }
+          mounted = true;
+          const fe = frontend("h2", { memPath: `${dir}/guest` });
+          await truncatedUnderUs(fe, "h2", true);
+          closeAll();
+        } finally {
+          closeAll();
+          if (mounted) await new Deno.Command("umount", { args: [dir] }).output();
+          Deno.writeTextFileSync(hugepages, before);
+          await Deno.remove(dir, { recursive: true }).catch(() => {});
+        }
+        await healthy("hugetlbfs memory truncated");
+      });
+      await step("memfd guest memory truncated and regrown, again and again", async () => {
+        for (let i = 0; i < 4; i++) {
+          await truncatedUnderUs(frontend("h2"), "h2", true);
+          closeAll();
+        }
+        await healthy("memfd memory truncated and regrown");
+      });
       await prober.stop();
       console.log(
         `prober: ${prober.probes} answers on port p, longest gap ${prober.maxGapMs.toFixed(0)} ms`,

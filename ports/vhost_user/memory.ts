@@ -4,13 +4,14 @@ import { libc } from "../../ffi/libc.ts";
 import {
   closeFd,
   fdTarget,
+  fsInfo,
   fstat,
-  fsType,
   HUGETLBFS_MAGIC,
   S_IFREG,
   TMPFS_MAGIC,
 } from "../../ffi/fd.ts";
 import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
+import { guardGuestMemory, unguardGuestMemory } from "../../ffi/sigbus.ts";
 import { type MemoryRegionDesc, ProtocolError } from "./protocol.ts";
 
 const F_ADD_SEALS = 1033;
@@ -35,6 +36,8 @@ export interface RegionSpec {
 interface MappedRegion {
   spec: RegionSpec;
   mapping: Mapping;
+  /** Its slot in the SIGBUS handler's table (ffi/sigbus.ts). */
+  guard: number;
   fd: number;
   /** mmap_offset + size: how long the file must stay. */
   fileEnd: number;
@@ -67,13 +70,15 @@ export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
   }
   // Only memory: a page of a disk, network or FUSE file can take as long to fault in as the
   // front-end (or whoever serves it) likes, and a worker touching it would wait that long.
-  const fs = fsType(fd);
-  if (fs !== TMPFS_MAGIC && fs !== HUGETLBFS_MAGIC) {
+  const fs = fsInfo(fd);
+  if (fs.type !== TMPFS_MAGIC && fs.type !== HUGETLBFS_MAGIC) {
     throw new ProtocolError(
-      `memory region: fd is not in memory (file system 0x${fs.toString(16)}, ` +
+      `memory region: fd is not in memory (file system 0x${fs.type.toString(16)}, ` +
         `not tmpfs/memfd or hugetlbfs: ${fdTarget(fd)})`,
     );
   }
+  // hugetlbfs maps (and loses pages, see ffi/sigbus.ts) in huge pages, at huge page offsets.
+  const page = fs.type === HUGETLBFS_MAGIC ? fs.blockSize : PAGE;
   if (st.size < mmapOffset + size) {
     throw new ProtocolError(
       `memory region: fd holds ${st.size} bytes, region needs ${mmapOffset + size}`,
@@ -81,9 +86,16 @@ export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
   }
   const seals = libc.fcntl(fd, F_GET_SEALS, 0);
   if (seals >= 0 && (seals & F_SEAL_SHRINK) === 0) libc.fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK);
-  const fileOffset = mmapOffset - (mmapOffset % PAGE);
+  const fileOffset = mmapOffset - (mmapOffset % page);
   const dataOffset = mmapOffset - fileOffset;
-  const mapping = mmap(dataOffset + size, { fd, offset: fileOffset });
+  const mapping = mmap(Math.ceil((dataOffset + size) / page) * page, { fd, offset: fileOffset });
+  let guard: number;
+  try {
+    guard = guardGuestMemory(mapping.address, mapping.length, page);
+  } catch (err) {
+    munmap(mapping);
+    throw new ProtocolError(`memory region: ${(err as Error).message}`);
+  }
   return {
     spec: {
       guestPhys,
@@ -94,9 +106,15 @@ export function mapRegion(desc: MemoryRegionDesc, fd: number): MappedRegion {
       dataOffset,
     },
     mapping,
+    guard,
     fd,
     fileEnd: mmapOffset + size,
   };
+}
+
+function unmapRegion(r: MappedRegion): void {
+  unguardGuestMemory(r.guard);
+  munmap(r.mapping);
 }
 
 /** The control plane's table of mapped regions for one device. */
@@ -143,7 +161,7 @@ export class MemoryTable {
       s.guestPhys < r.spec.guestPhys + r.spec.size && r.spec.guestPhys < s.guestPhys + s.size
     );
     if (overlap) {
-      munmap(region.mapping);
+      unmapRegion(region);
       closeFd(fd);
       throw new ProtocolError(
         `memory region at 0x${s.guestPhys.toString(16)} overlaps one at 0x${
@@ -214,7 +232,7 @@ export class MemoryTable {
   /** Unmaps and closes everything (only once no datapath view is in use). */
   release(): void {
     for (const r of this.#regions) {
-      munmap(r.mapping);
+      unmapRegion(r);
       closeFd(r.fd);
     }
     this.#regions = [];

@@ -56,6 +56,8 @@ export interface FrontendOptions {
   dataBase?: number;
   /** Make the memfd sealable (MFD_ALLOW_SEALING, as QEMU does; DPDK's is not). */
   sealable?: boolean;
+  /** Guest memory in a file created at this path (e.g. on hugetlbfs) instead of a memfd. */
+  memPath?: string;
 }
 
 export interface SendOptions {
@@ -137,6 +139,19 @@ interface Ring {
   lastUsed: number;
 }
 
+/** Creates (or reuses) the file at `path`, `size` bytes long, for guest memory; returns its fd. */
+function openMemFile(path: string, size: number): number {
+  Deno.openSync(path, { create: true, write: true }).close();
+  const O_RDWR_CLOEXEC = 0o2 | 0o2000000;
+  const fd = libc.open(new TextEncoder().encode(`${path}\0`), O_RDWR_CLOEXEC);
+  if (fd < 0) throw new Error(`cannot open ${path}`);
+  if (libc.ftruncate(fd, BigInt(size)) < 0) {
+    closeFd(fd);
+    throw new Error(`cannot size ${path} to ${size} bytes`);
+  }
+  return fd;
+}
+
 export class VhostFrontend {
   readonly opts: Required<FrontendOptions>;
   readonly memSize: number;
@@ -170,6 +185,7 @@ export class VhostFrontend {
       memBytes: 0,
       dataBase: 0,
       sealable: false,
+      memPath: "",
       ...opts,
     };
     const n = this.opts.queueSize;
@@ -195,14 +211,13 @@ export class VhostFrontend {
     this.#dataBase = Math.ceil(
       Math.max(at + 2 * n * 16 * INDIRECT_MAX, this.opts.dataBase) / SLOT,
     ) * SLOT;
-    const unit = 2 ** 20 * this.opts.regions;
+    // A file may be on hugetlbfs, whose files grow in 2 MiB pages.
+    const unit = 2 ** (this.opts.memPath ? 21 : 20) * this.opts.regions;
     this.memSize = Math.ceil(Math.max(this.#dataBase + 2 * n * SLOT, this.opts.memBytes) / unit) *
       unit;
-    this.memfd = memfdCreate(
-      "vhost-frontend",
-      this.memSize,
-      this.opts.sealable ? MFD_ALLOW_SEALING : 0,
-    );
+    this.memfd = this.opts.memPath
+      ? openMemFile(this.opts.memPath, this.memSize)
+      : memfdCreate("vhost-frontend", this.memSize, this.opts.sealable ? MFD_ALLOW_SEALING : 0);
     try {
       this.#mapping = mmap(this.memSize, { fd: this.memfd });
     } catch (err) {
