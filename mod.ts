@@ -83,7 +83,11 @@ async function main(args: string[]): Promise<void> {
   } catch (err) {
     fail(`${topology.name}: cannot start: ${(err as Error).message}`);
   }
-  const app = createApp(sw, { token: topology.http.token, readOnly: topology.http.readOnly });
+  const app = createApp(sw, {
+    token: topology.http.token,
+    readOnly: topology.http.readOnly,
+    hosts: [topology.http.hostname, ...topology.http.allowedHosts],
+  });
   let server: Deno.HttpServer;
   try {
     server = Deno.serve({

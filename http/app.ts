@@ -14,6 +14,7 @@ import { fail } from "./fail.ts";
 import { controlRoutes } from "./control.ts";
 import { fdbRoutes } from "./fdb.ts";
 import { flowRoutes } from "./flows.ts";
+import { hostCheck } from "./host_check.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "./metrics.ts";
 import { PAGE, PAGE_CSP } from "./page.ts";
 import type { SwitchView } from "../switch/view.ts";
@@ -24,6 +25,11 @@ export interface AppOptions {
   token?: string | null;
   /** Refuse every request that changes state (403). */
   readOnly?: boolean;
+  /**
+   * Host names requests may carry besides IP literals and localhost (http/host_check.ts):
+   * the listen host and http.allowedHosts.
+   */
+  hosts?: string[];
 }
 
 const WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"];
@@ -56,6 +62,7 @@ export function createApp(view: SwitchView, options: AppOptions = {}): Hono {
     err instanceof HTTPException ? err.getResponse() : fail(c, 500, err.message)
   );
 
+  app.use("*", hostCheck(options.hosts ?? []));
   // Reads stay open (they are what the endpoint is for); changes and captures are guarded.
   const guard = privileged(options);
   for (const check of guard) app.on(WRITE_METHODS, "*", check);

@@ -8,6 +8,11 @@ import type { SwitchView } from "../switch/view.ts";
 export const CAPTURE_DEFAULTS = { count: 100, seconds: 10 };
 export const CAPTURE_LIMITS = { count: 100_000, seconds: 3600 };
 export const PCAP_CONTENT_TYPE = "application/vnd.tcpdump.pcap";
+/**
+ * Captures running at once, over all ports: each makes every worker copy the frames of its
+ * port, so a client opening many would slow the datapath down for everyone.
+ */
+export const MAX_CAPTURES = 4;
 
 export interface CaptureQuery {
   count: number;
@@ -63,16 +68,20 @@ function onClientGone(c: Context, gone: () => void): void {
 function pcapStream(
   frames: AsyncIterable<Uint8Array>,
   stop: AbortController,
+  ended: () => void,
 ): ReadableStream<Uint8Array> {
   const it = frames[Symbol.asyncIterator]();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       const next = await it.next();
-      if (next.done) controller.close();
-      else controller.enqueue(next.value);
+      if (next.done) {
+        ended();
+        controller.close();
+      } else controller.enqueue(next.value);
     },
     async cancel() {
       stop.abort();
+      ended();
       await it.return?.();
     },
   }, { highWaterMark: 0 });
@@ -86,15 +95,28 @@ export function captureRoutes(view: SwitchView, guard: MiddlewareHandler[]): Hon
     return typeof parsed === "string" ? fail(c, 400, parsed) : parsed;
   });
 
+  let running = 0;
   for (const check of guard) app.get("/ports/:name/capture", check);
   app.get("/ports/:name/capture", query, (c) => {
     const name = c.req.param("name");
     const { count, seconds } = c.req.valid("query");
+    if (running >= MAX_CAPTURES) {
+      return fail(c, 429, `${running} captures are running, the most at once; retry later`);
+    }
     const stop = new AbortController();
     const frames = view.capture(name, { maxFrames: count, seconds, signal: stop.signal });
     if (!frames) return fail(c, 404, `no port named ${JSON.stringify(name)}`);
-    onClientGone(c, () => stop.abort());
-    return c.body(pcapStream(frames, stop), 200, {
+    running++;
+    let counted = true;
+    const ended = () => {
+      if (counted) running--;
+      counted = false;
+    };
+    onClientGone(c, () => {
+      stop.abort();
+      ended();
+    });
+    return c.body(pcapStream(frames, stop, ended), 200, {
       "Content-Type": PCAP_CONTENT_TYPE,
       "Content-Disposition": `attachment; filename="${name.replace(/[^\w.-]/g, "_")}.pcap"`,
       "Cache-Control": "no-store",

@@ -72,6 +72,8 @@ export interface HttpConfig {
   port: number;
   token: string | null;
   readOnly: boolean;
+  /** Host names the endpoint answers to besides its address, localhost and IP literals. */
+  allowedHosts: string[];
 }
 export interface PollConfig {
   mode: "adaptive" | "busy";
@@ -203,7 +205,13 @@ export function checkTopology(json: unknown, fileName: string, label = fileName)
 }
 
 function parseHttp(c: Checker, v: unknown): HttpConfig {
-  const o = c.section(v, "http", ["listen", "token", "readOnly"]);
+  const o = c.section(v, "http", ["listen", "token", "readOnly", "allowedHosts"]);
+  const hosts = o.allowedHosts ?? [];
+  const allowedHosts = Array.isArray(hosts) &&
+      hosts.every((h) => typeof h === "string" && /^[A-Za-z0-9.-]{1,253}$/.test(h))
+    ? hosts as string[]
+    : c.add("http.allowedHosts", `expected an array of host names, got ${JSON.stringify(hosts)}`) ??
+      [];
   const listen = c.str(o.listen, "http.listen", "127.0.0.1:8080") ?? "";
   const m = LISTEN_RE.exec(listen);
   if (!m || Number(m[3]) > 65535) {
@@ -215,6 +223,7 @@ function parseHttp(c: Checker, v: unknown): HttpConfig {
     port: Number(m?.[3] ?? 0),
     token: c.str(o.token, "http.token", null, TOKEN_RE, TOKEN_RULE) ?? null,
     readOnly: c.bool(o.readOnly, "http.readOnly", false),
+    allowedHosts,
   };
 }
 

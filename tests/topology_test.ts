@@ -61,6 +61,7 @@ Deno.test("defaults fill every optional field", async () => {
       port: 8080,
       token: null,
       readOnly: false,
+      allowedHosts: [],
     },
     threads: 1,
     poll: { mode: "adaptive", idleAfterMs: 200, cpus: null, flowStats: true },
@@ -100,7 +101,12 @@ Deno.test("a full topology keeps every value given", async () => {
   await Deno.mkdir(join(dir.path, "run"));
   const file = await writeTopology(dir.path, {
     name: "lab.br-1",
-    http: { listen: "[::1]:9090", token: "s3cret-t0ken", readOnly: true },
+    http: {
+      listen: "[::1]:9090",
+      token: "s3cret-t0ken",
+      readOnly: true,
+      allowedHosts: ["switch.lab"],
+    },
     threads: 4,
     poll: { mode: "busy", idleAfterMs: 50, cpus: [3, 2, 1, 0], flowStats: false },
     fdb: {
@@ -129,6 +135,7 @@ Deno.test("a full topology keeps every value given", async () => {
     port: 9090,
     token: "s3cret-t0ken",
     readOnly: true,
+    allowedHosts: ["switch.lab"],
   });
   assert.equal(t.name, "lab.br-1");
   assert.equal(t.threads, 4);

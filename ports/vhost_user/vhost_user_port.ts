@@ -23,6 +23,32 @@ export type VhostUserPortState = "listening" | "connecting" | "connected" | "run
 
 const RECONNECT_MS = 1000;
 
+/**
+ * The directory of a listening socket must be writable by its owner only: anyone else who can
+ * write there can remove our socket and bind their own in its place, and the next guest to
+ * connect hands its memory to them. A missing directory is created 0700; an existing one that
+ * others may write (even with the sticky bit, which does not stop them binding the name before
+ * us) or that another user owns is refused.
+ */
+export function privateSocketDir(dir: string): void {
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = Deno.statSync(dir);
+  const mode = st.mode ?? 0;
+  const problems: string[] = [];
+  if (mode & 0o022) problems.push(`writable by other users (mode ${(mode & 0o7777).toString(8)})`);
+  const me = Deno.uid();
+  if (st.uid !== null && me !== null && st.uid !== me && st.uid !== 0) {
+    problems.push(`owned by another user (uid ${st.uid})`);
+  }
+  if (problems.length) {
+    throw new Error(
+      `socket directory ${dir} is ${problems.join(" and ")}: another user could put their own ` +
+        `socket in place of the switch's; use a directory only you can write ` +
+        `(a missing one is created with mode 0700)`,
+    );
+  }
+}
+
 export class VhostUserPort {
   #listenFd = -1;
   #conn: VhostUserConnection | null = null;
@@ -43,7 +69,7 @@ export class VhostUserPort {
 
   start(): void {
     if (this.config.mode === "server") {
-      Deno.mkdirSync(dirname(this.config.socket), { recursive: true });
+      privateSocketDir(dirname(this.config.socket));
       try {
         this.#listenFd = unixListen(this.config.socket);
       } catch (err) {
