@@ -4,7 +4,7 @@
 // its gather buffers, as a bug in the control plane would), so that the next long chained frame
 // makes the copy throw inside the loop.
 import assert from "node:assert/strict";
-import { MAX_FRAME_LEN } from "../ports/port.ts";
+import { MAX_GSO_FRAME } from "../ports/port.ts";
 import { VhostFrontend, waitFor } from "./helpers/frontend.ts";
 import { BROADCAST, ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 
@@ -24,9 +24,9 @@ Deno.test({
       await waitFor("port a running", () => h.state("a") === "connected");
       const state = h.sw.portControl.vhostPort("a")!.connection!.device.running!;
       await h.sw.datapath.applyPort(0, { ...state, maxFrame: 1 << 20 });
-      // Longer than the worker's gather buffer, in 3 descriptors: gathering it throws.
-      const big = MAX_FRAME_LEN + 2000;
-      a.send(ethFrame(BROADCAST, MAC_A, big, 1), { chunk: 6000 });
+      // Longer than the worker's gather buffer, in several descriptors: gathering it throws.
+      const big = MAX_GSO_FRAME + 2000;
+      a.send(ethFrame(BROADCAST, MAC_A, big, 1), { chunk: 16000, at: a.slot(1, 0) });
 
       const line = await waitFor(
         "a log line naming the failure",

@@ -604,7 +604,9 @@ export class VhostFrontend {
     for (let at = cuts[cuts.length - 1]; at + chunk < data.length;) cuts.push(at += chunk);
     cuts.push(data.length);
     const segs = cuts.slice(0, -1).map((c, i) => [c, cuts[i + 1] - c]);
-    if (data.length > SLOT) throw new Error(`frame of ${frame.length} bytes exceeds a slot`);
+    if (data.length > SLOT && o.at === undefined) {
+      throw new Error(`frame of ${frame.length} bytes exceeds a slot (give \`at\`)`);
+    }
     const ids = this.#allocate(1, o.indirect ? 1 : segs.length);
     const base = o.at ?? this.slot(1, ids[0]);
     this.mem.set(data, base);
