@@ -167,7 +167,13 @@ class DatapathWorker {
       const mem = new GuestMemory(state.regions);
       const log = state.log ? new DirtyLog(state.log) : null;
       const block = this.counters.block(this.init.worker, msg.port);
-      const datapath = new VirtioNetDatapath(state.hdrLen, state.mergeable, state.maxFrame, block);
+      const datapath = new VirtioNetDatapath(
+        state.hdrLen,
+        state.mergeable,
+        state.maxFrame,
+        block,
+        state.guestOffloads,
+      );
       const rings = new Map<number, VirtQueue>();
       for (const spec of state.queues) {
         if (!msg.pollRings.includes(spec.index) && spec.index !== msg.fillRing) continue;

@@ -10,8 +10,18 @@ import * as P from "./protocol.ts";
 import type { QueueSpec } from "./virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_LEN_LEGACY } from "./virtio_net.ts";
 import { packedResumeBase } from "./packed_queue.ts";
+import {
+  OFFLOAD_CSUM,
+  OFFLOAD_DATA_VALID,
+  OFFLOAD_ECN,
+  OFFLOAD_TSO4,
+  OFFLOAD_TSO6,
+} from "../offload/virtio_net_hdr.ts";
 
-// virtio-net feature bits offered (virtio 1.x 5.1.3); offloads we do not implement are not offered.
+// virtio-net feature bits offered (virtio 1.x 5.1.3). The checksum and TSO offloads are offered
+// both ways: a guest's partial checksums and TSO frames are carried with their header to every
+// destination (finished in software for one that cannot take them), and a guest that accepts
+// them gets frames with a header saying what is left to do.
 import {
   VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -19,8 +29,16 @@ import {
   VIRTIO_F_IN_ORDER,
   VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_CSUM,
   VIRTIO_NET_F_CTRL_VQ,
   VIRTIO_NET_F_GUEST_ANNOUNCE,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_ECN,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_MAC,
   VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
@@ -31,6 +49,16 @@ import {
 } from "./features.ts";
 
 const bit = (n: number) => 1n << BigInt(n);
+
+/** The OFFLOAD_* bits a guest that negotiated `features` takes in the frames it receives. */
+function guestOffloads(features: bigint): number {
+  if (!has(features, VIRTIO_NET_F_GUEST_CSUM)) return 0;
+  let bits = OFFLOAD_CSUM | OFFLOAD_DATA_VALID;
+  if (has(features, VIRTIO_NET_F_GUEST_TSO4)) bits |= OFFLOAD_TSO4;
+  if (has(features, VIRTIO_NET_F_GUEST_TSO6)) bits |= OFFLOAD_TSO6;
+  if (has(features, VIRTIO_NET_F_GUEST_ECN)) bits |= OFFLOAD_ECN;
+  return bits;
+}
 const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
 const hex = (n: number) => n.toString(16).padStart(4, "0");
 
@@ -40,6 +68,8 @@ export interface DatapathState {
   hdrLen: number;
   mergeable: boolean;
   maxFrame: number;
+  /** OFFLOAD_* bits the guest takes in frames we send it (GUEST_CSUM, GUEST_TSO4/6, ECN). */
+  guestOffloads: number;
   queues: QueueSpec[];
   /** The migration dirty log, while the front-end has VHOST_F_LOG_ALL on; else null. */
   log: LogSpec | null;
@@ -116,6 +146,14 @@ export class VhostUserDevice {
       // The datapath uses every ring's buffers in the order they were made available.
       VIRTIO_F_IN_ORDER,
       VIRTIO_NET_F_GUEST_ANNOUNCE,
+      VIRTIO_NET_F_CSUM,
+      VIRTIO_NET_F_HOST_TSO4,
+      VIRTIO_NET_F_HOST_TSO6,
+      VIRTIO_NET_F_HOST_ECN,
+      VIRTIO_NET_F_GUEST_CSUM,
+      VIRTIO_NET_F_GUEST_TSO4,
+      VIRTIO_NET_F_GUEST_TSO6,
+      VIRTIO_NET_F_GUEST_ECN,
       VHOST_F_LOG_ALL,
       VHOST_USER_F_PROTOCOL_FEATURES,
     ].reduce((acc, n) => acc | bit(n), 0n);
@@ -485,6 +523,7 @@ export class VhostUserDevice {
       hdrLen: modern || mergeable ? VIRTIO_NET_HDR_LEN : VIRTIO_NET_HDR_LEN_LEGACY,
       mergeable,
       maxFrame: this.config.mtu + 14 + 4,
+      guestOffloads: guestOffloads(this.features),
       queues,
       log: log?.spec ?? null,
     };

@@ -6,16 +6,26 @@
 // vhost-user port, living in a Worker.
 import {
   DROP_BAD_DESCRIPTOR,
+  DROP_BAD_OFFLOAD,
   DROP_NO_BUFFER,
   DROP_RUNT,
   DROP_TOO_BIG,
   NOTIFICATIONS,
   RX_BYTES,
+  RX_CSUM_PARTIAL,
+  RX_GSO,
   RX_PACKETS,
   TX_BYTES,
+  TX_GSO,
   TX_PACKETS,
 } from "../counters.ts";
-import { BURST, type DatapathPort, type EgressFrame, type FrameBatch } from "../port.ts";
+import {
+  BURST,
+  type DatapathPort,
+  type EgressFrame,
+  type FrameBatch,
+  MAX_GSO_FRAME,
+} from "../port.ts";
 import type { DirtyLog } from "./dirty_log.ts";
 import { LoggedPackedQueue, LoggedSplitQueue } from "./logged_queue.ts";
 import type { GuestMemory } from "./memory.ts";
@@ -26,7 +36,18 @@ import { copyBytes, wordView } from "../copy.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
 import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
 import { OffloadFallback } from "../offload/fallback.ts";
-import { OFFLOAD_DATA_VALID } from "../offload/virtio_net_hdr.ts";
+import {
+  OFFLOAD_CSUM,
+  OFFLOAD_DATA_VALID,
+  OFFLOAD_GSO,
+  OFFLOAD_GSO_NO_CSUM,
+  OFFLOAD_USO,
+  readVirtioNetHdr,
+  VNET_HDR_LEN,
+  writeVirtioNetHdr,
+} from "../offload/virtio_net_hdr.ts";
+
+const OFFLOAD_GSO_ANY = OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM;
 
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
@@ -53,6 +74,11 @@ export class VirtioNetDatapath implements DatapathPort {
   /** How a frame goes into the guest's RX ring (see setRxQueue). */
   #fill: Fill;
   readonly #fallback: OffloadFallback;
+  /** What transmit hands on as it is (DATA_VALID is a hint: dropped for a guest without it). */
+  readonly #accepts: number;
+  /** The virtio_net_hdr of the frame being filled, when it carries offloads. */
+  readonly #hdr = new Uint8Array(VIRTIO_NET_HDR_LEN);
+  #hdrSet = false;
   #cursor = 0;
   #relQueue: VirtQueue | null = null;
   readonly #relHeads = new Int32Array(BURST);
@@ -68,7 +94,10 @@ export class VirtioNetDatapath implements DatapathPort {
     /** Largest frame accepted or delivered (MTU + Ethernet header + one VLAN tag). */
     readonly maxFrame: number,
     readonly counters: Float64Array,
+    /** OFFLOAD_* bits the guest negotiated to take (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). */
+    readonly guestOffloads = 0,
   ) {
+    this.#accepts = guestOffloads | OFFLOAD_DATA_VALID;
     this.#fill = this.#noRing;
     this.#fallback = new OffloadFallback(counters);
   }
@@ -133,9 +162,25 @@ export class VirtioNetDatapath implements DatapathPort {
         c[DROP_RUNT]++;
         continue;
       }
-      if (len > this.maxFrame) {
+      // The guest's header (CSUM, HOST_TSO4/6): read once into the batch slot. Linux and DPDK
+      // put it whole in the first descriptor; one split over descriptors counts as plain.
+      let bits = 0;
+      if (q.segLength[0] >= VNET_HDR_LEN) {
+        bits = readVirtioNetHdr(q.regionBytes[q.segRegion[0]], q.segOffset[0], len, batch, n);
+        if (bits < 0) {
+          c[DROP_BAD_OFFLOAD]++;
+          continue;
+        }
+      } else {
+        batch.offload[n] = 0;
+      }
+      if (len > ((bits & OFFLOAD_GSO_ANY) === 0 ? this.maxFrame : MAX_GSO_FRAME)) {
         c[DROP_TOO_BIG]++;
         continue;
+      }
+      if (bits !== 0) {
+        if ((bits & OFFLOAD_CSUM) !== 0) c[RX_CSUM_PARTIAL]++;
+        if ((bits & OFFLOAD_GSO_ANY) !== 0) c[RX_GSO]++;
       }
       if (segs === 1) {
         batch.bytes[n] = q.regionBytes[q.segRegion[0]];
@@ -149,7 +194,6 @@ export class VirtioNetDatapath implements DatapathPort {
         batch.offset[n] = 0;
       }
       batch.length[n] = len;
-      batch.offload[n] = 0;
       c[RX_BYTES] += len;
       n++;
     }
@@ -176,10 +220,36 @@ export class VirtioNetDatapath implements DatapathPort {
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     // A checksum-partial or GSO frame (from an uplink with the kernel's offloads) is finished
     // in software: the guest gets complete frames of at most its MTU.
-    if ((f.offload & ~OFFLOAD_DATA_VALID) !== 0) {
+    const bits = f.offload;
+    if (bits === 0) return this.#fill(src, f);
+    if ((bits & ~this.#accepts) !== 0) {
       return this.#fallback.send(src, f, this, this.maxFrame - VLAN_HLEN);
     }
-    return this.#fill(src, f);
+    // The guest takes what is left to do: its header says so.
+    this.#hdrSet = this.#offloadHeader(src, f, bits & this.guestOffloads);
+    if (!this.#hdrSet) return false;
+    const sent = this.#fill(src, f);
+    this.#hdrSet = false;
+    if (sent && (bits & OFFLOAD_GSO) !== 0) this.counters[TX_GSO]++;
+    return sent;
+  }
+
+  /** Builds the header for an offloaded frame the guest takes; false if it lies (counted). */
+  #offloadHeader(src: Uint8Array, f: EgressFrame, bits: number): boolean {
+    const h = this.#hdr;
+    h.fill(0);
+    if (bits === 0) return true;
+    let hdrLen = 0;
+    if ((bits & OFFLOAD_GSO) !== 0) {
+      const l4 = f.csumStart;
+      hdrLen = (bits & OFFLOAD_USO) !== 0 ? l4 + 8 : l4 + (f.byteAt(src, l4 + 12) >>> 4) * 4;
+    }
+    if (f.csumStart + f.csumOffset + 2 > f.length || hdrLen > f.length) {
+      this.counters[DROP_BAD_OFFLOAD]++;
+      return false;
+    }
+    writeVirtioNetHdr(h, 0, bits, f.csumStart, f.csumOffset, f.gsoSize, hdrLen);
+    return true;
   }
 
   transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
@@ -190,7 +260,9 @@ export class VirtioNetDatapath implements DatapathPort {
   #fillOne(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
     const frameLen = f.length;
-    if (frameLen > this.maxFrame) {
+    if (
+      frameLen > (this.#hdrSet && (f.offload & OFFLOAD_GSO) !== 0 ? MAX_GSO_FRAME : this.maxFrame)
+    ) {
       c[DROP_TOO_BIG]++;
       return false;
     }
@@ -227,7 +299,9 @@ export class VirtioNetDatapath implements DatapathPort {
   #fillMergeable(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
     const frameLen = f.length;
-    if (frameLen > this.maxFrame) {
+    if (
+      frameLen > (this.#hdrSet && (f.offload & OFFLOAD_GSO) !== 0 ? MAX_GSO_FRAME : this.maxFrame)
+    ) {
       c[DROP_TOO_BIG]++;
       return false;
     }
@@ -320,7 +394,13 @@ export class VirtioNetDatapath implements DatapathPort {
   /** Header (num_buffers 1) and the whole frame into one buffer at dst[o]. */
   #writeWhole(dst: Uint8Array, dw: Uint32Array, o: number, src: Uint8Array, f: EgressFrame): void {
     const hdr = this.hdrLen;
-    if (hdr === VIRTIO_NET_HDR_LEN && (o & 3) === 0) {
+    if (this.#hdrSet) {
+      for (let k = 0; k < VNET_HDR_LEN; k++) dst[o + k] = this.#hdr[k];
+      if (hdr === VIRTIO_NET_HDR_LEN) {
+        dst[o + 10] = 1;
+        dst[o + 11] = 0;
+      }
+    } else if (hdr === VIRTIO_NET_HDR_LEN && (o & 3) === 0) {
       const d = o / 4; // exact beyond 4 GiB, where `>>> 2` wraps
       dw[d] = dw[d + 1] = 0;
       dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
@@ -356,6 +436,12 @@ export class VirtioNetDatapath implements DatapathPort {
     f: EgressFrame,
   ): number {
     const hdr = this.hdrLen;
+    if (pos < hdr && this.#hdrSet) {
+      // num_buffers (bytes 10-11) is written once the buffers are counted.
+      const n = Math.min(room, hdr - pos);
+      for (let k = 0; k < n; k++) dst[dOff + k] = this.#hdr[pos + k];
+      return n;
+    }
     if (pos < hdr) {
       if (pos === 0 && hdr === VIRTIO_NET_HDR_LEN && room >= hdr && (dOff & 3) === 0) {
         const d = dOff / 4;
