@@ -257,21 +257,24 @@ export class Arena {
 
   /** A step that, failing, leaves the attacked port free for the next one. */
   step(t: Deno.TestContext, name: string, fn: () => Promise<void>): Promise<boolean> {
-    return t.step(name, async () => {
-      try {
-        await fn();
-      } catch (err) {
-        this.failed = true;
-        throw err;
-      } finally {
-        this.live.forEach((fe) => fe.close());
-        this.live.clear();
-        // After a failure, report that failure rather than a port that did not reset.
-        await this.h.waitDetached("evil").catch((e) => {
-          if (!this.failed) throw e;
-        });
-      }
-    });
+    return t.step(name, () => this.guard(fn));
+  }
+
+  /** Runs one attack; whatever happens, its front-ends are closed and the port has reset. */
+  async guard(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      this.failed = true;
+      throw err;
+    } finally {
+      this.live.forEach((fe) => fe.close());
+      this.live.clear();
+      // After a failure, report that failure rather than a port that did not reset.
+      await this.h.waitDetached("evil").catch((e) => {
+        if (!this.failed) throw e;
+      });
+    }
   }
 
   /** Sends a request the switch must refuse: ack 1, one protocol error, and its fds closed. */
