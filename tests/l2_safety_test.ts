@@ -5,7 +5,8 @@ import { VhostFrontend } from "./helpers/frontend.ts";
 import { BROADCAST, ethFrame, macBytes } from "./helpers/frontend_harness.ts";
 import { startSwitch, type TestSwitch } from "./helpers/switch.ts";
 import { createApp } from "../http/app.ts";
-import { parseExposition, sampleValue } from "./helpers/prometheus.ts";
+import { parseExposition, promtoolCheck, sampleValue } from "./helpers/prometheus.ts";
+import { commandMissing, peerPresent } from "./helpers/peers.ts";
 
 const MAC_A = "52:54:00:aa:00:01";
 const MAC_B = "52:54:00:bb:00:02";
@@ -50,7 +51,7 @@ Deno.test("port security: spoofed MAC and ARP are dropped and counted, the victi
     ports: [
       vhost("a", { security: { allowedMacs: [MAC_A], ipv4: ["10.0.0.1"] } }),
       vhost("b"),
-      vhost("c"),
+      vhost("c", { loopGuard: true }),
     ],
   });
   const [a, b, c] = await open(sw, ["a", "b", "c"]);
@@ -99,6 +100,12 @@ Deno.test("port security: spoofed MAC and ARP are dropped and counted, the victi
       sampleValue(m, "vswitch_port_drops_total", { port: "a", reason: "spoofed_ip" }),
       2,
     );
+    assert.equal(sampleValue(m, "vswitch_port_loop_blocked", { port: "c" }), 0);
+    assert.equal(sampleValue(m, "vswitch_port_mac_moved_total", { port: "b" }), 0);
+    if (peerPresent(commandMissing("promtool", "prometheus"), "promtool check metrics")) {
+      const check = await promtoolCheck(text);
+      assert.ok(check.ok, check.output);
+    }
   } finally {
     for (const fe of [a, b, c]) fe.close();
   }
