@@ -12,6 +12,9 @@ import { VRING_DESC_F_WRITE } from "../ports/vhost_user/virtqueue.ts";
 import { VIRTIO_NET_HDR_LEN, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
+import { IngressGuard, type PortGuardSpec } from "../switch/port_guard.ts";
+import { createPinned } from "../switch/port_security.ts";
+import { clockUs, createBucket } from "../switch/token_bucket.ts";
 import { createFlowBuffer, FlowCounter } from "../switch/flows.ts";
 import { MAX_PORTS } from "../switch/topology.ts";
 
@@ -99,6 +102,7 @@ function run(
   vlanB: PortVlanConfig | undefined,
   slots = 2,
   flows = false,
+  guard: PortGuardSpec | null = null,
 ): number {
   const macA = [0x52, 0x54, 0, 0, 0, 1];
   const macB = [0x52, 0x54, 0, 0, 0, 2];
@@ -121,6 +125,10 @@ function run(
   const blocks = Array.from({ length: slots }, (_, p) => counters.block(0, p));
   const fw = new Forwarder(bridge, slots, blocks);
   if (flows) fw.flows = new FlowCounter(createFlowBuffer());
+  if (guard) {
+    fw.guards[0] = new IngressGuard(guard, new Float64Array(16), fw.clock);
+    fw.timed = guard.storm !== null || guard.ingress !== null;
+  }
   fw.polled = [{ index: 0, port: portA }];
   fw.targets[0] = portA;
   fw.targets[1] = portB;
@@ -176,5 +184,44 @@ for (const len of sizes) {
     `  ${len + 4} B frames: 2 port numbers ${a.toFixed(1)} ns/frame, ${MAX_PORTS} ` +
       `${b.toFixed(1)} (${pct(a, b)}), ${MAX_PORTS} with flow counting ${c.toFixed(1)} ` +
       `(${pct(b, c)} for the counting)`,
+  );
+}
+
+// L2 safety on the sending port (the usual port has none: the rows above), alternated with the
+// same loop without it: port security (allowedMacs and IPv4 checks), and storm control plus an
+// ingress policer too fast to drop anything (one shared token bucket taken per frame).
+function guardSpec(kind: "security" | "metered"): PortGuardSpec {
+  const spec: PortGuardSpec = {
+    blocked: false,
+    security: {
+      macs: [0x5254, 1],
+      learnOnce: false,
+      pinned: createPinned(),
+      ipv4: [0x0a000001],
+      ipv6: null,
+    },
+    storm: null,
+    ingress: null,
+    egress: null,
+  };
+  if (kind === "metered") {
+    const now = clockUs();
+    spec.storm = { broadcast: createBucket(1000, 100, now), multicast: null, unknownUnicast: null };
+    spec.ingress = createBucket(1e11, 0x3fffffff, now);
+  }
+  return spec;
+}
+console.log("  L2 safety on the sending port, alternated x3, untagged, medians:");
+for (const len of sizes) {
+  const off: number[] = [], sec: number[] = [], metered: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    off.push(run(len, undefined));
+    sec.push(run(len, undefined, 2, false, guardSpec("security")));
+    metered.push(run(len, undefined, 2, false, guardSpec("metered")));
+  }
+  const [a, b, c] = [med(off), med(sec), med(metered)];
+  console.log(
+    `  ${len + 4} B frames: none ${a.toFixed(1)} ns/frame, port security ${b.toFixed(1)} ` +
+      `(${pct(a, b)}), + storm control and policer ${c.toFixed(1)} (${pct(a, c)})`,
   );
 }
