@@ -48,6 +48,8 @@ export const TX_GSO = 14;
  * unsupported GSO type or IPv6 extension header), or whose headers cannot be segmented.
  */
 export const DROP_BAD_OFFLOAD = 15;
+/** Guest pages marked in the live-migration dirty log (each write of a page counts). */
+export const DIRTY_PAGES = 21;
 export const COUNTER_FIELDS = 24;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -72,6 +74,7 @@ export const COUNTER_NAMES: Record<number, string> = {
   [RX_GSO]: "rx_gso",
   [TX_GSO]: "tx_gso",
   [DROP_BAD_OFFLOAD]: "drop_bad_offload",
+  [DIRTY_PAGES]: "dirty_pages",
 };
 
 export class CounterTable {

@@ -165,8 +165,8 @@ class DatapathWorker {
     const state = msg.state;
     if (state !== null) {
       const mem = new GuestMemory(state.regions);
-      const log = state.log ? new DirtyLog(state.log) : null;
       const block = this.counters.block(this.init.worker, msg.port);
+      const log = state.log ? new DirtyLog(state.log, block) : null;
       const datapath = new VirtioNetDatapath(
         state.hdrLen,
         state.mergeable,

@@ -31,7 +31,6 @@ import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_CSUM,
   VIRTIO_NET_F_CTRL_VQ,
-  VIRTIO_NET_F_GUEST_ANNOUNCE,
   VIRTIO_NET_F_GUEST_CSUM,
   VIRTIO_NET_F_GUEST_ECN,
   VIRTIO_NET_F_GUEST_TSO4,
@@ -145,7 +144,6 @@ export class VhostUserDevice {
       VIRTIO_RING_F_EVENT_IDX,
       // The datapath uses every ring's buffers in the order they were made available.
       VIRTIO_F_IN_ORDER,
-      VIRTIO_NET_F_GUEST_ANNOUNCE,
       VIRTIO_NET_F_CSUM,
       VIRTIO_NET_F_HOST_TSO4,
       VIRTIO_NET_F_HOST_TSO6,

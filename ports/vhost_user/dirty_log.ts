@@ -9,6 +9,7 @@
 import { closeFd, fdTarget, fstat, S_IFREG } from "../../ffi/fd.ts";
 import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
 import { type LogDesc, ProtocolError, VHOST_LOG_PAGE } from "./protocol.ts";
+import { DIRTY_PAGES } from "../counters.ts";
 
 const PAGE = 4096;
 /** A log this large covers 2^47 bytes of guest memory; larger ones are refused. */
@@ -85,12 +86,11 @@ export class LogArea {
 export class DirtyLog {
   readonly #bits: Uint8Array;
   readonly #size: number;
-  /** Marks that fell beyond the log (counted by the caller; the front-end sized it wrong). */
+  /** Marks that fell beyond the log (the front-end sized it too small for its memory). */
   outside = 0;
-  /** Pages marked (a page written twice counts twice). */
-  marked = 0;
 
-  constructor(spec: LogSpec) {
+  /** `counters`: the port's counter block, where marked pages are counted (DIRTY_PAGES). */
+  constructor(spec: LogSpec, readonly counters: Float64Array) {
     this.#bits = new Uint8Array(viewMapping(spec.mapAddress, spec.mapLength), spec.dataOffset);
     this.#size = spec.size;
   }
@@ -108,7 +108,7 @@ export class DirtyLog {
         return;
       }
       Atomics.or(bits, byte, 1 << (page % 8));
-      this.marked++;
+      this.counters[DIRTY_PAGES]++;
     }
   }
 }
