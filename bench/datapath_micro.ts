@@ -1,15 +1,26 @@
 // The JS inner loop alone, without scheduling noise: two synthetic guests in memfd memory
 // (guest A's TX ring full of frames to B, guest B's RX ring full of empty buffers) and the
 // real burst loop (Forwarder -> VirtioNetDatapath -> SplitQueue, Bridge, FDB) between them.
-// Reports CPU ns/frame for 64 B and 1518 B frames, untagged and with a VLAN tag pushed.
-//   deno run --allow-all bench/datapath_micro.ts [frame sizes, default 64 1518]
+// Reports CPU ns/frame for 64 B and 1518 B frames, untagged and with a VLAN tag pushed, on split
+// rings and on packed rings (--packed; --in-order sets VIRTIO_F_IN_ORDER on both guests' rings).
+//   deno run --allow-all bench/datapath_micro.ts [--packed] [--in-order] [frame sizes, default 64 1518]
 import { cpuUsage } from "node:process";
 import { memfdCreate, mmap } from "../ffi/mem.ts";
 import { CounterTable } from "../ports/counters.ts";
 import { GuestMemory, type RegionSpec } from "../ports/vhost_user/memory.ts";
-import { SplitQueue, VRING_AVAIL_F_NO_INTERRUPT } from "../ports/vhost_user/split_queue.ts";
+import { VRING_AVAIL_F_NO_INTERRUPT } from "../ports/vhost_user/split_queue.ts";
+import {
+  VRING_PACKED_DESC_F_AVAIL,
+  VRING_PACKED_DESC_F_USED,
+  VRING_PACKED_EVENT_FLAG_DISABLE,
+} from "../ports/vhost_user/packed_queue.ts";
+import type { VirtQueue } from "../ports/vhost_user/virtqueue.ts";
 import { VRING_DESC_F_WRITE } from "../ports/vhost_user/virtqueue.ts";
-import { VIRTIO_NET_HDR_LEN, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
+import {
+  openQueue,
+  VIRTIO_NET_HDR_LEN,
+  VirtioNetDatapath,
+} from "../ports/vhost_user/virtio_net.ts";
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
 import { IngressGuard, type PortGuardSpec } from "../switch/port_guard.ts";
@@ -26,6 +37,8 @@ const USED = 8192;
 const BUFFERS = 65536;
 const BUF = 2048;
 const MEM = BUFFERS + SIZE * BUF;
+const PACKED = Deno.args.includes("--packed");
+const IN_ORDER = Deno.args.includes("--in-order");
 
 /** One synthetic guest: memory, one ring, and the guest side's view of it. */
 class Guest {
@@ -33,6 +46,8 @@ class Guest {
   readonly mem: GuestMemory;
   readonly #desc: DataView;
   readonly #avail: Uint16Array;
+  readonly #frameLen: number;
+  readonly #descWords: Uint32Array;
   #idx = 0;
 
   constructor(readonly rx: boolean, frameLen: number, dst: number[], src: number[]) {
@@ -50,7 +65,14 @@ class Guest {
     this.bytes = this.mem.bytes[0];
     this.#desc = new DataView(this.bytes.buffer, DESC, 16 * SIZE);
     this.#avail = new Uint16Array(this.bytes.buffer, AVAIL, 3 + SIZE);
-    if (rx) this.#avail[0] = VRING_AVAIL_F_NO_INTERRUPT; // a polling driver wants no interrupts
+    this.#frameLen = frameLen;
+    this.#descWords = new Uint32Array(this.bytes.buffer, DESC, 4 * SIZE);
+    // A polling driver wants no interrupts (packed: the driver area's flags; split: avail flags).
+    if (rx) {
+      this.#avail[PACKED ? 1 : 0] = PACKED
+        ? VRING_PACKED_EVENT_FLAG_DISABLE
+        : VRING_AVAIL_F_NO_INTERRUPT;
+    }
     for (let i = 0; i < SIZE; i++) {
       const addr = BUFFERS + i * BUF;
       this.#desc.setBigUint64(16 * i, BigInt(addr), true);
@@ -65,31 +87,48 @@ class Guest {
     }
   }
 
-  queue(index: number): SplitQueue {
-    return new SplitQueue(this.mem, {
+  queue(index: number): VirtQueue {
+    return openQueue(this.mem, {
       index,
       size: SIZE,
-      packed: false,
-      inOrder: false,
+      packed: PACKED,
+      inOrder: IN_ORDER,
       desc: { region: 0, offset: DESC },
       avail: { region: 0, offset: AVAIL },
       used: { region: 0, offset: USED },
-      lastAvail: 0,
+      lastAvail: PACKED ? 0x8000 : 0,
       eventIdx: false,
       callFd: -1,
       kickFd: -1,
       shared: null,
       ringLog: [],
-    });
+    }, null);
   }
 
   /** Makes the next `n` descriptors available again (they all came back in the last poll). */
   post(n: number): void {
+    if (PACKED) return this.#postPacked(n);
     for (let k = 0; k < n; k++) {
       this.#avail[2 + ((this.#idx + k) & (SIZE - 1))] = (this.#idx + k) & (SIZE - 1);
     }
     this.#idx = (this.#idx + n) & 0xffff;
     Atomics.store(this.#avail, 1, this.#idx);
+  }
+
+  /** Packed: the device wrote used descriptors over these: write them whole again. */
+  #postPacked(n: number): void {
+    const w = this.#descWords;
+    const len = this.rx ? BUF : VIRTIO_NET_HDR_LEN + this.#frameLen;
+    const dir = this.rx ? VRING_DESC_F_WRITE : 0;
+    for (let k = 0; k < n; k++) {
+      const seq = this.#idx + k;
+      const i = seq & (SIZE - 1);
+      const wrap = ((seq / SIZE) & 1) ^ 1;
+      w[4 * i + 2] = len;
+      w[4 * i + 3] = i |
+        ((dir | (wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED)) << 16);
+    }
+    this.#idx = (this.#idx + n) & 0xffff;
   }
 }
 
@@ -156,9 +195,12 @@ function run(
 }
 
 console.log(
-  "datapath inner loop, CPU time (one worker, guest A -> guest B, burst 32), median of 5:",
+  `datapath inner loop, CPU time (one worker, guest A -> guest B, burst 32, ${
+    PACKED ? "packed" : "split"
+  } rings${IN_ORDER ? ", IN_ORDER" : ""}), median of 5:`,
 );
-const sizes = Deno.args.length ? Deno.args.map((a) => Number(a) - 4) : [60, 1514];
+const given = Deno.args.filter((a) => !a.startsWith("--"));
+const sizes = given.length ? given.map((a) => Number(a) - 4) : [60, 1514];
 for (const len of sizes) {
   const plain = run(len, undefined);
   const tagged = run(len, { mode: "trunk", allowed: [10] });
