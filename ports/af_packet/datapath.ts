@@ -43,6 +43,7 @@ import { sendNow } from "../../ffi/packet.ts";
 import { ETH_HLEN, ETH_P_8021Q } from "../ethernet.ts";
 import {
   type AfPacketSpec,
+  BLOCK_LEN,
   BLOCK_NUM_PKTS,
   BLOCK_OFFSET_TO_FIRST_PKT,
   BLOCK_STATUS,
@@ -53,6 +54,7 @@ import {
   TP_LEN,
   TP_MAC,
   TP_NEXT_OFFSET,
+  TP_SLL_IFINDEX,
   TP_SNAPLEN,
   TP_STATUS,
   TP_STATUS_AVAILABLE,
@@ -73,6 +75,8 @@ import { copyMemory } from "../../ffi/native_copy.ts";
 const ACCEPTS = OFFLOAD_CSUM | OFFLOAD_TSO4 | OFFLOAD_TSO6 | OFFLOAD_USO | OFFLOAD_ECN |
   OFFLOAD_DATA_VALID;
 const OFFLOAD_GSO_ANY = OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM;
+/** Blocks that held at most this many frames are cleared when they go back (see release). */
+const PEEK_CLEAR_FRAMES = 16;
 /** A GSO frame may carry one tag the kernel took out. */
 const GSO_MAX = MAX_GSO_FRAME;
 
@@ -94,6 +98,15 @@ export class AfPacketRingDatapath implements DatapathPort {
   #rxNext = 0;
   /** Fully read blocks just before #rxBlock, owed to the kernel at the next release(). */
   #rxDone = 0;
+  /**
+   * Reading the block the kernel is still filling (see #peekFrame): frames taken from it so
+   * far and where the next one's header is; per block, whether it went back to the kernel all
+   * zeros past its header, and how far it may hold bytes from earlier laps.
+   */
+  #rxPeeked = 0;
+  #rxPeekNext = 0;
+  readonly #rxClean: Uint8Array;
+  readonly #rxDirtyEnd: Float64Array;
 
   readonly #tx: Uint8Array;
   readonly #tx32: Uint32Array;
@@ -127,6 +140,8 @@ export class AfPacketRingDatapath implements DatapathPort {
     this.#rx16 = new Uint16Array(rxBuf);
     this.#rxBlockSize = rx.blockSize;
     this.#rxBlockNr = rx.blockNr;
+    this.#rxClean = new Uint8Array(rx.blockNr).fill(1); // a fresh mapping is all zeros
+    this.#rxDirtyEnd = new Float64Array(rx.blockNr);
     const txBuf = viewMapping(tx.address, tx.blockSize * tx.blockNr);
     this.#tx = new Uint8Array(txBuf);
     this.#tx32 = new Uint32Array(txBuf);
@@ -148,10 +163,15 @@ export class AfPacketRingDatapath implements DatapathPort {
     const w = this.#rx32;
     let n = 0;
     while (n < BURST) {
-      if (!this.#rxOpen && !this.#openBlock()) break;
-      const h = this.#rxNext;
-      this.#rxNext = h + w[(h + TP_NEXT_OFFSET) >> 2];
-      if (--this.#rxLeft === 0) this.#closeBlock();
+      let h: number;
+      if (this.#rxOpen || this.#openBlock()) {
+        h = this.#rxNext;
+        this.#rxNext = h + w[(h + TP_NEXT_OFFSET) >> 2];
+        if (--this.#rxLeft === 0) this.#closeBlock();
+      } else {
+        h = this.#peekFrame();
+        if (h < 0) break;
+      }
       const status = w[(h + TP_STATUS) >> 2];
       const len = w[(h + TP_LEN) >> 2];
       let off = h + this.#rx16[(h + TP_MAC) >> 1];
@@ -227,14 +247,47 @@ export class AfPacketRingDatapath implements DatapathPort {
     const b = this.#rxBlock * this.#rxBlockSize;
     const w = this.#rx32;
     if ((Atomics.load(w, (b + BLOCK_STATUS) >> 2) & TP_STATUS_USER) === 0) return false;
-    this.#rxLeft = w[(b + BLOCK_NUM_PKTS) >> 2];
-    this.#rxNext = b + w[(b + BLOCK_OFFSET_TO_FIRST_PKT) >> 2];
+    // Frames already taken while the kernel was filling it are not read again.
+    this.#rxLeft = w[(b + BLOCK_NUM_PKTS) >> 2] - this.#rxPeeked;
+    this.#rxNext = this.#rxPeeked > 0
+      ? this.#rxPeekNext
+      : b + w[(b + BLOCK_OFFSET_TO_FIRST_PKT) >> 2];
+    this.#rxPeeked = 0;
     this.#rxOpen = true;
-    if (this.#rxLeft === 0) {
+    if (this.#rxLeft <= 0) {
       this.#closeBlock();
       return this.#openBlock();
     }
     return true;
+  }
+
+  /**
+   * The next frame of the block the kernel is still filling, or -1. A TPACKET_V3 block is
+   * handed over only when full or when its retire timer (1 ms at least) fires: at a low frame
+   * rate every frame would wait for that timer, twice per round trip. The kernel writes a
+   * frame's data, then its header fields and the sockaddr_ll after it (tpacket_rcv), each of
+   * which is non-zero for a real frame; a block that went back to the kernel all zeros past its
+   * header (see release) therefore shows a frame as complete once every field read here is
+   * non-zero. Frames taken early stay where they are: the kernel only appends to a block.
+   */
+  #peekFrame(): number {
+    if (this.#rxDone === this.#rxBlockNr || this.#rxClean[this.#rxBlock] === 0) return -1;
+    const w = this.#rx32;
+    const b = this.#rxBlock * this.#rxBlockSize;
+    if (this.#rxPeeked >= w[(b + BLOCK_NUM_PKTS) >> 2]) return -1;
+    const h = this.#rxPeeked > 0 ? this.#rxPeekNext : b + w[(b + BLOCK_OFFSET_TO_FIRST_PKT) >> 2];
+    if (h + TPACKET3_HDR_ALIGNED + 20 > b + this.#rxBlockSize) return -1;
+    const next = w[(h + TP_NEXT_OFFSET) >> 2];
+    if (
+      (Atomics.load(w, (h + TP_STATUS) >> 2) & TP_STATUS_USER) === 0 || next === 0 ||
+      w[(h + TP_LEN) >> 2] === 0 || w[(h + TP_SNAPLEN) >> 2] === 0 ||
+      this.#rx16[(h + TP_MAC) >> 1] === 0 || w[(h + TP_SLL_IFINDEX) >> 2] === 0
+    ) {
+      return -1;
+    }
+    this.#rxPeeked++;
+    this.#rxPeekNext = h + next;
+    return h;
   }
 
   /** All frames of the open block are in a batch: it goes back once that batch is released. */
@@ -250,8 +303,26 @@ export class AfPacketRingDatapath implements DatapathPort {
     if (k === 0) return;
     const nr = this.#rxBlockNr;
     let b = (this.#rxBlock - k + nr) % nr;
+    const w = this.#rx32;
     for (; k > 0; k--) {
-      Atomics.store(this.#rx32, (b * this.#rxBlockSize + BLOCK_STATUS) >> 2, TP_STATUS_KERNEL);
+      // A block of a few frames (a low rate, where reading it early matters) goes back all
+      // zeros past its header, so #peekFrame can read it while the kernel fills it; clearing
+      // the full blocks of a high rate would cost a memset per frame and gain nothing.
+      const o = b * this.#rxBlockSize;
+      const first = w[(o + BLOCK_OFFSET_TO_FIRST_PKT) >> 2];
+      const end = Math.min(
+        this.#rxBlockSize,
+        Math.max(this.#rxDirtyEnd[b], w[(o + BLOCK_LEN) >> 2]),
+      );
+      if (w[(o + BLOCK_NUM_PKTS) >> 2] <= PEEK_CLEAR_FRAMES) {
+        if (end > first) this.#rx.fill(0, o + first, o + end);
+        this.#rxDirtyEnd[b] = 0;
+        this.#rxClean[b] = 1;
+      } else {
+        this.#rxDirtyEnd[b] = end;
+        this.#rxClean[b] = 0;
+      }
+      Atomics.store(w, (o + BLOCK_STATUS) >> 2, TP_STATUS_KERNEL);
       b = b + 1 === nr ? 0 : b + 1;
     }
     this.#rxDone = 0;

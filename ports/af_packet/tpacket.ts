@@ -9,6 +9,7 @@ import { ETH_HLEN, ETH_P_8021Q, VLAN_HLEN } from "../ethernet.ts";
 export const BLOCK_STATUS = 8;
 export const BLOCK_NUM_PKTS = 12;
 export const BLOCK_OFFSET_TO_FIRST_PKT = 16;
+export const BLOCK_LEN = 20;
 // struct tpacket3_hdr.
 export const TP_NEXT_OFFSET = 0;
 export const TP_SNAPLEN = 12;
@@ -19,6 +20,8 @@ export const TP_VLAN_TCI = 32;
 export const TP_VLAN_TPID = 36;
 /** TPACKET_ALIGN(sizeof(struct tpacket3_hdr)): a TX frame's data starts here in its slot. */
 export const TPACKET3_HDR_ALIGNED = 48;
+/** struct sockaddr_ll follows the header; its sll_ifindex (never 0 for a real device). */
+export const TP_SLL_IFINDEX = TPACKET3_HDR_ALIGNED + 4;
 
 export const TP_STATUS_KERNEL = 0;
 export const TP_STATUS_USER = 1;
