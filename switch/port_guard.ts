@@ -18,6 +18,7 @@ import {
   DROP_SPOOFED_IP,
 } from "./safety_counters.ts";
 import type { DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
+import { ETH_HLEN } from "../ports/ethernet.ts";
 
 /** Everything a worker needs to guard one port (structured-cloneable); null parts are off. */
 export interface PortGuardSpec {
@@ -69,7 +70,7 @@ export class IngressGuard {
       c[DROP_LOOP]++;
       return false;
     }
-    if (len < 14) return true; // the bridge drops and counts runts
+    if (len < ETH_HLEN) return true; // the bridge drops and counts runts
     const sec = this.#security;
     if (sec !== null) {
       const r = sec.check(frame, off, len);

@@ -65,13 +65,17 @@ export class TokenBucket {
     this.#minStep = Math.max(REFILL_US, Math.ceil(this.#usPerToken));
   }
 
-  /** Takes `cost` tokens at time `nowUs` (clockUs()); false, taking none, if there are too few. */
+  /**
+   * Takes `cost` tokens at time `nowUs` (clockUs()); false, taking none, if there are too few.
+   * A cost above the burst (a 64 KiB GSO frame through a small bucket) passes when the bucket is
+   * full and leaves it in debt, repaid by later refills, so the long-run rate still holds.
+   */
   take(cost: number, nowUs: number): boolean {
     const w = this.#w;
     const last = Atomics.load(w, LAST);
     const dt = (nowUs - last) | 0;
     if (dt >= this.#minStep || dt < WRAP_US) this.#refill(last, dt, nowUs);
-    if (Atomics.sub(w, TOKENS, cost) >= cost) return true;
+    if (Atomics.sub(w, TOKENS, cost) >= (cost < this.#burst ? cost : this.#burst)) return true;
     Atomics.add(w, TOKENS, cost);
     return false;
   }

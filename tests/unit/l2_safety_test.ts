@@ -153,6 +153,17 @@ Deno.test("token bucket: an empty bucket refuses without taking; burst caps an i
   assert.equal(b.take(1, 60_000_000), false);
 });
 
+Deno.test("token bucket: a cost above the burst passes from a full bucket and is repaid", () => {
+  const b = new TokenBucket(createBucket(1000, 100, 0));
+  assert.equal(b.take(150, 0), true, "a full bucket lets a 150-token frame through");
+  assert.equal(b.tokens, -50);
+  assert.equal(b.take(1, 0), false);
+  assert.equal(b.take(1, 50_000), false, "50 ms: the debt is repaid, nothing more");
+  assert.equal(b.take(1, 51_000), true);
+  assert.equal(b.take(150, 51_000), false, "not full: the big frame waits");
+  assert.equal(b.take(150, 200_000), true);
+});
+
 Deno.test("port security: allowedMacs", () => {
   const s = security({ macs: [MAC_A] });
   assert.equal(check(s, frame(MAC_B, MAC_A, 0x88b5)), SECURITY_OK);
