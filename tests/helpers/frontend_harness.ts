@@ -79,17 +79,17 @@ export async function startSwitch(ports: PortSpec[], threads = 1): Promise<Harne
 }
 
 export { macToBytes as macBytes } from "../../peers/pcap.ts";
-import { macToBytes as macBytes } from "../../peers/pcap.ts";
+import { ethFrame as testFrame } from "../../peers/pcap.ts";
 
-/** An Ethernet frame of `length` bytes (EtherType 0x88b5) with a payload pattern from `seed`. */
+/**
+ * An Ethernet frame of `length` bytes (EtherType 0x88b5) carrying `seed`: shorthand for the one
+ * test frame builder, peers/pcap.ts ethFrame (frames too short for its test header are zeros
+ * after the EtherType).
+ */
 export function ethFrame(dst: string, src: string, length: number, seed = 0): Uint8Array {
-  const f = new Uint8Array(length);
-  f.set(macBytes(dst), 0);
-  f.set(macBytes(src), 6);
-  f[12] = 0x88;
-  f[13] = 0xb5;
-  for (let i = 14; i < length; i++) f[i] = (i * 7 + seed * 13 + (i >> 8)) & 0xff;
-  return f;
+  if (length >= 26) return testFrame({ dst, src, length, seq: seed });
+  const f = testFrame({ dst, src, payload: new Uint8Array(Math.max(0, length - 14)) });
+  return f.subarray(0, length); // a runt shorter than its own header, if asked for
 }
 
 export const BROADCAST = "ff:ff:ff:ff:ff:ff";
