@@ -57,7 +57,7 @@ async function idleConnections(url: string, n: number) {
     Array.from({ length: n }, () => Deno.connect({ hostname: u.hostname, port: +u.port })),
   );
   const request = new TextEncoder().encode(
-    "GET /health HTTP/1.1\r\nHost: switch\r\nConnection: close\r\n\r\n",
+    "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
   );
   return {
     async send(): Promise<Promise<string[]>> {
