@@ -181,7 +181,21 @@ export class LiveConfig {
       if (this.file === undefined) {
         throw new TopologyError(["the switch was not started from a topology file"]);
       }
-      return this.#apply(loadTopology(this.file), who, "any");
+      const file = this.file;
+      const asWritten = loadTopology(file);
+      if (asWritten.threads === this.running.threads) return this.#apply(asWritten, who, "any");
+      // The file asks for another thread count, which only a restart applies: check its ports
+      // against the threads running (queues dealt to those workers; an rxqAffinity naming a
+      // worker that does not run is the loader's error), and report the thread count as not
+      // applied.
+      const json = JSON.parse(Deno.readTextFileSync(file));
+      const runningFile = this.toFile();
+      const next = checkTopology(
+        { ...json, threads: runningFile.threads, poll: runningFile.poll },
+        file,
+        `${file} (with the running threads: ${this.running.threads})`,
+      );
+      return this.#apply(next, who, "any", asWritten);
     });
   }
 
@@ -199,12 +213,17 @@ export class LiveConfig {
    * Applies the difference to `next`. With `only` a PATCH label, a difference that would restart
    * the port is refused instead (nothing changes).
    */
-  async #apply(next: Topology, who: string, only: "any" | string): Promise<ChangeResult> {
+  async #apply(
+    next: Topology,
+    who: string,
+    only: "any" | string,
+    asked = next,
+  ): Promise<ChangeResult> {
     const running = this.running;
     const notApplied = RESTART_ONLY
-      .filter(([, get]) => !same(get(running), get(next)))
+      .filter(([, get]) => !same(get(running), get(asked)))
       .map(([key, get]) =>
-        `${key}: ${show(get(running))} -> ${show(get(next))} needs a restart of the switch`
+        `${key}: ${show(get(running))} -> ${show(get(asked))} needs a restart of the switch`
       );
     const byName = new Map(next.ports.map((p) => [p.name, p]));
     const removed: number[] = [];

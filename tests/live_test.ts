@@ -290,6 +290,7 @@ Deno.test("reload applies the file's difference; an invalid file changes nothing
   await write({
     name: "live",
     http: { listen: "127.0.0.1:0" },
+    threads: 2,
     fdb: { maxPerPort: 10 },
     ports: [vm("vm1"), vm("vm2", { vlan: { mode: "access", tag: 20 } }), vm("vm3")],
   });
@@ -300,8 +301,14 @@ Deno.test("reload applies the file's difference; an invalid file changes nothing
       `port vm3 (vhost-user, ${r.dir}/vm3.sock (server)) added as port 2`,
       "fdb.maxPerPort: 0 -> 10",
     ],
-    notApplied: ['http.listen: "127.0.0.1:8080" -> "127.0.0.1:0" needs a restart of the switch'],
+    notApplied: [
+      'http.listen: "127.0.0.1:8080" -> "127.0.0.1:0" needs a restart of the switch',
+      "threads: 1 -> 2 needs a restart of the switch",
+    ],
   });
+  // Its queues go to the worker that runs, not to the second one the file asks for.
+  assert.equal(r.sw.datapath.pollerOf(1, 0), 0);
+  assert.equal(r.sw.datapath.pollerOf(2, 0), 0);
   await noneArrive(fe1, fe2, A, BROADCAST);
 
   const before = (await r.req("GET", "/topology")).json;
