@@ -168,6 +168,12 @@ export function renderMetrics(info: SwitchInfo, stats: SwitchStats, ports: PortS
     ["idle_rounds_total", "counter", "Poll rounds that found nothing to do.", (w) => w.idleRounds],
     ["sleeps_total", "counter", "Times a worker slept waiting for kicks.", (w) => w.sleeps],
     [
+      "failures_total",
+      "counter",
+      "Times a worker's loop failed and went on without the port at fault.",
+      (w) => w.failures,
+    ],
+    [
       "busy_ratio",
       "gauge",
       "Share of the last second a worker spent in poll rounds that moved frames.",
