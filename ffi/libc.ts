@@ -16,6 +16,7 @@ const symbols = {
   mprotect: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   sigaction: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   pthread_self: { parameters: [], result: "pointer" },
+  gettid: { parameters: [], result: "i32" },
   pthread_kill: { parameters: ["pointer", "i32"], result: "i32" },
   fstatfs: { parameters: ["i32", "buffer"], result: "i32" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },

@@ -68,6 +68,26 @@ export function currentThread(): bigint {
   return p === null ? 0n : Deno.UnsafePointer.value(p);
 }
 
+/** The calling thread's kernel thread id. */
+export function currentThreadId(): number {
+  return libc.gettid();
+}
+
+/**
+ * Whether thread `tid` of this process is asleep in the kernel (state S or D in
+ * /proc/self/task/TID/stat), as opposed to running or waiting for a CPU (R): a thread the
+ * scheduler merely has not run for a while must not be taken for a blocked one.
+ */
+export function threadAsleep(tid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/self/task/${tid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state === "S" || state === "D";
+  } catch {
+    return false;
+  }
+}
+
 /** Interrupts whatever blocking call `thread` is in (see installInterruptHandler). */
 export function interruptThread(thread: bigint): void {
   if (!interruptInstalled || thread === 0n) return;

@@ -1,8 +1,8 @@
 // Writes to an eventfd a peer shares with us (a guest's call eventfd). However we opened it,
 // the peer can make such a write block (it clears O_NONBLOCK on the file description both hold
 // and fills the counter). So each write is announced in a word the control plane watches
-// (switch/datapath.ts): a write still announced a tick later is stuck, and the control plane
-// interrupts it with a signal (ffi/signal.ts). The write then reports failure and the caller
+// (switch/datapath.ts): a write still announced a tick later, by a thread asleep in the kernel,
+// is stuck, and the control plane interrupts it with a signal (ffi/signal.ts). The write then reports failure and the caller
 // stops writing that fd; the worker reports the port, which is disconnected.
 import { eventfdWrite } from "../ffi/fd.ts";
 

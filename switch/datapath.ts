@@ -10,7 +10,7 @@ import {
   sharedRingState,
 } from "../ports/vhost_user/virtqueue.ts";
 import { eventfdWrite } from "../ffi/fd.ts";
-import { installInterruptHandler, interruptThread } from "../ffi/signal.ts";
+import { installInterruptHandler, interruptThread, threadAsleep } from "../ffi/signal.ts";
 import { createTapBuffer } from "./tap.ts";
 import { createFlowBuffer } from "./flows.ts";
 import type { PortVlanConfig } from "./bridge.ts";
@@ -98,6 +98,7 @@ export class Datapath {
   #nextId = 1;
   /** Each worker's pthread_t, and the peer write it was in at the last watchdog tick. */
   readonly #threads: bigint[] = [];
+  readonly #tids: number[] = [];
   readonly #lastPeerWrite: number[] = [];
   readonly #interrupted: number[] = [];
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -123,7 +124,8 @@ export class Datapath {
   #watch(): void {
     for (let w = 0; w < this.#stats.length; w++) {
       const writing = this.#stats[w][STAT_PEER_WRITE];
-      if (writing !== 0 && writing === this.#lastPeerWrite[w]) {
+      // Still in the same write, and asleep in it (not merely waiting for a CPU).
+      if (writing !== 0 && writing === this.#lastPeerWrite[w] && threadAsleep(this.#tids[w])) {
         if (this.#interrupted[w] !== writing) {
           this.events.log(
             `datapath worker ${w} is blocked writing a front-end's eventfd: interrupting it`,
@@ -180,6 +182,7 @@ export class Datapath {
             if (e.data.type === "ready") {
               dp.#wakeFds[w] = e.data.wakeFd;
               dp.#threads[w] = e.data.thread;
+              dp.#tids[w] = e.data.tid;
               started = true;
               if (e.data.error) reject(new Error(`datapath worker ${w}: ${e.data.error}`));
               else resolve();

@@ -15,7 +15,7 @@ import { pinThreadToCpu } from "../ffi/fd.ts";
 import { TapWriter } from "./tap.ts";
 import { OneFrame } from "./announce.ts";
 import { announcePeerWritesIn, interruptedPeerWrites } from "../ports/peer_eventfd.ts";
-import { currentThread } from "../ffi/signal.ts";
+import { currentThread, currentThreadId } from "../ffi/signal.ts";
 import { FlowCounter } from "./flows.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
 import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
@@ -310,14 +310,22 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     if (msg.type === "init") {
       worker = new DatapathWorker(msg);
       const thread = currentThread();
+      const tid = currentThreadId();
       try {
         if (msg.cpu >= 0) pinThreadToCpu(msg.cpu);
       } catch (err) {
         const error = `cannot pin to CPU ${msg.cpu} (poll.cpus): ${(err as Error).message}`;
-        post({ type: "ready", worker: msg.worker, thread, wakeFd: worker.sleeper.wakeFd, error });
+        post({
+          type: "ready",
+          worker: msg.worker,
+          thread,
+          tid,
+          wakeFd: worker.sleeper.wakeFd,
+          error,
+        });
         return;
       }
-      post({ type: "ready", worker: msg.worker, thread, wakeFd: worker.sleeper.wakeFd });
+      post({ type: "ready", worker: msg.worker, thread, tid, wakeFd: worker.sleeper.wakeFd });
       run(worker);
       return;
     }

@@ -128,6 +128,8 @@ export interface WorkerReady {
   worker: number;
   /** The worker thread's pthread_t, for interrupting a call stuck on a peer's fd. */
   thread: bigint;
+  /** Its kernel thread id, to tell a blocked write from a descheduled thread. */
+  tid: number;
   /** Written by the control plane after each message, so a sleeping worker wakes for it. */
   wakeFd: number;
   /** Set when the worker could not start as asked (e.g. pinning to a CPU failed). */

@@ -1,7 +1,7 @@
 // A QEMU guest with 8 GiB of RAM (TCG, memfd-backed and sparse: only the pages it touches cost
-// memory). QEMU hands the back-end its RAM above 4 GiB as one region of 5 GiB, and the guest's
-// kernel allocates its network buffers there first, so frames are read from and written to
-// guest addresses beyond 4 GiB into that region. The big guest pings a small one and both send
+// memory). QEMU hands the back-end its RAM above 4 GiB as one region of 5 GiB; the guest is told
+// to leave 4..8 GiB alone, so its kernel allocates network buffers from 8 GiB up first, and
+// frames are read from and written to offsets beyond 4 GiB into that region. The big guest pings a small one and both send
 // each other 2 MiB of random bytes over HTTP, checked with sha256.
 import assert from "node:assert/strict";
 import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
@@ -57,6 +57,9 @@ Deno.test({
             nics: [{ socket: `${ts.dir}/big.sock`, mac: MAC_BIG }],
             ip: "10.0.8.1/24",
             memMB: 8192,
+            // Only RAM from 8 GiB up is left above 4 GiB: the kernel allocates there first, at
+            // offsets beyond 4 GiB into QEMU's region that starts at 4 GiB.
+            append: "memmap=4G$0x100000000",
             bootTimeoutMs: 180_000,
           }),
           bootGuest({
