@@ -1,6 +1,6 @@
 // The layer rule's checker (tools/layers.ts): what it refuses, and that it reads real imports.
 import assert from "node:assert/strict";
-import { importEdges, violation } from "../tools/layers.ts";
+import { importEdges, violation } from "../../tools/layers.ts";
 
 Deno.test("imports go down the layers; sideways, upward and into tests/ are refused", () => {
   for (

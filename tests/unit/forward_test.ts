@@ -1,14 +1,14 @@
 // The burst loop between in-memory ports: what leaves each port is what the bridge decided on,
 // even when the sender's memory changes while the frame is being copied out.
 import assert from "node:assert/strict";
-import { type DatapathPort, type EgressFrame, type FrameBatch } from "../ports/port.ts";
-import { parseMac } from "../ports/ethernet.ts";
-import { Bridge } from "../switch/bridge.ts";
-import { Forwarder } from "../switch/forward.ts";
-import { IngressGuard, type PortGuardSpec } from "../switch/port_guard.ts";
-import { createPinned } from "../switch/port_security.ts";
-import { DROP_SPOOFED, SAFETY_FIELDS } from "../switch/safety_counters.ts";
-import { Clock } from "../switch/token_bucket.ts";
+import { type DatapathPort, type EgressFrame, type FrameBatch } from "../../ports/port.ts";
+import { parseMac } from "../../ports/ethernet.ts";
+import { Bridge } from "../../switch/bridge.ts";
+import { Forwarder } from "../../switch/forward.ts";
+import { IngressGuard, type PortGuardSpec } from "../../switch/port_guard.ts";
+import { createPinned } from "../../switch/port_security.ts";
+import { DROP_SPOOFED, SAFETY_FIELDS } from "../../switch/safety_counters.ts";
+import { Clock } from "../../switch/token_bucket.ts";
 
 /** A port whose receive hands out frames sitting in `memory` (as a guest's TX ring does). */
 class MemoryPort implements DatapathPort {
