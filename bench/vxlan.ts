@@ -50,6 +50,23 @@ interface Trial {
   round: number;
   gbps: number;
   retransmits: number;
+  /** Median ping round trip station to station before the transfer, ms. */
+  rttMs: number;
+}
+
+/** Median round trip of `count` pings from station 1 to station 2, in ms. */
+async function pingRtt(lab: VxlanLab, count: number): Promise<number> {
+  const out = await lab.exec(lab.vtep(1).station, [
+    "busybox",
+    "ping",
+    "-c",
+    String(count),
+    "-i",
+    "0.2",
+    lab.vtep(2).stationIp,
+  ]);
+  const times = [...out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+  return times.length ? median(times) : NaN;
 }
 
 async function iperf(
@@ -103,13 +120,11 @@ for (let round = 1; round <= opts.rounds; round++) {
     try {
       // Learn both stations first: ARP and the first frames are not part of the figure.
       if (await lab.ping(1, 2, 2) === 0) throw new Error(`${kind}: ping failed\n${lab.logs()}`);
+      const rttMs = await pingRtt(lab, 10);
       const r = await iperf(lab, opts.seconds);
-      trials.push({ kind, round, ...r });
-      console.log(
-        `round ${round} ${kind.padEnd(6)} ${
-          r.gbps.toFixed(3)
-        } Gbit/s, ${r.retransmits} retransmits`,
-      );
+      trials.push({ kind, round, ...r, rttMs });
+      const line = `${r.gbps.toFixed(3)} Gbit/s, ${r.retransmits} retransmits`;
+      console.log(`round ${round} ${kind.padEnd(6)} ${line}, ping ${rttMs.toFixed(2)} ms`);
     } finally {
       await lab.close();
     }
@@ -117,6 +132,7 @@ for (let round = 1; round <= opts.rounds; round++) {
 }
 const of = (kind: VtepKind) => trials.filter((t) => t.kind === kind).map((t) => t.gbps);
 const sw = median(of("switch"));
+const rtt = (kind: VtepKind) => median(trials.filter((t) => t.kind === kind).map((t) => t.rttMs));
 const kernel = median(of("kernel"));
 const perRound = Array.from(
   { length: opts.rounds },
@@ -128,6 +144,7 @@ const summary = {
   loadAverage: { before: loadBefore, after: load() },
   trials,
   medianGbps: { switch: sw, kernel },
+  medianPingMs: { switch: rtt("switch"), kernel: rtt("kernel") },
   ratio: sw / kernel,
   ratioPerRound: perRound,
 };
@@ -136,6 +153,7 @@ console.log(
     `ratio ${(sw / kernel).toFixed(2)} (per round ${
       perRound.map((r) => r.toFixed(2)).join(", ")
     }); ` +
+    `ping ${rtt("switch").toFixed(2)} vs ${rtt("kernel").toFixed(2)} ms; ` +
     `load ${loadBefore} -> ${summary.loadAverage.after}`,
 );
 await Deno.writeTextFile(opts.out, JSON.stringify(summary, null, 2) + "\n");
