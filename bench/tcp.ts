@@ -60,6 +60,8 @@ const HOST_IF = [`bt${id}ah`, `bt${id}bh`];
 const NS_IF = "eth0";
 const ADDR = ["10.77.0.1", "10.77.0.2"];
 const OVS_VSWITCHD = "/usr/sbin/ovs-vswitchd";
+/** OVS's bridge: a netdev bridge also makes an internal port of this name in the root namespace. */
+const OVS_BR = `bt${id}ovs`;
 
 async function setUp(): Promise<void> {
   for (let i = 0; i < 2; i++) {
@@ -126,9 +128,11 @@ async function startBridge(): Promise<Running> {
   };
 }
 
+let ovsRuns = 0;
+
 /** OVS with a private database and run directory; tso must be set before vswitchd starts. */
 async function startOvs(dir: string, tso: boolean): Promise<Running> {
-  const d = `${dir}/ovs-${tso ? "tso" : "plain"}`;
+  const d = `${dir}/ovs-${tso ? "tso" : "plain"}-${ovsRuns++}`;
   await Deno.mkdir(d, { recursive: true });
   const db = `unix:${d}/db.sock`;
   const vsctl = (...args: string[]) => run("ovs-vsctl", [`--db=${db}`, "--timeout=20", ...args]);
@@ -152,8 +156,8 @@ async function startOvs(dir: string, tso: boolean): Promise<Running> {
     `--log-file=${d}/vswitchd.log`,
     "--detach",
   ]);
-  await vsctl("add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev");
-  for (const i of HOST_IF) await vsctl("add-port", "br0", i);
+  await vsctl("add-br", OVS_BR, "--", "set", "bridge", OVS_BR, "datapath_type=netdev");
+  for (const i of HOST_IF) await vsctl("add-port", OVS_BR, i);
   const pid = Number((await Deno.readTextFile(`${d}/vswitchd.pid`)).trim());
   return {
     pid,
@@ -164,8 +168,8 @@ async function startOvs(dir: string, tso: boolean): Promise<Running> {
           if (p > 0) Deno.kill(p, "SIGKILL");
         });
       }
-      // OVS leaves its internal port br0 in the root namespace when killed.
-      await run("ip", ["link", "del", "br0", "type", "openvswitch"]).catch(() => {});
+      // A killed OVS leaves its bridge's internal port (a tap) in the root namespace.
+      await run("ip", ["link", "del", OVS_BR]).catch(() => {});
     },
   };
 }
@@ -217,11 +221,16 @@ async function iperf(
 }
 
 async function trial(dir: string, target: TargetName, round: number): Promise<Trial> {
-  const t = target === "switch"
-    ? await startSwitch(dir)
-    : target === "bridge"
-    ? await startBridge()
-    : await startOvs(dir, target === "ovs-tso-on");
+  let t: Running;
+  try {
+    t = target === "switch"
+      ? await startSwitch(dir)
+      : target === "bridge"
+      ? await startBridge()
+      : await startOvs(dir, target === "ovs-tso-on");
+  } catch (err) {
+    return { target, round, gbps: 0, retransmits: 0, cpuPerGB: null, error: String(err) };
+  }
   try {
     await new Promise((r) => setTimeout(r, 500));
     const cpu0 = t.pid ? cpuSeconds(t.pid) : 0;
