@@ -4,7 +4,7 @@
 // in software for a port that cannot take them. Every transfer is checked by sha256 at both
 // ends, and the receivers' checksum error counters must not move.
 import assert from "node:assert/strict";
-import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
+import { createVethNetns, netnsSkipReason, run, type VethNetns } from "../peers/netns.ts";
 import { startSwitch, type TestSwitch } from "./helpers/switch.ts";
 
 const skip = netnsSkipReason();
@@ -16,21 +16,26 @@ interface Pair {
   a: VethNetns;
   b: VethNetns;
   sw: TestSwitch;
-  /** Addresses of a and b, v4 and v6 (on the VLAN subinterface with `vlan`). */
+  /** The second switch of a VLAN trunk pair (b's), or null. */
+  sw2: TestSwitch | null;
+  /** Addresses of a and b, v4 and v6. */
   addr: { a4: string; b4: string; a6: string; b6: string };
   [Symbol.asyncDispose](): Promise<void>;
 }
 
 interface PairOptions {
-  /** Port b's af-packet datapath ("syscall": no PACKET_VNET_HDR, offloads done in software). */
+  /** Port b's af-packet datapath ("syscall": its transmit has no PACKET_VNET_HDR). */
   ioB?: "ring" | "syscall";
-  /** Namespace a talks 802.1Q VLAN `vlan` on a trunk port; b is an access port of it. */
+  /**
+   * Two switches joined by a veth pair that is a trunk port of each: a and b are access ports of
+   * VLAN `vlan`, so every frame gets a tag pushed on one switch and popped on the other.
+   */
   vlan?: number;
 }
 
 let serial = 0;
 
-/** Two namespaces with v4 and v6 addresses, behind ports a and b of a switch. */
+/** Two namespaces with v4 and v6 addresses, behind ports a and b of a switch (or two). */
 async function pair(opts: PairOptions = {}): Promise<Pair> {
   const net = 20 + (serial++ % 200);
   const addr = {
@@ -39,41 +44,55 @@ async function pair(opts: PairOptions = {}): Promise<Pair> {
     a6: `fd00:${net}::1`,
     b6: `fd00:${net}::2`,
   };
-  const a = await createVethNetns({ nsAddr: null });
-  const b = await createVethNetns({ nsAddr: null });
+  const a = await createVethNetns({ nsAddr: `${addr.a4}/24` });
+  const b = await createVethNetns({ nsAddr: `${addr.b4}/24` });
   const cleanup: (() => Promise<void>)[] = [() => a.close(), () => b.close()];
   try {
-    const devA = opts.vlan ? await a.addVlan(opts.vlan, `${addr.a4}/24`) : a.nsIf;
-    if (!opts.vlan) await a.exec(["ip", "addr", "add", `${addr.a4}/24`, "dev", devA]);
-    await b.exec(["ip", "addr", "add", `${addr.b4}/24`, "dev", b.nsIf]);
-    for (const [ns, dev, ip] of [[a, devA, addr.a6], [b, b.nsIf, addr.b6]] as const) {
-      await ns.exec(["sh", "-c", `echo 0 > /proc/sys/net/ipv6/conf/${dev}/disable_ipv6`]);
-      await ns.exec(["ip", "addr", "add", `${ip}/64`, "dev", dev, "nodad"]);
+    for (const [ns, ip] of [[a, addr.a6], [b, addr.b6]] as const) {
+      await ns.exec(["sh", "-c", `echo 0 > /proc/sys/net/ipv6/conf/${ns.nsIf}/disable_ipv6`]);
+      await ns.exec(["ip", "addr", "add", `${ip}/64`, "dev", ns.nsIf, "nodad"]);
     }
-    const sw = await startSwitch({
+    const port = (name: string, ifname: string, extra: Record<string, unknown> = {}) => ({
+      name,
+      type: "af-packet",
+      interface: ifname,
+      ...extra,
+    });
+    let sw: TestSwitch;
+    if (opts.vlan) {
+      const trunk = [`${a.hostIf}t`, `${b.hostIf}t`];
+      await run("ip", ["link", "add", trunk[0], "type", "veth", "peer", "name", trunk[1]]);
+      cleanup.push(() => run("ip", ["link", "del", trunk[0]]).then(() => {}));
+      for (const t of trunk) await run("ip", ["link", "set", t, "up"]);
+      const access = { vlan: { mode: "access", tag: opts.vlan } };
+      const tagged = { vlan: { mode: "trunk", allowed: [opts.vlan] } };
+      const sw2 = await startSwitch({
+        name: "offload2",
+        threads: 1,
+        ports: [port("t", trunk[1], tagged), port("b", b.hostIf, access)],
+      });
+      cleanup.unshift(() => sw2.stop());
+      sw = await startSwitch({
+        name: "offload",
+        threads: 1,
+        ports: [port("a", a.hostIf, access), port("t", trunk[0], tagged)],
+      });
+      cleanup.unshift(() => sw.stop());
+      const dispose = async () => {
+        for (const c of cleanup) await c().catch(() => {});
+      };
+      return { a, b, sw, sw2, addr, [Symbol.asyncDispose]: dispose };
+    }
+    sw = await startSwitch({
       name: "offload",
       threads: 1,
-      ports: [
-        {
-          name: "a",
-          type: "af-packet",
-          interface: a.hostIf,
-          ...(opts.vlan ? { vlan: { mode: "trunk", allowed: [opts.vlan] } } : {}),
-        },
-        {
-          name: "b",
-          type: "af-packet",
-          interface: b.hostIf,
-          io: opts.ioB ?? "ring",
-          ...(opts.vlan ? { vlan: { mode: "access", tag: opts.vlan } } : {}),
-        },
-      ],
+      ports: [port("a", a.hostIf), port("b", b.hostIf, { io: opts.ioB ?? "ring" })],
     });
     cleanup.unshift(() => sw.stop());
     const dispose = async () => {
       for (const c of cleanup) await c().catch(() => {});
     };
-    return { a, b, sw, addr, [Symbol.asyncDispose]: dispose };
+    return { a, b, sw, sw2: null, addr, [Symbol.asyncDispose]: dispose };
   } catch (err) {
     for (const c of cleanup) await c().catch(() => {});
     throw err;
@@ -203,7 +222,8 @@ function counters(p: Pair, port: "a" | "b"): Record<string, number> {
   return p.sw.sw.ports().find((x) => x.name === port)!.counters;
 }
 
-const MB8 = 8 << 20;
+// Enough for TCP to open its window and send GSO frames, small enough for a fast test.
+const SIZE = 2 << 20;
 
 nsTest("TCP both ways over IPv4 and IPv6 with kernel offloads: GSO frames pass whole", async () => {
   await using p = await pair();
@@ -216,7 +236,7 @@ nsTest("TCP both ways over IPv4 and IPv6 with kernel offloads: GSO frames pass w
       [p.b, p.a, p.addr.a6],
     ] as const
   ) {
-    const r = await transfer(from, to, addr, "tcp", MB8);
+    const r = await transfer(from, to, addr, "tcp", SIZE);
     assert.equal(r.received, r.sent, `TCP to ${addr}: same bytes at both ends`);
   }
   const a = counters(p, "a");
@@ -237,7 +257,7 @@ nsTest(
     await using p = await pair({ ioB: "syscall" });
     const before = await csumErrors(p.b);
     for (const addr of [p.addr.b4, p.addr.b6]) {
-      const r = await transfer(p.a, p.b, addr, "tcp", MB8);
+      const r = await transfer(p.a, p.b, addr, "tcp", SIZE);
       assert.equal(r.received, r.sent, `TCP to ${addr}: same bytes at both ends`);
     }
     const b = counters(p, "b");
@@ -247,3 +267,23 @@ nsTest(
     assert.equal(await csumErrors(p.b) - before, 0, "b's kernel verified every checksum: none bad");
   },
 );
+
+nsTest("across a VLAN trunk between two switches (tag pushed, then popped) TCP works", async () => {
+  await using p = await pair({ vlan: 10 });
+  const before = await csumErrors(p.a) + await csumErrors(p.b);
+  for (
+    const [from, to, addr] of [
+      [p.a, p.b, p.addr.b4],
+      [p.b, p.a, p.addr.a4],
+      [p.a, p.b, p.addr.b6],
+    ] as const
+  ) {
+    const r = await transfer(from, to, addr, "tcp", SIZE);
+    assert.equal(r.received, r.sent, `TCP to ${addr} over VLAN 10: same bytes at both ends`);
+  }
+  const t1 = p.sw.sw.ports().find((x) => x.name === "t")!.counters;
+  const t2 = p.sw2!.sw.ports().find((x) => x.name === "t")!.counters;
+  assert.ok(t1.tx_gso > 0 && t2.rx_gso > 0, "GSO frames crossed the trunk tagged");
+  assert.equal(t1.drop_bad_offload + t2.drop_bad_offload + t2.drop_too_big, 0);
+  assert.equal(await csumErrors(p.a) + await csumErrors(p.b) - before, 0, "no checksum errors");
+});
