@@ -1,6 +1,8 @@
 // Process plumbing for the PVP bench: child processes with a log tail, CPU time from /proc,
 // and one cleanup registry that runs on normal exit, on errors and on Ctrl-C.
 
+import { REPO } from "../options.ts";
+
 const TAIL_CHARS = 4000;
 
 /** utime+stime in /proc/PID/stat are in USER_HZ ticks (100 on Linux, whatever the kernel HZ). */
@@ -269,9 +271,13 @@ export async function run(argv: string[], env?: Record<string, string>): Promise
   return text;
 }
 
-/** A shell-quoted command line, for the report. */
+/**
+ * A shell-quoted command line, for the report. Paths inside the repository are written relative
+ * to it (`mod.ts`, as run from a checkout), so a report names no directory of the machine it ran on.
+ */
 export function shellLine(argv: string[], env: Record<string, string> = {}): string {
   const q = (s: string) => /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-  const vars = Object.entries(env).map(([k, v]) => `${k}=${q(v)}`);
-  return [...vars, ...argv.map(q)].join(" ");
+  const rel = (s: string) => s.startsWith(REPO) ? s.slice(REPO.length) : s;
+  const vars = Object.entries(env).map(([k, v]) => `${k}=${q(rel(v))}`);
+  return [...vars, ...argv.map((a) => q(rel(a)))].join(" ");
 }
