@@ -69,6 +69,8 @@ export interface SendOptions {
   indirect?: boolean;
   /** Guest physical address of the (header ++ frame) bytes, instead of the descriptor's slot. */
   at?: number;
+  /** The virtio_net_hdr's first bytes (flags, gso_type, hdr_len, ...); default all zero. */
+  hdr?: Uint8Array;
 }
 
 export interface Desc {
@@ -597,6 +599,7 @@ export class VhostFrontend {
   /** Queues one frame on the TX ring; returns its head descriptor. */
   send(frame: Uint8Array, o: SendOptions = {}): number {
     const data = new Uint8Array(HDR_LEN + frame.length); // an all-zero virtio_net_hdr
+    if (o.hdr) data.set(o.hdr.subarray(0, HDR_LEN));
     data.set(frame, HDR_LEN);
     const cuts = [0];
     if (o.headerSeparate) cuts.push(HDR_LEN);
