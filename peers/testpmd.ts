@@ -429,7 +429,10 @@ export interface ExchangeOptions {
   lcores?: string;
   name?: string;
   /** More launch options, e.g. allowPortFailure when `launched` fixes port config. */
-  testpmd?: Pick<TestpmdOptions, "allowPortFailure" | "eal" | "startTimeoutMs" | "cmdTimeoutMs">;
+  testpmd?: Pick<
+    TestpmdOptions,
+    "allowPortFailure" | "eal" | "startTimeoutMs" | "cmdTimeoutMs" | "memMb"
+  >;
   /**
    * Runs while testpmd starts. With `server: true` testpmd blocks before its first prompt
    * until a back-end connects to each socket in turn, so start a connecting back-end here.
