@@ -34,6 +34,7 @@ import { OffloadFallback, type PlainTransmit } from "../ports/offload/fallback.t
 import { CSUM_FILLED, DROP_BAD_OFFLOAD, GSO_SEGMENTED } from "../ports/counters.ts";
 import { COUNTER_FIELDS } from "../ports/counters.ts";
 import { EgressFrame, FrameBatch, MAX_FRAME_LEN } from "../ports/port.ts";
+import { createTapBuffer, TapReader, TapWriter } from "../switch/tap.ts";
 
 const FIXTURES = new URL("./fixtures/offload/", import.meta.url);
 const fixture = (name: string) => readPcapFrames(new URL(name, FIXTURES).pathname);
@@ -282,4 +283,33 @@ Deno.test("the fallback counts what it did and drops headers it cannot segment",
   e3.gsoSize = 1000;
   assert.equal(fb.send(udp, e3, out, 1514), false);
   assert.equal(c[DROP_BAD_OFFLOAD], 1);
+});
+
+Deno.test("a capture shows what the wire carries: GSO frames as segments, checksums filled", () => {
+  const ring = createTapBuffer();
+  const writer = new TapWriter(ring);
+  const reader = new TapReader(ring);
+  const f = tcp4(3000, 0x18, 0);
+  const e = new EgressFrame().setWhole(f, 0, f.length);
+  e.offload = OFFLOAD_CSUM | OFFLOAD_TSO4;
+  e.csumStart = 34;
+  e.csumOffset = 16;
+  e.gsoSize = 1448;
+  writer.writeEgress(f, e);
+  const small = tcp4(100, 0x18, 0);
+  const sh = new FrameHeaders();
+  assert.equal(parseHeaders(small, small.length, sh), 0);
+  const p = pseudoSum(small, sh, small.length - sh.l4) % 0xffff; // what a sender leaves there
+  small[50] = p >>> 8;
+  small[51] = p & 0xff;
+  const e2 = new EgressFrame().setWhole(small, 0, small.length);
+  e2.offload = OFFLOAD_CSUM;
+  e2.csumStart = 34;
+  e2.csumOffset = 16;
+  writer.writeEgress(small, e2);
+  const got: Uint8Array[] = [];
+  reader.drain(100, (_, data) => got.push(data));
+  assert.deepEqual(got.map((g) => g.length), [54 + 1448, 54 + 1448, 54 + 104, 54 + 100]);
+  assert.ok(got.every(l4ChecksumOk), "every captured frame's checksum verifies");
+  assert.equal(f[50], 0, "the source frame was not touched");
 });
