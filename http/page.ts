@@ -103,6 +103,16 @@ export const PAGE = `<!doctype html>
       <th>Type</th></tr></thead>
     <tbody id="fdb"></tbody>
   </table>
+  <h2>Flows <small id="flow-count"></small>
+    <input id="flow-filter" type="search" placeholder="filter by port, MAC, VLAN or action"
+      aria-label="flow filter">
+  </h2>
+  <table>
+    <thead><tr><th>In port</th><th class="n">VLAN</th><th>Source</th><th>Destination</th>
+      <th>Actions</th><th class="n">Packets</th><th class="n">Bytes</th><th class="n">Used</th>
+    </tr></thead>
+    <tbody id="flows"></tbody>
+  </table>
   <h2>Datapath workers</h2>
   <table>
     <thead><tr><th>Worker</th><th class="n">Frames</th><th class="n">Frames/s</th>
@@ -110,7 +120,7 @@ export const PAGE = `<!doctype html>
     <tbody id="workers"></tbody>
   </table>
   <footer>Refreshes every second. JSON: <a href="/info">/info</a> <a href="/ports">/ports</a>
-    <a href="/fdb">/fdb</a> <a href="/stats">/stats</a>; Prometheus: <a href="/metrics">/metrics</a>.
+    <a href="/fdb">/fdb</a> <a href="/flows">/flows</a> <a href="/stats">/stats</a>; Prometheus: <a href="/metrics">/metrics</a>.
   </footer>
 </main>
 <script>${SCRIPT}</script>

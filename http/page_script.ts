@@ -7,7 +7,7 @@
 // Deno's type library has no DOM, and adding lib "dom" to the one program `deno check` builds
 // would retype Deno's own globals for every module; so the few DOM facilities the page uses are
 // declared here.
-import type { FdbEntry, PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
+import type { FdbEntry, FlowEntry, PortStatus, SwitchInfo, SwitchStats } from "../switch/view.ts";
 
 interface PageElement {
   textContent: string | null;
@@ -194,15 +194,48 @@ export function liveView(): void {
     $("c-fdb").textContent = fmt(stats.fdb.entries) + " / " + fmt(stats.fdb.capacity);
   }
 
+  function renderFlows(flows: FlowEntry[]) {
+    const q = $("flow-filter").value.trim().toLowerCase();
+    const shown = flows.filter((f) =>
+      !q ||
+      [f.inPort, f.src, f.dst, String(f.vlan), f.actions].some((v) => v.toLowerCase().includes(q))
+    );
+    fill(
+      $("flows"),
+      shown.map((f) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, f.inPort),
+          el("td", { className: "n" }, f.vlan < 0 ? "-" : f.vlan),
+          el("td", { className: "mono" }, f.src),
+          el("td", { className: "mono" }, f.dst),
+          el("td", { className: "mono" }, f.actions),
+          el("td", { className: "n" }, fmt(f.packets)),
+          el("td", { className: "n" }, bytes(f.bytes)),
+          el("td", { className: "n" }, f.lastUsedSeconds + "s"),
+        )
+      ),
+      8,
+      q ? "no flow matches" : "no flows in the last minute",
+    );
+    $("flow-count").textContent = shown.length === flows.length
+      ? flows.length + " flows"
+      : shown.length + " of " + flows.length + " flows";
+  }
+
   let info: SwitchInfo | null = null;
+  let flows: FlowEntry[] = [];
   let last: { entries: FdbEntry[]; stats: SwitchStats } | null = null;
   async function tick() {
     try {
       info = info || await get<SwitchInfo>("/info");
-      const [ports, stats, fdb] = await Promise.all([
+      const [ports, stats, fdb, flowList] = await Promise.all([
         get<{ ports: PortStatus[] }>("/ports"),
         get<SwitchStats>("/stats"),
         get<{ entries: FdbEntry[] }>("/fdb"),
+        // A switch that does not count flows answers 404: the table stays empty.
+        get<{ flows: FlowEntry[] }>("/flows?maxIdle=60").catch(() => ({ flows: [] })),
       ]);
       document.title = info.name + " - vswitch";
       $("name").textContent = info.name;
@@ -213,6 +246,8 @@ export function liveView(): void {
       renderWorkers(stats);
       renderFdb(fdb.entries, stats);
       last = { entries: fdb.entries, stats };
+      flows = flowList.flows;
+      renderFlows(flows);
       $("live").textContent = "live, updated " + new Date().toLocaleTimeString();
       $("live").className = "";
       $("error").style.display = "none";
@@ -226,5 +261,6 @@ export function liveView(): void {
     }
   }
   $("filter").addEventListener("input", () => last && renderFdb(last.entries, last.stats));
+  $("flow-filter").addEventListener("input", () => renderFlows(flows));
   tick();
 }

@@ -110,6 +110,7 @@ function recordingView(sw: SwitchView, ended: string[]): SwitchView {
     fdb: () => sw.fdb(),
     flushFdb: (filter) => sw.flushFdb(filter),
     stats: () => sw.stats(),
+    flows: () => sw.flows?.() ?? [],
     capture(port, opts) {
       const frames = sw.capture(port, opts);
       return frames && (async function* () {
@@ -316,6 +317,12 @@ Deno.test({
             assert.ok(dom.includes(text), `the page shows ${text}:\n${dom}`);
           }
           assert.ok(dom.includes('<h1 id="name">live</h1>'), "the switch's name");
+          // The flow table: the pair's unicast flows.
+          assert.match(
+            dom,
+            /<td class="mono">(output|flood):vm[12]<\/td>/,
+            "the flows of the last minute",
+          );
           // VSWITCH_SCREENSHOT=page.png keeps the picture, to look at.
           const file = Deno.env.get("VSWITCH_SCREENSHOT") ?? `${ts.dir}/page.png`;
           await chromium(ts.dir, `${base}/`, `--screenshot=${file}`, "--window-size=1280,900");
