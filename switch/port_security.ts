@@ -9,6 +9,12 @@ export const ETH_P_IP = 0x0800;
 export const ETH_P_ARP = 0x0806;
 export const ETH_P_IPV6 = 0x86dd;
 const IPPROTO_ICMPV6 = 58;
+// IPv6 extension headers that may precede ICMPv6 (RFC 8200 4.1), walked to find an ND message.
+const IPPROTO_HOPOPTS = 0;
+const IPPROTO_ROUTING = 43;
+const IPPROTO_DSTOPTS = 60;
+/** More than this many extension headers before ICMPv6: refused rather than walked further. */
+const MAX_EXT_HEADERS = 4;
 /** RFC 4861 Neighbor Advertisement. */
 const ND_NEIGHBOR_ADVERT = 136;
 const ARP_LEN = 28;
@@ -168,9 +174,21 @@ export class PortSecurity {
       const unspecified = (word(frame, src) | word(frame, src + 4) | word(frame, src + 8) |
         word(frame, src + 12)) === 0;
       if (!unspecified && !this.#ownIpv6(frame, src, off + 6)) return SECURITY_BAD_IP;
-      if (frame[l3 + 6] === IPPROTO_ICMPV6 && l3 + IPV6_HLEN + NA_LEN <= end) {
-        const icmp = l3 + IPV6_HLEN;
-        if (frame[icmp] === ND_NEIGHBOR_ADVERT && !this.#ownIpv6(frame, icmp + 8, off + 6)) {
+      // Find ICMPv6 behind any extension headers: an advertisement hidden behind a
+      // hop-by-hop header is still an advertisement to the receiving kernel.
+      let next = frame[l3 + 6];
+      let at = l3 + IPV6_HLEN;
+      for (
+        let i = 0;
+        next === IPPROTO_HOPOPTS || next === IPPROTO_ROUTING || next === IPPROTO_DSTOPTS;
+        i++
+      ) {
+        if (i === MAX_EXT_HEADERS || at + 8 > end) return SECURITY_BAD_IP;
+        next = frame[at];
+        at += (frame[at + 1] + 1) * 8;
+      }
+      if (next === IPPROTO_ICMPV6 && at + NA_LEN <= end) {
+        if (frame[at] === ND_NEIGHBOR_ADVERT && !this.#ownIpv6(frame, at + 8, off + 6)) {
           return SECURITY_BAD_IP;
         }
       }

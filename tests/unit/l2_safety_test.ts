@@ -223,6 +223,14 @@ Deno.test("port security: IPv6 source and Neighbor Advertisement target", () => 
     SECURITY_BAD_IP,
     "NA for another's address",
   );
+  // The same advertisement behind a hop-by-hop options header (8 bytes, next header ICMPv6).
+  const hbh = (icmp: number[]) => {
+    const f = ipv6(MAC_A, "2001:db8::1", "ff02::1", [58, 0, 1, 4, 0, 0, 0, 0, ...icmp]);
+    f[20] = 0; // IPv6 next header: hop-by-hop options
+    return f;
+  };
+  assert.equal(check(s, hbh(na("2001:db8::99"))), SECURITY_BAD_IP, "NA behind a hop-by-hop header");
+  assert.equal(check(s, hbh(na("2001:db8::1"))), SECURITY_OK);
 });
 
 Deno.test("address parsing", () => {
