@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { createVethNetns, netnsSkipReason } from "../peers/netns.ts";
 import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
+import { pingAll } from "./helpers/ping.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = guestToolsAvailable() ?? netnsSkipReason();
@@ -35,12 +36,7 @@ Deno.test({
         nics: [{ socket: `${ts.dir}/vm1.sock`, mac: VM_MAC }],
         ip: "10.9.0.1/24",
       });
-      const out = await guest.run("ping -c 3 -W 5 10.9.0.2", 60_000);
-      assert.equal(
-        out.code,
-        0,
-        `guest -> namespace ping failed:\n${out.output}\n${ts.logs.join("\n")}`,
-      );
+      await pingAll(guest, "10.9.0.2");
       const back = await ns.exec(["busybox", "ping", "-c", "3", "-W", "5", "10.9.0.1"]);
       assert.match(back, /3 packets received/);
 
