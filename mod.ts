@@ -32,7 +32,7 @@ function fail(message: string): never {
  * path that talks to a peer already ends its own connection on failure; reaching this is a bug
  * to report, and one bad code path must not take every port down with it.
  */
-function keepServingAfterStrayErrors(log: (msg: string) => void): void {
+export function keepServingAfterStrayErrors(log: (msg: string) => void): void {
   const describe = (e: unknown) => e instanceof Error ? (e.stack ?? e.message) : String(e);
   globalThis.addEventListener("unhandledrejection", (e) => {
     e.preventDefault();
