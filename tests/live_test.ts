@@ -269,6 +269,15 @@ Deno.test("static MACs: PUT /fdb pins one, DELETE /fdb?mac=&vlan= removes it; GE
   // Savable: the loader reads it back as the running topology.
   assert.deepEqual(checkTopology(topo, r.file), r.sw.topology);
 
+  // A read-only endpoint refuses every change.
+  const readOnly = createApp(r.sw, { readOnly: true });
+  for (const [method, path] of [["POST", "/ports"], ["PATCH", "/ports/vm1"], ["PUT", "/fdb"]]) {
+    const res = await readOnly.request(path, { method, body: "{}" });
+    assert.equal(res.status, 403, `${method} ${path}`);
+  }
+  assert.equal((await readOnly.request("/reload", { method: "POST" })).status, 403);
+  assert.equal((await readOnly.request("/topology")).status, 200);
+
   const del = await r.req("DELETE", `/fdb?mac=${C}&vlan=0`);
   assert.deepEqual(del.json, {
     flushed: 1,
