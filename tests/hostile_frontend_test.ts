@@ -175,6 +175,10 @@ Deno.test({
     try {
       // Deno opens a few fds lazily (first HTTP request, first Worker message): warm them up.
       await frameCrosses("a", "b", 0);
+      // The baseline once both front-ends are gone (their teardown runs after the hang-up).
+      for (const port of ["a", "b"]) {
+        await rig.waitPort(port, (p) => p.state === "listening", "its front-end gone", 10_000);
+      }
       base = await settledStats(rig.pid);
       prober = new Prober(rig.sock("p"));
 
@@ -356,6 +360,26 @@ Deno.test({
           await Deno.remove(path.replace(/\/mem$/, ""), { recursive: true });
         }
         await healthy("guest memory on disk");
+      });
+
+      // ---- class 3: guest memory beyond 4 GiB (tests/large_memory_test.ts has every placement) ----
+      await step("frames from and into guest memory beyond 4 GiB", async () => {
+        const GiB = 2 ** 30;
+        const big = frontend("h1", { memBytes: 6 * GiB, dataBase: 4.5 * GiB });
+        await big.setup();
+        const small = frontend("h2");
+        await small.setup();
+        await rig.waitRunning("h1", 5000);
+        await rig.waitRunning("h2", 5000);
+        big.postRxBuffers(4);
+        small.postRxBuffers(4);
+        const toBig = ethFrame(BROADCAST, MAC_B, 1000, 31);
+        small.send(toBig);
+        assert.deepEqual((await big.waitFrames(1, 3000))[0], toBig);
+        const fromBig = ethFrame(BROADCAST, MAC_A, 150, 32);
+        big.send(fromBig, { at: 5 * GiB + 4 });
+        assert.deepEqual((await small.waitFrames(1, 3000))[0], fromBig);
+        await healthy("guest memory beyond 4 GiB");
       });
 
       // ---- class 8: guest memory truncated under the switch (SIGBUS) ----
