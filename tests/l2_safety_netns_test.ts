@@ -358,9 +358,10 @@ netTest("storm control: a testpmd broadcast flood is cut to the limit (within 10
       name: "flood",
       type: "vhost-user",
       socket: "$DIR/flood.sock",
-      // A second of burst: the worker may be descheduled for tens of ms on this shared machine, and
-      // tokens beyond the burst are lost while it is away.
-      stormControl: { broadcast: LIMIT, burstFrames: LIMIT },
+      // A quarter second of burst: the worker may be descheduled for tens of ms on this shared
+      // machine (tokens beyond the burst are lost while it is away), and a bucket that starts the
+      // 5 s measurement full adds at most 5%.
+      stormControl: { broadcast: LIMIT, burstFrames: LIMIT / 4 },
     }],
   });
   const [n1, n2] = l.nets;
@@ -385,7 +386,8 @@ netTest("storm control: a testpmd broadcast flood is cut to the limit (within 10
     };
     const c0 = await stamped(() => l.counters("flood"));
     const r0 = await stamped(() => rxPackets(n2));
-    const pinged = await ping(n1, addr(1), 30, "0.1");
+    // 5 s: the readings' own timing (a process each, on a loaded machine) weighs little.
+    const pinged = await ping(n1, addr(1), 50, "0.1");
     const c1 = await stamped(() => l.counters("flood"));
     const r1 = await stamped(() => rxPackets(n2));
     const switchSeconds = c1.at - c0.at;
@@ -399,9 +401,9 @@ netTest("storm control: a testpmd broadcast flood is cut to the limit (within 10
           delivered.toFixed(0)
         } fps (limit ${LIMIT}); ping ${pinged.received}/${pinged.transmitted}`,
     );
-    assert.ok(offered > LIMIT * 3, `testpmd offered only ${offered} fps`);
+    assert.ok(offered > LIMIT * 1.5, `testpmd offered only ${offered} fps`);
     assert.ok(Math.abs(delivered - LIMIT) <= LIMIT * 0.1, `delivered ${delivered} fps`);
-    assert.ok(pinged.received >= 28, `ping during the storm: ${pinged.output}`);
+    assert.ok(pinged.received >= 47, `ping during the storm: ${pinged.output}`);
     assert.ok(l.counters("flood").drop_storm_broadcast > 0);
   } finally {
     await pmd.stop().catch(() => {});
