@@ -73,6 +73,8 @@ const scenarios: Scenario[] = [
     virtio: { packedVq: true, inOrder: false, mrgRxbuf: false, server: true },
     maxLen: 2048,
   },
+  // Two queue pairs offered and negotiated, but testpmd runs one (--rxq/--txq default to 1), so
+  // only pair 0 carries frames here: tests/multiqueue_test.ts drives both pairs.
   {
     name: "client mode, packed_vq=1, mrg_rxbuf=1, queues=2",
     mode: "client",

@@ -1,7 +1,8 @@
 // A minimal but real vhost-user front-end (the driver side QEMU or DPDK virtio-user plays), built
 // on the project's ffi/ wrappers: it negotiates like DPDK, shares a memfd as guest memory (guest
 // physical 0 at offset 0, userspace address gpa + UVA_OFFSET, optionally cut into several
-// regions like QEMU's RAM blocks) and drives a virtio-net device on rings 0 (RX) and 1 (TX).
+// regions like QEMU's RAM blocks) and drives a virtio-net device on rings 0 (RX) and 1 (TX), and on
+// rings 2N and 2N+1 of further queue pairs when asked (queuePairs, setupPair).
 // Raw accessors let hostile tests write anything anywhere.
 import { LIBRARY_NAME } from "../../ffi/native_copy.ts";
 import { libc } from "../../ffi/libc.ts";
@@ -54,6 +55,9 @@ export interface FrontendOptions {
   memBytes?: number;
   /** Guest physical address of the first data slot (RX and TX buffers), e.g. above 4 GiB. */
   dataBase?: number;
+  /** Queue pairs laid out in guest memory (default 1): rings 2N (RX) and 2N+1 (TX) of pair N.
+   * `setup` starts pair 0 only; `setupPair` brings another one up later. */
+  queuePairs?: number;
   /** Make the memfd sealable (MFD_ALLOW_SEALING, as QEMU does; DPDK's is not). */
   sealable?: boolean;
   /** Guest memory in a file created at this path (e.g. on hugetlbfs) instead of a memfd. */
@@ -69,6 +73,8 @@ export interface SendOptions {
   indirect?: boolean;
   /** Guest physical address of the (header ++ frame) bytes, instead of the descriptor's slot. */
   at?: number;
+  /** Queue pair whose TX ring carries the frame (default 0). */
+  pair?: number;
   /** The virtio_net_hdr's first bytes (flags, gso_type, hdr_len, ...); default all zero. */
   hdr?: Uint8Array;
 }
@@ -188,12 +194,14 @@ export class VhostFrontend {
       dataBase: 0,
       sealable: false,
       memPath: "",
+      queuePairs: 1,
       ...opts,
     };
     const n = this.opts.queueSize;
     const page = (x: number) => Math.ceil(x / 4096) * 4096;
     let at = 0;
-    for (let q = 0; q < 2; q++) {
+    const ringCount = 2 * this.opts.queuePairs;
+    for (let q = 0; q < ringCount; q++) {
       const desc = at, avail = desc + 16 * n, used = page(avail + 6 + 2 * n);
       at = page(used + 6 + 8 * n);
       this.rings.push({
@@ -211,11 +219,12 @@ export class VhostFrontend {
     }
     this.#indirectBase = at;
     this.#dataBase = Math.ceil(
-      Math.max(at + 2 * n * 16 * INDIRECT_MAX, this.opts.dataBase) / SLOT,
+      Math.max(at + ringCount * n * 16 * INDIRECT_MAX, this.opts.dataBase) / SLOT,
     ) * SLOT;
     // A file may be on hugetlbfs, whose files grow in 2 MiB pages.
     const unit = 2 ** (this.opts.memPath ? 21 : 20) * this.opts.regions;
-    this.memSize = Math.ceil(Math.max(this.#dataBase + 2 * n * SLOT, this.opts.memBytes) / unit) *
+    this.memSize =
+      Math.ceil(Math.max(this.#dataBase + ringCount * n * SLOT, this.opts.memBytes) / unit) *
       unit;
     this.memfd = this.opts.memPath
       ? openMemFile(this.opts.memPath, this.memSize)
@@ -494,6 +503,14 @@ export class VhostFrontend {
     if (!this.replyAck) await this.barrier();
   }
 
+  /** Brings queue pair `pair` (rings 2*pair, 2*pair+1) up once pair 0 already runs. */
+  async setupPair(pair: number): Promise<void> {
+    const rings = [2 * pair, 2 * pair + 1];
+    for (const q of rings) await this.setupRing(q);
+    for (const q of rings) await this.set(P.VHOST_USER_SET_VRING_ENABLE, P.vringStatePayload(q, 1));
+    if (!this.replyAck) await this.barrier();
+  }
+
   // ---- raw guest memory and rings ----
 
   /** Guest physical address of the data slot owned by descriptor `i` of ring `q`. */
@@ -610,8 +627,9 @@ export class VhostFrontend {
     if (data.length > SLOT && o.at === undefined) {
       throw new Error(`frame of ${frame.length} bytes exceeds a slot (give \`at\`)`);
     }
-    const ids = this.#allocate(1, o.indirect ? 1 : segs.length);
-    const base = o.at ?? this.slot(1, ids[0]);
+    const tx = 2 * (o.pair ?? 0) + 1;
+    const ids = this.#allocate(tx, o.indirect ? 1 : segs.length);
+    const base = o.at ?? this.slot(tx, ids[0]);
     this.mem.set(data, base);
     const descs = segs.map(([c, len], i): Desc => ({
       addr: base + c,
@@ -621,50 +639,52 @@ export class VhostFrontend {
     }));
     if (o.indirect) {
       if (descs.length > INDIRECT_MAX) throw new Error(`${descs.length} segments: table too small`);
-      const table = this.indirectTable(1, ids[0]);
+      const table = this.indirectTable(tx, ids[0]);
       descs.forEach((d, i) => this.writeDescAt(table + 16 * i, d));
-      this.writeDesc(1, ids[0], { addr: table, len: 16 * descs.length, flags: DESC_F_INDIRECT });
+      this.writeDesc(tx, ids[0], { addr: table, len: 16 * descs.length, flags: DESC_F_INDIRECT });
     } else {
-      descs.forEach((d, i) => this.writeDesc(1, ids[i], d));
+      descs.forEach((d, i) => this.writeDesc(tx, ids[i], d));
     }
-    this.rings[1].chains.set(ids[0], ids);
-    this.publish(1, [ids[0]]);
+    this.rings[tx].chains.set(ids[0], ids);
+    this.publish(tx, [ids[0]]);
     return ids[0];
   }
 
   /** Frees the TX chains the device is done with; returns how many. */
-  reclaimTx(): number {
-    const used = this.takeUsed(1);
-    for (const [id] of used) this.#free(1, id);
+  reclaimTx(pair = 0): number {
+    const used = this.takeUsed(2 * pair + 1);
+    for (const [id] of used) this.#free(2 * pair + 1, id);
     return used.length;
   }
 
-  /** Posts `count` device-writable buffers of `size` bytes on the RX ring. */
-  postRxBuffers(count: number, size = 2048): void {
+  /** Posts `count` device-writable buffers of `size` bytes on queue pair `pair`'s RX ring. */
+  postRxBuffers(count: number, size = 2048, pair = 0): void {
     if (size > SLOT) throw new Error(`RX buffer of ${size} bytes exceeds a slot`);
-    const ids = this.#allocate(0, count);
+    const rx = 2 * pair;
+    const ids = this.#allocate(rx, count);
     for (const id of ids) {
-      this.writeDesc(0, id, { addr: this.slot(0, id), len: size, flags: DESC_F_WRITE });
-      this.rings[0].chains.set(id, [id]);
+      this.writeDesc(rx, id, { addr: this.slot(rx, id), len: size, flags: DESC_F_WRITE });
+      this.rings[rx].chains.set(id, [id]);
     }
-    this.publish(0, ids);
+    this.publish(rx, ids);
   }
 
   /** Frames the device delivered (virtio header stripped; merged buffers joined). */
-  receive(): Uint8Array[] {
-    const used = this.takeUsed(0);
+  receive(pair = 0): Uint8Array[] {
+    const rx = 2 * pair;
+    const used = this.takeUsed(rx);
     const frames: Uint8Array[] = [];
     for (let k = 0; k < used.length;) {
       const [id, len] = used[k];
-      const num = this.dv.getUint16(this.slot(0, id) + 10, true);
+      const num = this.dv.getUint16(this.slot(rx, id) + 10, true);
       const parts = this.features & bit(F_MRG_RXBUF) ? Math.max(num, 1) : 1;
       if (k + parts > used.length) {
         throw new Error(`num_buffers ${num} but ${used.length - k} used`);
       }
       this.rxNumBuffers.push(num);
       const pieces = used.slice(k, k + parts).map(([i, l]) => {
-        this.#free(0, i);
-        return this.mem.slice(this.slot(0, i), this.slot(0, i) + l);
+        this.#free(rx, i);
+        return this.mem.slice(this.slot(rx, i), this.slot(rx, i) + l);
       });
       if (len < HDR_LEN) throw new Error(`used length ${len} is shorter than the header`);
       const total = pieces.reduce((n, p) => n + p.length, 0);
@@ -678,10 +698,10 @@ export class VhostFrontend {
   }
 
   /** Waits until `count` frames arrived (the frames so far are in the error message). */
-  async waitFrames(count: number, timeoutMs = 5000): Promise<Uint8Array[]> {
+  async waitFrames(count: number, timeoutMs = 5000, pair = 0): Promise<Uint8Array[]> {
     const got: Uint8Array[] = [];
-    await waitFor(`${count} frames`, () => {
-      got.push(...this.receive());
+    await waitFor(`${count} frames on queue pair ${pair}`, () => {
+      got.push(...this.receive(pair));
       return got.length >= count;
     }, timeoutMs).catch((e) => {
       throw new Error(`${e.message}; got ${got.length} of ${count}`);
