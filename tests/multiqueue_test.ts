@@ -7,7 +7,8 @@
 // The switch runs two workers with rxqAffinity [0, 1]: worker 0 polls queue pair 0's TX ring
 // (ring 1), worker 1 queue pair 1's (ring 3), and worker w fills the guest RX ring 2w. So a frame
 // sent on TX queue q must come out of the other port's RX queue q, byte for byte and in order; a
-// switch that never polls ring 3, or never fills ring 2, loses exactly the queue-1 frames.
+// switch that never polls ring 3, or never fills ring 2, loses exactly the queue-1 frames. On the
+// switch side, each worker's received-frame count (/stats) must equal its queue pair's frames.
 import assert from "node:assert/strict";
 import { diffFrames, ethFrame, readPcapFrames, writePcap } from "../peers/pcap.ts";
 import { type PortStats, Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
@@ -157,6 +158,10 @@ for (const packedVq of [false, true]) {
           );
         }
       }
+      // Switch side: each worker received exactly the frames of the TX rings it polls, queue
+      // pair 0 of both ports for worker 0, queue pair 1 of both for worker 1.
+      const moved = (await ts.sw.stats()).workers.map((w) => w.frames);
+      assert.deepEqual(moved, QUEUES.map((q) => send[0][q].length + send[1][q].length), log());
       const [p0, p1] = ts.sw.ports();
       for (const [port, p] of [[p0, 0], [p1, 1]] as const) {
         const sent = send[p].flat();
@@ -188,9 +193,9 @@ function sum0(perQueue: Uint8Array[][]): number {
 
 // The second queue pair comes up while the first already carries traffic, as a driver does when
 // it raises the number of queue pairs (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET) on a running device. The
-// front-end queues its first frames on TX ring 3 right after its SET_VRING_ENABLE is acknowledged,
-// before the workers can have taken the ring up: those frames wait in the ring and must all be
-// delivered, none lost while the rings move between workers.
+// front-end queues its first frames on TX ring 3 before and right after its SET_VRING_ENABLE:
+// those frames wait in the ring until the workers take it up and must all be delivered, none
+// lost while the rings move between workers.
 Deno.test({
   name: "multi-queue: the first frames on a queue pair enabled at run time are all delivered",
   sanitizeOps: false,
@@ -220,12 +225,18 @@ Deno.test({
       // The receiver raises its pair first, with buffers posted before the ring is enabled.
       fe1.postRxBuffers(200, 2048, 1);
       await fe1.setupPair(1);
-      await fe0.setupPair(1);
-      // The first frames on the new pair go right after the acknowledgement, while pair 0 keeps
-      // carrying traffic.
+      // The sender's first frames on the new pair: half are queued on TX ring 3 before its
+      // SET_VRING_ENABLE (they wait in the ring until the switch takes it up), half right after
+      // the enable is acknowledged; pair 0 keeps carrying traffic in between.
       const fresh = Array.from({ length: 48 }, (_, i) => frame(1000 + i, 60 + 30 * i));
       const more = Array.from({ length: 48 }, (_, i) => frame(2000 + i, 1514 - 20 * i));
-      for (let i = 0; i < fresh.length; i++) {
+      await fe0.setupPair(1, () => {
+        for (let i = 0; i < 24; i++) {
+          fe0.send(fresh[i], { pair: 1 });
+          fe0.send(more[i]);
+        }
+      });
+      for (let i = 24; i < fresh.length; i++) {
         fe0.send(fresh[i], { pair: 1 });
         fe0.send(more[i]);
       }
@@ -267,6 +278,13 @@ Deno.test({
       assert.equal(diffFrames(late0, await fe1.waitFrames(late0.length, 20_000, 0)), null);
       assert.deepEqual([fe1.receive(0).length, fe1.receive(1).length], [0, 0], "no extra frame");
 
+      // Worker 1 received exactly the frames of TX ring 3, worker 0 those of ring 1, and the
+      // switch returned every one of them to the front-end on the ring it came from.
+      const moved = (await ts.sw.stats()).workers.map((w) => w.frames);
+      const pair0 = first.length + more.length + late0.length;
+      assert.deepEqual(moved, [pair0, fresh.length + late1.length], log());
+      assert.equal(fe0.usedIdx(1), pair0, "used index of TX ring 1");
+      assert.equal(fe0.usedIdx(3), fresh.length + late1.length, "used index of TX ring 3");
       const all = [...first, ...fresh, ...more, ...late1, ...late0];
       const c0 = ts.sw.port("p0")!.counters, c1 = ts.sw.port("p1")!.counters;
       assert.equal(c0.rx_packets, all.length, "p0 rx_packets");

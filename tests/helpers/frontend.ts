@@ -503,10 +503,12 @@ export class VhostFrontend {
     if (!this.replyAck) await this.barrier();
   }
 
-  /** Brings queue pair `pair` (rings 2*pair, 2*pair+1) up once pair 0 already runs. */
-  async setupPair(pair: number): Promise<void> {
+  /** Brings queue pair `pair` (rings 2*pair, 2*pair+1) up once pair 0 already runs;
+   * `beforeEnable` runs once the rings are set up but not yet enabled (e.g. to queue frames). */
+  async setupPair(pair: number, beforeEnable?: () => void): Promise<void> {
     const rings = [2 * pair, 2 * pair + 1];
     for (const q of rings) await this.setupRing(q);
+    beforeEnable?.();
     for (const q of rings) await this.set(P.VHOST_USER_SET_VRING_ENABLE, P.vringStatePayload(q, 1));
     if (!this.replyAck) await this.barrier();
   }
