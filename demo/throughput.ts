@@ -24,7 +24,7 @@ export async function transfer(
   // holds the pipe open without the pipeline waiting for it.
   await receiver.check(
     `rm -f /tmp/rx /tmp/rx.done; ` +
-      `( (sleep 600 &) | nc -l -p ${PORT} >/tmp/rx; echo $? >/tmp/rx.done) >/dev/null 2>&1 &`,
+      `setsid sh -c '(sleep 600 &) | nc -l -p ${PORT} >/tmp/rx; echo $? >/tmp/rx.done' >/dev/null 2>&1 &`,
   );
   await receiver.check(waitUntil(`netstat -ltn | grep -q ":${PORT} "`, 100));
   const made = await sender.check(

@@ -8,6 +8,8 @@ export const READY_MARKER = "VSGUEST-READY";
 const BUILD_SCRIPT = fileURLToPath(new URL("./build_guest.sh", import.meta.url));
 const IMAGE_DIR = fileURLToPath(new URL("../.cache/guest/", import.meta.url));
 const QEMU = "qemu-system-x86_64";
+/** What busybox sh prints when it starts on the console. */
+const SHELL_BANNER = "built-in shell (ash)";
 // The guest tty reads canonical lines of at most 4095 bytes.
 const MAX_CMD_BYTES = 3000;
 
@@ -306,12 +308,24 @@ export class Guest {
     const begin = `VSBEGIN-${id}\n`;
     const end = new RegExp(`VSEND-${id}:(\\d+)\n`);
     await this.#write(line);
+    // The guest's console shell has been seen to die now and then (init starts a new one at
+    // once, printing the banner again); a command typed meanwhile is lost, or reaches the new
+    // shell half. One that had not started yet is typed again, after a Ctrl-C that clears any
+    // half line; one that had started is not (it may have run).
+    let restarts = 0;
     try {
       return await this.#waitFor(
         () => {
           const text = this.#raw.slice(from);
           const b = text.indexOf(begin);
-          if (b < 0) return undefined;
+          if (b < 0) {
+            const seen = text.split(SHELL_BANNER).length - 1;
+            if (seen > restarts && restarts < 3) {
+              restarts = seen;
+              this.#write("\x03").then(() => this.#write(line)).catch(() => {});
+            }
+            return undefined;
+          }
           const m = end.exec(text.slice(b + begin.length));
           if (!m) return undefined;
           return { code: Number(m[1]), output: text.slice(b + begin.length).slice(0, m.index) };

@@ -127,7 +127,7 @@ Deno.test({
       // The migrated guest takes a transfer at its new port, byte for byte.
       await dst.check(
         `rm -f /tmp/rx /tmp/rx.done; ` +
-          `( (sleep 600 &) | nc -l -p 5001 >/tmp/rx; echo $? >/tmp/rx.done) >/dev/null 2>&1 &`,
+          `setsid sh -c '(sleep 600 &) | nc -l -p 5001 >/tmp/rx; echo $? >/tmp/rx.done' >/dev/null 2>&1 &`,
       );
       await dst.check(`i=0; until netstat -ltn | grep -q ":5001 "; do i=$((i+1)); sleep 0.1; done`);
       const file = `${dir}/tx.bin`;

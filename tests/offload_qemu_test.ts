@@ -66,7 +66,7 @@ async function guestAndNamespace(offloads: boolean): Promise<void> {
       // the socket when its stdin ends); it exits when the namespace's nc has sent everything.
       await guest.check(
         "rm -f /tmp/rx /tmp/rx.done; " +
-          "( (sleep 300 &) | nc -l -p 5001 >/tmp/rx; echo $? >/tmp/rx.done) >/dev/null 2>&1 &",
+          "setsid sh -c '(sleep 300 &) | nc -l -p 5001 >/tmp/rx; echo $? >/tmp/rx.done' >/dev/null 2>&1 &",
       );
       await guest.check(
         "i=0; until netstat -ltn | grep -q ':5001 '; do i=$((i+1)); " +
