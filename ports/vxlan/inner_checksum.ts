@@ -7,6 +7,7 @@
 // checksum and happened to equal that value, the completed checksum is the same number.
 
 import { ETH_HLEN, ETH_P_8021Q } from "../ethernet.ts";
+import { fold, onesSum } from "../offload/checksum.ts";
 
 const ETH_P_IP = 0x0800;
 const ETH_P_IPV6 = 0x86dd;
@@ -15,23 +16,6 @@ const IPPROTO_UDP = 17;
 const TCP_CHECK = 16;
 const UDP_CHECK = 6;
 const IPV6_HLEN = 40;
-
-function sum16(b: Uint8Array, start: number, end: number, sum: number): number {
-  let i = start;
-  const even = end - ((end - start) & 1);
-  for (; i + 8 <= even; i += 8) {
-    sum += ((b[i] << 8) | b[i + 1]) + ((b[i + 2] << 8) | b[i + 3]) +
-      ((b[i + 4] << 8) | b[i + 5]) + ((b[i + 6] << 8) | b[i + 7]);
-  }
-  for (; i < even; i += 2) sum += (b[i] << 8) | b[i + 1];
-  if (even !== end) sum += b[even] << 8;
-  return sum;
-}
-
-function fold(sum: number): number {
-  while (sum > 0xffff) sum = (sum % 0x10000) + Math.floor(sum / 0x10000);
-  return sum;
-}
 
 /**
  * Completes the TCP/UDP checksum of the frame at b[off, off + len) when it was left partial;
@@ -56,14 +40,14 @@ export function completePartialChecksum(b: Uint8Array, off: number, len: number)
     l4 = ip + ihl;
     l4End = ip + ((b[ip + 2] << 8) | b[ip + 3]);
     if (l4End > end || l4End < l4) return false;
-    pseudo = sum16(b, ip + 12, ip + 20, proto + (l4End - l4));
+    pseudo = onesSum(b, ip + 12, ip + 20, proto + (l4End - l4));
   } else if (type === ETH_P_IPV6) {
     if (ip + IPV6_HLEN > end) return false;
     proto = b[ip + 6]; // extension headers are not walked: such segments are left alone
     l4 = ip + IPV6_HLEN;
     l4End = l4 + ((b[ip + 4] << 8) | b[ip + 5]);
     if (l4End > end) return false;
-    pseudo = sum16(b, ip + 8, ip + 40, proto + (l4End - l4));
+    pseudo = onesSum(b, ip + 8, ip + 40, proto + (l4End - l4));
   } else {
     return false;
   }
@@ -76,7 +60,7 @@ export function completePartialChecksum(b: Uint8Array, off: number, len: number)
   const value = (b[field] << 8) | b[field + 1];
   if (value !== fold(pseudo)) return false;
   // The field holds the pseudo-header sum: summing the segment with it in place is the full sum.
-  let c = ~fold(sum16(b, l4, l4End, 0)) & 0xffff;
+  let c = ~fold(onesSum(b, l4, l4End, 0)) & 0xffff;
   if (c === 0 && proto === IPPROTO_UDP) c = 0xffff; // RFC 768: 0 would mean "no checksum"
   b[field] = c >>> 8;
   b[field + 1] = c & 0xff;
