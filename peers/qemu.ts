@@ -310,8 +310,8 @@ export class Guest {
     await this.#write(line);
     // The guest's console shell has been seen to die now and then (init starts a new one at
     // once, printing the banner again); a command typed meanwhile is lost, or reaches the new
-    // shell half. One that had not started yet is typed again, after a Ctrl-C that clears any
-    // half line; one that had started is not (it may have run).
+    // shell half. One that had not started yet is typed again, after a Ctrl-C and a newline
+    // that end any half line; one that had started is not (it may have run).
     let restarts = 0;
     try {
       return await this.#waitFor(
@@ -322,7 +322,7 @@ export class Guest {
             const seen = text.split(SHELL_BANNER).length - 1;
             if (seen > restarts && restarts < 3) {
               restarts = seen;
-              this.#write("\x03").then(() => this.#write(line)).catch(() => {});
+              this.#write("\x03\n").then(() => this.#write(line)).catch(() => {});
             }
             return undefined;
           }
@@ -334,7 +334,7 @@ export class Guest {
         `\`${cmd}\``,
       );
     } catch (e) {
-      if (!this.#exitStatus) await this.#write("\x03").catch(() => {});
+      if (!this.#exitStatus) await this.#write("\x03\n").catch(() => {});
       throw e;
     }
   }
