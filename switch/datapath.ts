@@ -342,11 +342,17 @@ export class Datapath {
     port: number,
     what: (w: number) => Pick<WorkerApplyPort, "state" | "pollRings" | "fillRing">,
   ): Promise<WorkerAck[]> {
-    const acks = await Promise.all(
-      this.#workers.map((_, w) =>
-        this.#request(w, { type: "apply", id: this.#nextId++, port, ...what(w) })
-      ),
-    );
+    return await this.#everyWorker((w) => ({
+      type: "apply",
+      id: this.#nextId++,
+      port,
+      ...what(w),
+    }));
+  }
+
+  /** Sends each worker its message; throws the first error any of them answered with. */
+  async #everyWorker(msg: (w: number) => ToWorker & { id: number }): Promise<WorkerAck[]> {
+    const acks = await Promise.all(this.#workers.map((_, w) => this.#request(w, msg(w))));
     const failed = acks.find((a) => a.error);
     if (failed) throw new Error(`datapath worker: ${failed.error}`);
     return acks;
@@ -354,36 +360,24 @@ export class Datapath {
 
   /** Attaches an AF_PACKET port on every worker (each transmits through its own TX ring). */
   async attachPacket(port: number, spec: AfPacketSpec | null): Promise<void> {
-    const acks = await Promise.all(
-      this.#workers.map((_, w) =>
-        this.#request(w, {
-          type: "packet",
-          id: this.#nextId++,
-          port,
-          spec,
-          poll: this.pollerOf(port, 0) === w,
-        })
-      ),
-    );
-    const failed = acks.find((a) => a.error);
-    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+    await this.#everyWorker((w) => ({
+      type: "packet",
+      id: this.#nextId++,
+      port,
+      spec,
+      poll: this.pollerOf(port, 0) === w,
+    }));
   }
 
   /** Attaches a VXLAN port on every worker (each sends on the shared socket; one receives). */
   async attachVxlan(port: number, spec: VxlanSpec | null): Promise<void> {
-    const acks = await Promise.all(
-      this.#workers.map((_, w) =>
-        this.#request(w, {
-          type: "vxlan",
-          id: this.#nextId++,
-          port,
-          spec,
-          poll: this.pollerOf(port, 0) === w,
-        })
-      ),
-    );
-    const failed = acks.find((a) => a.error);
-    if (failed) throw new Error(`datapath worker: ${failed.error}`);
+    await this.#everyWorker((w) => ({
+      type: "vxlan",
+      id: this.#nextId++,
+      port,
+      spec,
+      poll: this.pollerOf(port, 0) === w,
+    }));
   }
 
   /** Gives every worker the port guards and mirrors to run from now on. */
