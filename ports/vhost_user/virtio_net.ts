@@ -79,6 +79,8 @@ export class VirtioNetDatapath implements DatapathPort {
   /** The virtio_net_hdr of the frame being filled, when it carries offloads. */
   readonly #hdr = new Uint8Array(VIRTIO_NET_HDR_LEN);
   #hdrSet = false;
+  /** Set by a fill that found the guest's buffers can never hold the GSO frame being filled. */
+  #roomless = false;
   #cursor = 0;
   #relQueue: VirtQueue | null = null;
   readonly #relHeads = new Int32Array(BURST);
@@ -230,8 +232,15 @@ export class VirtioNetDatapath implements DatapathPort {
     if (!this.#hdrSet) return false;
     const sent = this.#fill(src, f);
     this.#hdrSet = false;
-    if (sent && (bits & OFFLOAD_GSO) !== 0) this.counters[TX_GSO]++;
-    return sent;
+    if (sent) {
+      if ((bits & OFFLOAD_GSO) !== 0) this.counters[TX_GSO]++;
+      return true;
+    }
+    if (!this.#roomless) return false;
+    // The guest's buffers can never hold this super-frame whole (no MRG_RXBUF and buffers
+    // smaller than it, or a whole ring of mergeable buffers too small): its segments fit them.
+    this.#roomless = false;
+    return this.#fallback.send(src, f, this, this.maxFrame - VLAN_HLEN);
   }
 
   /** Builds the header for an offloaded frame the guest takes; false if it lies (counted). */
@@ -283,9 +292,11 @@ export class VirtioNetDatapath implements DatapathPort {
       q.putUsed(head, total);
     } else {
       if (chainBytes(q, segs) < total) {
-        // The guest's buffers are too small for this frame: they stay with the guest.
+        // The guest's buffers are too small for this frame: they stay with the guest (a GSO
+        // frame goes to it as segments instead).
         q.rewind();
-        c[DROP_TOO_BIG]++;
+        if (this.#isGsoFill(f)) this.#roomless = true;
+        else c[DROP_TOO_BIG]++;
         return false;
       }
       q.putUsed(head, this.#copyChain(q, segs, 0, total, src, f));
@@ -314,8 +325,13 @@ export class VirtioNetDatapath implements DatapathPort {
     q.mark();
     while (remaining > 0) {
       if (q.availCount() === 0) {
+        // Out of buffers: they stay with the guest. Too few posted right now is a full ring,
+        // like any other; only a whole ring's worth too small means the frame never fits (a
+        // GSO frame then goes as segments).
         q.rewind();
-        c[buffers > 0 ? DROP_TOO_BIG : DROP_NO_BUFFER]++;
+        if (buffers < q.size) c[DROP_NO_BUFFER]++;
+        else if (this.#isGsoFill(f)) this.#roomless = true;
+        else c[DROP_TOO_BIG]++;
         return false;
       }
       const head = q.popAvail();
@@ -351,6 +367,11 @@ export class VirtioNetDatapath implements DatapathPort {
     c[TX_PACKETS]++;
     c[TX_BYTES] += frameLen;
     return true;
+  }
+
+  /** The frame being filled is a GSO super-frame the guest takes whole (its header is set). */
+  #isGsoFill(f: EgressFrame): boolean {
+    return this.#hdrSet && (f.offload & OFFLOAD_GSO) !== 0;
   }
 
   /** A guest that hands us broken RX buffers only hurts itself: stop filling its ring. */

@@ -20,6 +20,11 @@ import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from ".
 import * as P from "./vhost_wire.ts";
 
 export const UVA_OFFSET = 0x7f00_0000_0000;
+export const F_CSUM = 0;
+export const F_GUEST_CSUM = 1;
+export const F_GUEST_TSO4 = 7;
+export const F_GUEST_TSO6 = 8;
+export const F_HOST_TSO4 = 11;
 export const F_MRG_RXBUF = 15;
 export const F_INDIRECT_DESC = 28;
 export const F_EVENT_IDX = 29;
@@ -43,6 +48,8 @@ import { waitFor } from "./wait.ts";
 export interface FrontendOptions {
   mrgRxbuf?: boolean;
   eventIdx?: boolean;
+  /** More feature bits to negotiate (e.g. F_GUEST_CSUM, F_GUEST_TSO4), as bit numbers. */
+  features?: number[];
   indirect?: boolean;
   /** Negotiate REPLY_ACK and set need_reply on every request without a reply (default true). */
   replyAck?: boolean;
@@ -174,6 +181,8 @@ export class VhostFrontend {
   peerClosed = false;
   /** num_buffers of each frame receive() returned, in order. */
   readonly rxNumBuffers: number[] = [];
+  /** The virtio_net_hdr (12 bytes) of each frame receive() returned, in order. */
+  readonly rxHeaders: Uint8Array[] = [];
   readonly #u16: Uint16Array;
   readonly #mapping: Mapping;
   readonly #reader = new P.MessageReader();
@@ -186,6 +195,7 @@ export class VhostFrontend {
     this.opts = {
       mrgRxbuf: true,
       eventIdx: false,
+      features: [],
       indirect: true,
       replyAck: true,
       queueSize: 256,
@@ -449,6 +459,7 @@ export class VhostFrontend {
     if (this.opts.mrgRxbuf) f |= bit(F_MRG_RXBUF);
     if (this.opts.eventIdx) f |= bit(F_EVENT_IDX);
     if (this.opts.indirect) f |= bit(F_INDIRECT_DESC);
+    for (const n of this.opts.features) f |= bit(n);
     if ((f & this.backendFeatures) !== f) {
       throw new Error(`back-end lacks features 0x${(f & ~this.backendFeatures).toString(16)}`);
     }
@@ -693,6 +704,7 @@ export class VhostFrontend {
       const frame = new Uint8Array(total);
       let off = 0;
       for (const p of pieces) frame.set(p, (off += p.length) - p.length);
+      this.rxHeaders.push(frame.slice(0, HDR_LEN));
       frames.push(frame.subarray(HDR_LEN));
       k += parts;
     }
