@@ -6,6 +6,8 @@
 //
 //   deno run --allow-all bench/tcp.ts [--rounds 3] [--seconds 5] [--targets switch,bridge,...]
 //
+// With --guests: guest -> guest TCP between two QEMU/TCG guests instead (bench/tcp_guests.ts).
+//
 // Reports per target the median Gbit/s, retransmits, and the switch's CPU seconds per GB moved
 // (its process's user + system time; the Linux bridge's work is softirq time in the senders'
 // context and is not counted).
@@ -14,21 +16,25 @@ import { netnsSkipReason, run } from "../peers/netns.ts";
 import { cpuSeconds, SwitchProcess } from "../peers/switch_process.ts";
 import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
 import { exists, freePort } from "./pvp/proc.ts";
+import { GUEST_TARGETS, guestsMain, type GuestTarget } from "./tcp_guests.ts";
 
 const TARGETS = ["switch", "bridge", "ovs-tso-off", "ovs-tso-on"] as const;
 type TargetName = typeof TARGETS[number];
 
 const USAGE = "Usage: deno run --allow-all bench/tcp.ts [--rounds N] [--seconds S] " +
-  `[--targets ${TARGETS.join(",")}] [--threads T] [--out FILE]`;
+  `[--targets ${TARGETS.join(",")}] [--threads T] [--out FILE]\n` +
+  "       deno run --allow-all bench/tcp.ts --guests [--rounds N] [--seconds S] " +
+  `[--targets ${GUEST_TARGETS.join(",")}] [--out FILE]`;
 
 const opts = optionsOrExit(() => {
   const { values } = parseArgs({
     options: {
       rounds: { type: "string", default: "3" },
-      seconds: { type: "string", default: "5" },
+      seconds: { type: "string" },
       threads: { type: "string", default: "1" },
-      targets: { type: "string", default: TARGETS.join(",") },
-      out: { type: "string", default: `${REPO}bench/results/tcp-latest.json` },
+      targets: { type: "string" },
+      out: { type: "string" },
+      guests: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -36,17 +42,33 @@ const opts = optionsOrExit(() => {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const targets = listOption(values.targets);
-  const bad = targets.filter((t) => !(TARGETS as readonly string[]).includes(t));
+  const guests = values.guests ?? false;
+  const known: readonly string[] = guests ? GUEST_TARGETS : TARGETS;
+  const targets = listOption(values.targets ?? known.join(","));
+  const bad = targets.filter((t) => !known.includes(t));
   if (bad.length) throw new Error(`--targets: unknown ${bad.join(", ")}`);
   return {
+    guests,
     rounds: numberOption("rounds", values.rounds, 1, 50),
-    seconds: numberOption("seconds", values.seconds, 1, 60),
+    // TCG guests move tens of Mbit/s: a few seconds per trial, the boots cost more.
+    seconds: numberOption("seconds", values.seconds ?? (guests ? "4" : "5"), 1, 60),
     threads: numberOption("threads", values.threads, 1, 2),
-    targets: targets as TargetName[],
-    out: values.out,
+    targets,
+    out: values.out ??
+      `${REPO}bench/results/${guests ? "tcp-guests-latest.json" : "tcp-latest.json"}`,
   };
 }, USAGE);
+
+if (opts.guests) {
+  Deno.exit(
+    await guestsMain({
+      rounds: opts.rounds,
+      seconds: opts.seconds,
+      targets: opts.targets as GuestTarget[],
+      out: opts.out,
+    }),
+  );
+}
 
 const skip = netnsSkipReason();
 if (skip) {
@@ -268,7 +290,8 @@ async function main(): Promise<number> {
   try {
     await setUp();
     for (let round = 0; round < opts.rounds; round++) {
-      const order = opts.targets.map((_, k) => opts.targets[(k + round) % opts.targets.length]);
+      const targets = opts.targets as TargetName[];
+      const order = targets.map((_, k) => targets[(k + round) % targets.length]);
       for (const target of order) {
         const t = await trial(dir, target, round);
         trials.push(t);
@@ -284,7 +307,7 @@ async function main(): Promise<number> {
     await tearDown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
-  const summary = opts.targets.map((target) => {
+  const summary = (opts.targets as TargetName[]).map((target) => {
     const ts = trials.filter((t) => t.target === target);
     const cpu = ts.flatMap((t) => t.cpuPerGB === null ? [] : [t.cpuPerGB]);
     return {

@@ -17,7 +17,19 @@ export function ovsMissing(): string | null {
   return null;
 }
 
-export async function startOvs(root: string, prefix: string): Promise<Target> {
+export interface OvsOptions {
+  /**
+   * other_config:userspace-tso-enable (read once when ovs-vswitchd starts): its vhost-user ports
+   * then offer the guests checksum and TSO offloads. Unset: OVS's default (false).
+   */
+  tso?: boolean;
+}
+
+export async function startOvs(
+  root: string,
+  prefix: string,
+  opts: OvsOptions = {},
+): Promise<Target> {
   const dir = `${root}/ovs`;
   await Deno.mkdir(dir, { recursive: true });
   // Every OVS program finds its run/db/log dirs here: nothing touches a system OVS.
@@ -66,6 +78,7 @@ export async function startOvs(root: string, prefix: string): Promise<Target> {
       "other_config:per-port-memory=true",
       // The PMD on CPU 0; the front-end testpmd forwards on CPU 1.
       "other_config:pmd-cpu-mask=0x1",
+      ...(opts.tso === undefined ? [] : [`other_config:userspace-tso-enable=${opts.tso}`]),
     ));
     const vswitchd = spawn("ovs-vswitchd", [
       OVS_VSWITCHD,
