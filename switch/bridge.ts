@@ -126,6 +126,8 @@ export interface BridgePortCounters {
 }
 
 const STATE_MAGIC = 0x42524731;
+/** Config epochs of every Bridge in this thread: a Decision made under another one is stale. */
+let epochs = 0;
 const MAX_PORTS = 4096;
 
 /**
@@ -157,6 +159,17 @@ export class Decision {
   /** Where the frame is in its buffer; the bytes after the header are sent from there. */
   offset = 0;
   length = 0;
+  /**
+   * What a unicast decision held for, so the next frame with the same header can take it as it
+   * is (see Bridge.decide): the ingress port, the second, the FDB version and the bridge's
+   * config epoch it was made under. `repeatable` is false unless the last decision was a
+   * unicast that a second decide() on the same header would make again without learning.
+   */
+  repeatable = false;
+  inPort = -1;
+  now = -1;
+  version = -1;
+  epoch = -1;
 
   constructor(portCount: number) {
     this.ports = new Int32Array(portCount);
@@ -200,6 +213,8 @@ export class Bridge {
   /** The buffer of the last frame decided on, and its word view (a burst shares one). */
   #lastFrame: Uint8Array | null = null;
   #lastFrameWords: Uint32Array<ArrayBufferLike> = new Uint32Array(0);
+  /** Changes whenever the VLAN config changes (see Decision.epoch). */
+  #epoch = ++epochs;
 
   /** A zeroed `state` buffer: all links down. */
   static createState(portCount: number, writers: number): SharedArrayBuffer {
@@ -270,6 +285,7 @@ export class Bridge {
    */
   setPortVlan(p: number, cfg: PortVlanConfig | undefined | null): void {
     if (!Number.isInteger(p) || p < 0 || p >= this.portCount) throw new RangeError(`no port ${p}`);
+    this.#epoch = ++epochs;
     this.member.fill(0, p << 12, (p + 1) << 12);
     this.isAccess[p] = 0;
     this.compilePort(p, cfg);
@@ -360,11 +376,6 @@ export class Bridge {
     d: Decision,
   ): number {
     const cb = this.counterBase + ingressPort * PORT_COUNTERS;
-    d.count = 0;
-    d.vlan = -1;
-    d.ingressTci = -1;
-    d.offset = offset;
-    d.length = length;
     const h = d.header;
     const hl = length < HEADER_COPY_LEN ? length : HEADER_COPY_LEN;
     if (hl === HEADER_COPY_LEN && (offset & 3) === 0 && frame.byteOffset === 0) {
@@ -376,13 +387,35 @@ export class Bridge {
       const fw = this.#lastFrameWords;
       const hw = d.headerWords;
       const w = offset / 4; // exact beyond 4 GiB, where `>>> 2` wraps
-      hw[0] = fw[w];
-      hw[1] = fw[w + 1];
-      hw[2] = fw[w + 2];
-      hw[3] = fw[w + 3];
+      const w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+      if (
+        d.repeatable && w0 === hw[0] && w1 === hw[1] && w2 === hw[2] && w3 === hw[3] &&
+        length >= ETH_HLEN + VLAN_HLEN && d.inPort === ingressPort && d.now === now &&
+        d.version === this.datapathFdb.version && d.epoch === this.#epoch &&
+        this.linkUp[d.ports[0]] !== 0
+      ) {
+        // The same header as the unicast frame before it, from the same port, with nothing the
+        // decision read changed since (FDB, VLAN config, the second its source was refreshed,
+        // the destination's link): deciding again would give the same answer and learn nothing,
+        // so the answer stands. The private copy already holds these very bytes.
+        d.offset = offset;
+        d.length = length;
+        this.counters[cb + CNT_UNICAST]++;
+        return 1;
+      }
+      hw[0] = w0;
+      hw[1] = w1;
+      hw[2] = w2;
+      hw[3] = w3;
     } else {
       for (let i = 0; i < hl; i++) h[i] = frame[offset + i];
     }
+    d.repeatable = false;
+    d.count = 0;
+    d.vlan = -1;
+    d.ingressTci = -1;
+    d.offset = offset;
+    d.length = length;
     d.headerLength = hl;
     if (length < ETH_HLEN) return this.drop(cb, d, DROP_MALFORMED);
     let vlan = this.untaggedIngress[ingressPort];
@@ -451,6 +484,12 @@ export class Bridge {
         d.flooded = false;
         this.counters[cb + CNT_UNICAST]++;
         d.count = 1;
+        // Repeatable only if the source needs no learning next time (see the check above).
+        d.repeatable = src[cs] === version;
+        d.inPort = ingressPort;
+        d.now = now;
+        d.version = version;
+        d.epoch = this.#epoch;
         return 1;
       }
     }

@@ -15,6 +15,7 @@ import {
   egressTci,
   NO_DROP,
   type PortVlanConfig,
+  STATE_LINK_OFFSET,
 } from "../switch/bridge.ts";
 import { EgressFrame } from "../ports/port.ts";
 import { Fdb } from "../switch/fdb.ts";
@@ -448,4 +449,39 @@ Deno.test("a cached source is still refreshed once a second, so an active MAC ne
   assert.equal(b.fdb.age(1015, 2), 1);
   send(b, 0, f, 1015);
   assert.equal(where(b, A, 0), 0);
+});
+
+Deno.test("a frame with the last unicast frame's header takes its decision only while it holds", () => {
+  const b = bridge([undefined, undefined, undefined]);
+  b.addStatic(C, 0, 1);
+  const ac = frame({ dst: C, src: A });
+  for (let i = 0; i < 3; i++) assert.deepEqual(send(b, 0, ac, 100), [1]);
+  assert.equal(b.portCounters(0).unicast, 3, "every frame counted");
+  // The destination's link goes down (seen here before setLinkUp's FDB flush, as a worker sees
+  // it while the main thread is between the two): the same header now drops.
+  const link = new Uint8Array(b.state, STATE_LINK_OFFSET, 3);
+  link[1] = 0;
+  assert.deepEqual(send(b, 0, ac, 100), []);
+  assert.equal(d.dropReason, DROP_DEST_DOWN);
+  link[1] = 1;
+  assert.deepEqual(send(b, 0, ac, 100), [1]);
+  // A VLAN change that takes the destination out of VLAN 0.
+  b.setPortVlan(1, { mode: "access", tag: 5 });
+  assert.deepEqual(send(b, 0, ac, 100), []);
+  assert.equal(d.dropReason, DROP_DEST_DOWN);
+  b.setPortVlan(1, undefined);
+  assert.deepEqual(send(b, 0, ac, 100), [1]);
+  // The same header from the destination's own port is a hairpin there.
+  assert.deepEqual(send(b, 1, ac, 100), []);
+  assert.equal(d.dropReason, DROP_HAIRPIN);
+  // A new second refreshes the source (it must not age while the decision repeats).
+  for (let i = 0; i < 3; i++) assert.deepEqual(send(b, 0, ac, 100), [1]);
+  assert.deepEqual(send(b, 0, ac, 200), [1]);
+  assert.equal(b.fdb.age(450, 300), 0, "A refreshed at 200");
+  // A source the FDB refuses is asked to learn again with every frame (and counted each time).
+  b.fdb.maxPerPort = 1;
+  const bc = frame({ dst: C, src: B });
+  assert.deepEqual(send(b, 0, bc, 200), [1]);
+  assert.deepEqual(send(b, 0, bc, 200), [1]);
+  assert.equal(b.fdb.portCounters(0).refusedLimit, 2);
 });
