@@ -334,6 +334,21 @@ export class Testpmd implements AsyncDisposable {
     });
   }
 
+  /**
+   * A port's extended statistics by name (`show port xstats N`). The virtio PMD counts per
+   * queue and by RFC 2819 size bin (e.g. `rx_q0_size_1024_1518_packets`), so a stream of one
+   * frame size can be told from other traffic arriving on the same port.
+   */
+  async xstats(port: number): Promise<Record<string, number>> {
+    const out = await this.cmd(`show port xstats ${port}`);
+    if (!/NIC extended statistics for port/.test(out)) {
+      throw this.#error(`no extended statistics for port ${port}:\n${out}`);
+    }
+    const stats: Record<string, number> = {};
+    for (const m of out.matchAll(/^\s*(\w+):\s*(\d+)\s*$/gm)) stats[m[1]] = Number(m[2]);
+    return stats;
+  }
+
   /** Link status per port id, from `show port summary all`. */
   async linkStatus(): Promise<Map<number, boolean>> {
     const out = await this.cmd("show port summary all");
