@@ -1,15 +1,18 @@
 // A vhost-user port added and deleted while a DPDK testpmd pair streams through the switch: a
 // QEMU guest attaches to the new port and pings a guest on a port that was there from the start;
-// the port is deleted mid-ping and mid-stream. The pair loses nothing: every frame testpmd sent
-// on one port reached the other, by testpmd's own counters, and the switch counted no drop on
-// either port of the pair. (Frames for the deleted port, e.g. g1's replies to g3 still on their
-// way, may be dropped: they are counted on vm1 and vm3, not on the pair's ports.) The stream runs
-// during the whole attach of the new guest (negotiation, memory table, rings), its pings and the
-// delete; about a minute here, most of it the guests booting.
+// the port is deleted mid-ping and mid-stream. Port 1 streams to port 0's MAC (learned: one
+// output port); port 0 streams to a MAC no one has, so each of its frames is flooded to every
+// port that is up, the new one too until it goes. The pair loses nothing: every frame testpmd
+// sent on one port reached the other, by testpmd's own counters, and the switch counted no drop
+// on either port of the pair. (Copies flooded to the deleted port as it went, and g1's replies to
+// g3 still on their way, may be dropped: those are counted on vm3 and vm1, not on the pair's
+// ports.) The stream runs during the whole attach of the new guest (negotiation, memory table,
+// rings), its pings and the delete; about a minute here, most of it the guests booting.
 import assert from "node:assert/strict";
 import { createApp } from "../http/app.ts";
 import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
 import { Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
+import type { FlowEntry } from "../switch/view.ts";
 import { startSwitch, waitFor } from "./helpers/switch.ts";
 import { PacedStream, type StreamCounts } from "./helpers/testpmd_stream.ts";
 
@@ -20,6 +23,8 @@ const PMD0 = "02:00:00:00:17:00";
 const PMD1 = "02:00:00:00:17:01";
 const MAC1 = "52:54:00:00:17:01";
 const MAC3 = "52:54:00:00:17:03";
+/** Port 0 streams to a MAC no one has: the switch floods every such frame to every port. */
+const NOBODY = "02:00:00:00:17:99";
 /** Stream frame length (without FCS): in the virtio PMD's 1024..1518 size bin, which no guest
  * frame of this test reaches (ARP, 98-byte pings, IPv6 neighbour discovery). */
 const FRAME = 1100;
@@ -70,7 +75,7 @@ Deno.test({
       ),
       args: [
         "--forward-mode=rxonly",
-        `--eth-peer=0,${PMD1}`,
+        `--eth-peer=0,${NOBODY}`,
         `--eth-peer=1,${PMD0}`,
         `--txpkts=${FRAME}`,
         // `start` would otherwise drain (and count) what arrived while forwarding was stopped.
@@ -178,5 +183,25 @@ Deno.test({
     // frames sent on one = stream frames received on the other + the drops counted there (none).
     assert.deepEqual([dropsOf(p0), dropsOf(p1)], [{}, {}], detail);
     assert.deepEqual([end.received[1], end.received[0]], end.sent, detail);
+
+    // The flow table counted every frame of the stream, in each direction, through the add and
+    // the delete: port 0's frames in flood flows (to p1 alone while the guests were down, then
+    // with vm1, with vm3), port 1's in an output flow (after a flood flow, if its first frames
+    // came before port 0's MAC was learned).
+    const { flows } = (await req("GET", "/flows?maxIdle=3600")).json as { flows: FlowEntry[] };
+    const sum = (inPort: string, src: string, dst: string) =>
+      flows.filter((f) => f.inPort === inPort && f.src === src && f.dst === dst)
+        .reduce((a, f) => [a[0] + f.packets, a[1] + f.bytes], [0, 0]);
+    assert.deepEqual(
+      [sum("p0", PMD0, NOBODY), sum("p1", PMD1, PMD0)],
+      [[end.sent[0], end.sent[0] * FRAME], [end.sent[1], end.sent[1] * FRAME]],
+      JSON.stringify(flows, null, 1),
+    );
+    // Port 0's frames were flooded to vm3 too while it was there: the delete took a port out of
+    // a flood the pair's frames were in.
+    assert.ok(
+      flows.some((f) => f.inPort === "p0" && f.out.length === 3 && f.packets > 0),
+      JSON.stringify(flows, null, 1),
+    );
   },
 });
