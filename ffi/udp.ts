@@ -26,12 +26,36 @@ export const MSG_NAME = 0;
 export const MSG_NAMELEN = 8;
 export const MSG_IOV = 16;
 export const MSG_IOVLEN = 24;
+export const MSG_CONTROL = 32;
+export const MSG_CONTROLLEN = 40;
 export const MSG_FLAGS = 48;
 export const MSG_LEN = 56;
 export const IOVEC_SIZE = 16;
 export const IOV_BASE = 0;
 export const IOV_LEN = 8;
 export const SOCKADDR_IN_SIZE = 16;
+/**
+ * UDP segmentation offload (UDP_SEGMENT, Linux 4.18): a message whose payload is several
+ * datagrams laid end to end, with a control message giving their size, goes down the stack as
+ * one buffer and is cut into datagrams only where it leaves (the device, or the receiving
+ * socket). struct cmsghdr (len 8, level 4, type 4) then the 16-bit size: CMSG_SPACE(2) bytes.
+ */
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+export const UDP_SEGMENT_CMSG_SIZE = 24;
+/** Datagrams per UDP_SEGMENT message at most (UDP_MAX_SEGMENTS before Linux 6.9). */
+export const UDP_SEGMENT_MAX = 64;
+
+/** Writes the control message for a UDP_SEGMENT send of `size`-byte datagrams at b[at]. */
+export function writeUdpSegmentCmsg(b: Uint8Array, at: number, size: number): void {
+  b.fill(0, at, at + UDP_SEGMENT_CMSG_SIZE);
+  b[at] = 16 + 2; // cmsg_len = CMSG_LEN(2), little-endian
+  b[at + 8] = SOL_UDP;
+  b[at + 12] = UDP_SEGMENT;
+  b[at + 16] = size & 0xff; // host order (little-endian) u16
+  b[at + 17] = size >>> 8;
+}
+
 /** sin_port (big-endian) and sin_addr (network order) inside struct sockaddr_in. */
 export const SIN_PORT = 2;
 export const SIN_ADDR = 4;
@@ -88,6 +112,15 @@ export function udpSocket(
     closeFd(fd);
     throw err;
   }
+}
+
+/**
+ * Whether the kernel takes UDP_SEGMENT on this socket (a size of 0 sets no default): false on
+ * kernels before 4.18.
+ */
+export function supportsUdpSegment(fd: number): boolean {
+  const v = new Uint8Array(4);
+  return libc.setsockopt(fd, SOL_UDP, UDP_SEGMENT, v, 4) === 0;
 }
 
 /**

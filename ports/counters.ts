@@ -50,6 +50,11 @@ export const TX_GSO = 14;
 export const DROP_BAD_OFFLOAD = 15;
 /** Guest pages marked in the live-migration dirty log (each write of a page counts). */
 export const DIRTY_PAGES = 21;
+/**
+ * VXLAN: messages that carried a super-frame's segments as one UDP_SEGMENT send (each one
+ * datagram per segment on the wire; tx_packets counts the datagrams).
+ */
+export const TX_UDP_GSO = 22;
 export const COUNTER_FIELDS = 24;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -75,6 +80,7 @@ export const COUNTER_NAMES: Record<number, string> = {
   [TX_GSO]: "tx_gso",
   [DROP_BAD_OFFLOAD]: "drop_bad_offload",
   [DIRTY_PAGES]: "dirty_pages",
+  [TX_UDP_GSO]: "tx_udp_gso",
 };
 
 export class CounterTable {

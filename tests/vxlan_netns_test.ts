@@ -75,6 +75,8 @@ Deno.test({
       assert.equal(port.type === "vxlan" && port.remotes.join(), "10.20.0.2,10.20.0.3");
       // Kernel defaults: the station's TSO super-frames were cut to the inner MTU here.
       assert.ok(c.gso_segmented > 0, `gso_segmented: ${JSON.stringify(c)}`);
+      // ... and their segments left as UDP_SEGMENT sends, which both peers took (hash-checked).
+      assert.ok(c.tx_udp_gso > 0, `tx_udp_gso: ${JSON.stringify(c)}`);
     });
   },
 });

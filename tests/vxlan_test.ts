@@ -16,6 +16,7 @@ import {
   RX_GSO,
   RX_PACKETS,
   TX_PACKETS,
+  TX_UDP_GSO,
 } from "../ports/counters.ts";
 import { EgressFrame, FrameBatch } from "../ports/port.ts";
 import { OFFLOAD_CSUM, OFFLOAD_TSO4 } from "../ports/offload/virtio_net_hdr.ts";
@@ -58,11 +59,12 @@ function vxlan(vni: number, inner: Uint8Array, flags = 0x08): Uint8Array {
 
 /** A UDP socket on `address`:port that keeps what it receives. */
 class Peer {
-  readonly got: { data: Uint8Array; from: string }[] = [];
+  readonly got: { data: Uint8Array; from: string; port: number }[] = [];
   private constructor(readonly socket: dgram.Socket) {
     socket.on(
       "message",
-      (msg, rinfo) => this.got.push({ data: new Uint8Array(msg), from: rinfo.address }),
+      (msg, rinfo) =>
+        this.got.push({ data: new Uint8Array(msg), from: rinfo.address, port: rinfo.port }),
     );
   }
   static async bind(address: string, port: number): Promise<Peer> {
@@ -352,6 +354,45 @@ Deno.test("vxlan: checksum-partial and GSO frames are finished before encapsulat
   assert.deepEqual(segments.map((s) => s.length - 54), [1400, 1400, 1200]);
   for (const s of segments) assert.ok(s.length <= 1450 + 14 && tcpChecksumOk(s));
   assert.equal(r.c[GSO_SEGMENTED], 1);
+});
+
+Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many datagrams as one may carry", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  await peer.send(vxlan(VNI, frame(A, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+
+  // 46 segments of 1400 payload bytes: 1462-byte datagrams, 44 to a message (65507 bytes of
+  // UDP payload at most), so two sends.
+  const payload = 64000;
+  const big = tcpFrame(null, payload);
+  const g = new EgressFrame().setWhole(big, 0, big.length);
+  g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
+  g.csumStart = 34;
+  g.csumOffset = 16;
+  g.gsoSize = 1400;
+  assert.ok(r.dp.transmit(big, g));
+  r.dp.flush();
+  const count = Math.ceil(payload / 1400);
+  await peer.waitFor(count);
+  assert.equal(r.c[TX_UDP_GSO], 2);
+  assert.equal(r.c[TX_PACKETS], count);
+  assert.equal(r.c[GSO_SEGMENTED], 1);
+  const segments = peer.got.map((d) => d.data.subarray(8));
+  segments.forEach((s, k) => {
+    assert.equal(s.length - 54, k < count - 1 ? 1400 : payload - 1400 * (count - 1));
+    assert.ok(tcpChecksumOk(s), `segment ${k}: checksum`);
+    const seq = ((s[38] << 24) | (s[39] << 16) | (s[40] << 8) | s[41]) >>> 0;
+    assert.equal(seq, 1 + 1400 * k, `segment ${k}: in order`);
+  });
+  // They left from the segmentation socket (its own source port), not the port's own.
+  assert.equal(new Set(peer.got.map((d) => d.port)).size, 1);
+  assert.notEqual(peer.got[0].port, r.udpPort);
+
+  // A plain frame still leaves from udpPort.
+  assert.ok(r.transmit(frame(A, B)));
+  await peer.waitFor(count + 1);
+  assert.equal(peer.got[count].port, r.udpPort);
 });
 
 Deno.test("vxlan: a TCP super-frame received whole (tunnel GSO) is handed on as GSO for the inner MTU", async () => {

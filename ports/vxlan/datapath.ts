@@ -4,7 +4,12 @@
 // bridge in place. Transmit: the frame is copied once behind a VXLAN header written at setup,
 // and one message per destination VTEP (one for a known MAC, the whole flood list for the rest:
 // head-end replication, all pointing at the same copy) goes out with one sendmmsg(2) per burst.
-// The kernel adds the outer IPv4/UDP headers, routes, resolves next hops and fills checksums.
+// A TCP super-frame is cut into segments here too, but they leave as one UDP_SEGMENT message
+// (per VTEP) from a second socket: the kernel carries the whole run down the stack as one
+// buffer and cuts it into datagrams at the device (or the receiving socket), where sending
+// ~45 datagrams one by one cost the kernel's route lookup, allocation, netfilter hooks and
+// device work ~45 times. The kernel adds the outer IPv4/UDP headers, routes, resolves next hops
+// and fills checksums.
 import {
   DROP_LINK_DOWN,
   DROP_NO_BUFFER,
@@ -21,6 +26,7 @@ import {
   RX_PACKETS,
   TX_BYTES,
   TX_PACKETS,
+  TX_UDP_GSO,
 } from "../counters.ts";
 import {
   BURST,
@@ -36,6 +42,8 @@ import {
   IOV_LEN,
   IOVEC_SIZE,
   MMSGHDR_SIZE,
+  MSG_CONTROL,
+  MSG_CONTROLLEN,
   MSG_FLAGS,
   MSG_IOV,
   MSG_IOVLEN,
@@ -47,7 +55,10 @@ import {
   sendBurst,
   SIN_ADDR,
   SOCKADDR_IN_SIZE,
+  UDP_SEGMENT_CMSG_SIZE,
+  UDP_SEGMENT_MAX,
   writeSockaddrIn,
+  writeUdpSegmentCmsg,
 } from "../../ffi/udp.ts";
 import { copyEgress } from "../af_packet/tpacket.ts";
 import { completePartialChecksum } from "./inner_checksum.ts";
@@ -57,6 +68,7 @@ import { TCP_CHECK } from "../offload/checksum.ts";
 import {
   OFFLOAD_CSUM,
   OFFLOAD_DATA_VALID,
+  OFFLOAD_GSO,
   OFFLOAD_TSO4,
   OFFLOAD_TSO6,
 } from "../offload/virtio_net_hdr.ts";
@@ -85,7 +97,11 @@ const TX_SLOTS = 64;
 const TX_MSGS = 256;
 /** Open-addressing index of the remote list by address (this thread's own, for receive). */
 const INDEX_SLOTS = MAX_REMOTES * 2;
+/** UDP payload bytes one UDP_SEGMENT message may carry: an IPv4 datagram's 65535 less headers. */
+const UDP_SEGMENT_BYTES = 65535 - 20 - 8;
 const EAGAIN = 11;
+const EIO = 5;
+const EINVAL = 22;
 const EMSGSIZE = 90;
 const ENOBUFS = 105;
 const ENETUNREACH = 101;
@@ -104,12 +120,17 @@ class MessageArea {
   readonly names: number;
   readonly iovs: number;
   readonly slots: number;
+  /** One iovec per data slot, in slot order: a run of slots is one message's iovec array. */
+  readonly slotIovs: number;
+  /** One UDP_SEGMENT control message per message. */
+  readonly controls: number;
   /** Pointer to message i, for a send that resumes after a failed datagram. */
   readonly msgPointers: Deno.PointerObject[];
   readonly #base: number;
 
   constructor(messages: number, slots: number, readonly slotSize: number) {
-    const headers = messages * (MMSGHDR_SIZE + IOVEC_SIZE + SOCKADDR_IN_SIZE);
+    const headers = messages * (MMSGHDR_SIZE + IOVEC_SIZE + SOCKADDR_IN_SIZE) +
+      slots * IOVEC_SIZE + messages * UDP_SEGMENT_CMSG_SIZE;
     const start = Math.ceil(headers / 4096) * 4096;
     this.mapping = mmap(start + slots * slotSize);
     const buf = viewMapping(this.mapping.address, this.mapping.length);
@@ -118,6 +139,8 @@ class MessageArea {
     this.#base = Number(this.mapping.address);
     this.iovs = messages * MMSGHDR_SIZE;
     this.names = this.iovs + messages * IOVEC_SIZE;
+    this.slotIovs = this.names + messages * SOCKADDR_IN_SIZE;
+    this.controls = this.slotIovs + slots * IOVEC_SIZE;
     this.slots = start;
     this.msgPointers = [];
     for (let i = 0; i < messages; i++) {
@@ -128,6 +151,23 @@ class MessageArea {
       this.words[(m + MSG_IOVLEN) >> 2] = 1;
       this.msgPointers.push(Deno.UnsafePointer.offset(this.mapping.pointer, m)!);
     }
+  }
+
+  /** Points message i at `iovCount` iovecs from byte `iovs`, with a control message or none. */
+  setMessage(i: number, iovs: number, iovCount: number, control: number | null): void {
+    const m = i * MMSGHDR_SIZE;
+    this.setPointer(m + MSG_IOV, iovs);
+    this.words[(m + MSG_IOVLEN) >> 2] = iovCount;
+    this.words[(m + MSG_IOVLEN + 4) >> 2] = 0;
+    if (control === null) {
+      this.words[(m + MSG_CONTROL) >> 2] = 0;
+      this.words[(m + MSG_CONTROL + 4) >> 2] = 0;
+      this.words[(m + MSG_CONTROLLEN) >> 2] = 0;
+    } else {
+      this.setPointer(m + MSG_CONTROL, control);
+      this.words[(m + MSG_CONTROLLEN) >> 2] = UDP_SEGMENT_CMSG_SIZE;
+    }
+    this.words[(m + MSG_CONTROLLEN + 4) >> 2] = 0;
   }
 
   /** Stores the address of byte `target` of this area at byte `at` (a 64-bit pointer). */
@@ -163,6 +203,26 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   readonly #headers = new FrameHeaders();
   #txSlots = 0;
   #txMsgs = 0;
+  /** Per queued message: sent through the UDP_SEGMENT socket; its datagrams; inner bytes. */
+  readonly #msgGso = new Uint8Array(TX_MSGS);
+  readonly #msgDatagrams = new Uint16Array(TX_MSGS);
+  readonly #msgBytes = new Float64Array(TX_MSGS);
+  /** The UDP_SEGMENT socket, -1: none (an old kernel, or it refused a send). */
+  #gsoFd: number;
+  /**
+   * While a super-frame is being cut (see transmit), its segments fill consecutive slots as a
+   * run that becomes one message per VTEP: first slot (-1: no run), datagram size, the VTEPs
+   * (first remote and count), the most datagrams one message may hold, inner bytes, and
+   * whether a shorter datagram (the last of a super-frame) already ended it.
+   */
+  #cutting = false;
+  #runFirst = -1;
+  #runSize = 0;
+  #runRemote = 0;
+  #runCount = 0;
+  #runMax = 0;
+  #runBytes = 0;
+  #runShort = false;
 
   constructor(
     spec: VxlanSpec,
@@ -171,6 +231,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     receives: boolean,
   ) {
     this.#fd = spec.fd;
+    this.#gsoFd = spec.gsoFd;
     this.#vni = spec.vni;
     this.#mtu = spec.mtu;
     this.#strict = spec.strict;
@@ -185,7 +246,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
         writeSockaddrIn(tx.bytes, tx.names + i * SOCKADDR_IN_SIZE, 0, spec.udpPort);
       }
       // Every datagram carries the same header: written once per slot, never per frame.
-      for (let s = 0; s < TX_SLOTS; s++) writeVxlanHeader(tx.bytes, tx.slots + s * SLOT, spec.vni);
+      for (let s = 0; s < TX_SLOTS; s++) {
+        writeVxlanHeader(tx.bytes, tx.slots + s * SLOT, spec.vni);
+        tx.setPointer(tx.slotIovs + s * IOVEC_SIZE + IOV_BASE, tx.slots + s * SLOT);
+      }
       if (receives) {
         const rx = this.#rx = new MessageArea(BURST, BURST, RX_SLOT);
         for (let i = 0; i < BURST; i++) {
@@ -316,10 +380,22 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     return k;
   }
 
-  /** A checksum-partial or GSO frame is finished in software first (inner checksums, segments). */
+  /**
+   * A checksum-partial or GSO frame is finished in software first (inner checksums, segments);
+   * a super-frame's segments go out as UDP_SEGMENT runs where the kernel takes them.
+   */
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     if ((f.offload & ~OFFLOAD_DATA_VALID) === 0) return this.transmitPlain(src, f);
-    return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
+    if (this.#gsoFd < 0 || (f.offload & OFFLOAD_GSO) === 0) {
+      return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
+    }
+    this.#cutting = true;
+    try {
+      return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
+    } finally {
+      this.#closeRun();
+      this.#cutting = false;
+    }
   }
 
   transmitPlain(src: Uint8Array, f: EgressFrame): boolean {
@@ -351,6 +427,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       c[DROP_VTEP_UNREACHABLE]++;
       return false;
     }
+    if (this.#cutting) {
+      this.#segment(src, f, first, count);
+      return true;
+    }
     if (this.#txSlots === TX_SLOTS || this.#txMsgs + count > TX_MSGS) this.#send();
     const tx = this.#tx;
     const slot = tx.slots + this.#txSlots++ * SLOT;
@@ -359,17 +439,81 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     for (let k = first; k < first + count; k++) {
       const i = this.#txMsgs++;
       const iov = tx.iovs + i * IOVEC_SIZE;
+      tx.setMessage(i, iov, 1, null);
       tx.setPointer(iov + IOV_BASE, slot);
       w[(iov + IOV_LEN) >> 2] = VXLAN_HLEN + len;
-      const a = r[REMOTES_BASE + k];
-      const at = tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
-      const b = tx.bytes;
-      b[at] = a >>> 24;
-      b[at + 1] = (a >>> 16) & 0xff;
-      b[at + 2] = (a >>> 8) & 0xff;
-      b[at + 3] = a & 0xff;
+      this.#address(i, r[REMOTES_BASE + k]);
+      this.#msgGso[i] = 0;
+      this.#msgDatagrams[i] = 1;
+      this.#msgBytes[i] = len;
     }
     return true;
+  }
+
+  /** Writes the VTEP address `a` into message i's sockaddr_in. */
+  #address(i: number, a: number): void {
+    const at = this.#tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
+    const b = this.#tx.bytes;
+    b[at] = a >>> 24;
+    b[at + 1] = (a >>> 16) & 0xff;
+    b[at + 2] = (a >>> 8) & 0xff;
+    b[at + 3] = a & 0xff;
+  }
+
+  /**
+   * One segment of the super-frame being cut: into the next slot, as part of the open run. A run
+   * holds datagrams of one size for the same VTEPs, the last one possibly shorter, as many as
+   * one UDP_SEGMENT message may carry; anything else closes it and opens another.
+   */
+  #segment(src: Uint8Array, f: EgressFrame, first: number, count: number): void {
+    const size = VXLAN_HLEN + f.length;
+    if (
+      this.#runFirst >= 0 &&
+      (this.#runShort || size > this.#runSize || first !== this.#runRemote ||
+        count !== this.#runCount || this.#txSlots - this.#runFirst === this.#runMax)
+    ) {
+      this.#closeRun();
+    }
+    if (this.#txSlots === TX_SLOTS || (this.#runFirst < 0 && this.#txMsgs + count > TX_MSGS)) {
+      this.#closeRun();
+      this.#send();
+    }
+    const tx = this.#tx;
+    const s = this.#txSlots++;
+    copyEgress(tx.bytes, tx.slots + s * SLOT + VXLAN_HLEN, src, f);
+    tx.words[(tx.slotIovs + s * IOVEC_SIZE + IOV_LEN) >> 2] = size;
+    if (this.#runFirst < 0) {
+      this.#runFirst = s;
+      this.#runSize = size;
+      this.#runRemote = first;
+      this.#runCount = count;
+      this.#runMax = Math.min(UDP_SEGMENT_MAX, Math.floor(UDP_SEGMENT_BYTES / size));
+      this.#runBytes = 0;
+      this.#runShort = false;
+    } else if (size < this.#runSize) {
+      this.#runShort = true;
+    }
+    this.#runBytes += f.length;
+  }
+
+  /** Queues the open run as one message per VTEP (UDP_SEGMENT when it holds several datagrams). */
+  #closeRun(): void {
+    const s = this.#runFirst;
+    if (s < 0) return;
+    this.#runFirst = -1;
+    const tx = this.#tx;
+    const n = this.#txSlots - s;
+    const r = this.#remotes;
+    for (let k = this.#runRemote; k < this.#runRemote + this.#runCount; k++) {
+      const i = this.#txMsgs++;
+      const control = n > 1 ? tx.controls + i * UDP_SEGMENT_CMSG_SIZE : null;
+      if (control !== null) writeUdpSegmentCmsg(tx.bytes, control, this.#runSize);
+      tx.setMessage(i, tx.slotIovs + s * IOVEC_SIZE, n, control);
+      this.#address(i, r[REMOTES_BASE + k]);
+      this.#msgGso[i] = n > 1 ? 1 : 0;
+      this.#msgDatagrams[i] = n;
+      this.#msgBytes[i] = this.#runBytes;
+    }
   }
 
   /** Whether the egress frame's outer ethertype is 802.1Q (its 4 bytes do not count in the MTU). */
@@ -381,32 +525,43 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     if (this.#txMsgs > 0) this.#send();
   }
 
-  /** Sends every queued datagram; the ones the kernel refuses are dropped and counted. */
+  /**
+   * Sends every queued message, in order, each through its socket; the datagrams the kernel
+   * refuses are dropped and counted.
+   */
   #send(): void {
     const c = this.counters;
     const tx = this.#tx;
-    const w = tx.words;
     const total = this.#txMsgs;
     c[NOTIFICATIONS]++;
     let at = 0;
     while (at < total) {
-      const sent = sendBurst(this.#fd, tx.msgPointers[at], total - at);
+      const gso = this.#msgGso[at];
+      let end = at + 1;
+      while (end < total && this.#msgGso[end] === gso) end++;
+      const sent = sendBurst(gso ? this.#gsoFd : this.#fd, tx.msgPointers[at], end - at);
       if (sent > 0) {
         for (let i = at; i < at + sent; i++) {
-          c[TX_BYTES] += w[(tx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] - VXLAN_HLEN;
+          c[TX_BYTES] += this.#msgBytes[i];
+          c[TX_PACKETS] += this.#msgDatagrams[i];
         }
-        c[TX_PACKETS] += sent;
+        if (gso) c[TX_UDP_GSO] += sent;
         at += sent;
         continue;
       }
       const e = -sent;
       if (e === EAGAIN || e === ENOBUFS) {
-        c[DROP_NO_BUFFER] += total - at; // the socket's send buffer is full: drop, never wait
+        // The socket's send buffer is full: drop, never wait.
+        for (let i = at; i < total; i++) c[DROP_NO_BUFFER] += this.#msgDatagrams[i];
         break;
       }
-      // This datagram alone: too big for the path (DF is set), or no route to its VTEP.
+      // This message alone: too big for the path (DF is set), or no route to its VTEP. A kernel
+      // that refuses UDP_SEGMENT itself (EINVAL, EIO: e.g. an IPsec route) gets single
+      // datagrams from now on.
+      if (gso && (e === EINVAL || e === EIO)) this.#gsoFd = -1;
       const unreachable = e === ENETUNREACH || e === EHOSTUNREACH;
-      c[e === EMSGSIZE ? DROP_TOO_BIG : unreachable ? DROP_VTEP_UNREACHABLE : DROP_LINK_DOWN]++;
+      c[e === EMSGSIZE ? DROP_TOO_BIG : unreachable ? DROP_VTEP_UNREACHABLE : DROP_LINK_DOWN] +=
+        this.#msgDatagrams[at];
       at++;
     }
     this.#txMsgs = 0;

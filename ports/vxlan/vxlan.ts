@@ -63,6 +63,11 @@ export interface VxlanSpec {
   name: string;
   /** The UDP socket bound to local:udpPort, shared by every Worker. */
   fd: number;
+  /**
+   * A second socket bound to the VTEP address (its own source port) that sends each TCP
+   * super-frame's segments as one UDP_SEGMENT message; -1 where the kernel lacks it.
+   */
+  gsoFd: number;
   vni: number;
   udpPort: number;
   /** Inner MTU: frames longer than mtu + 14 (+ 4 when tagged) are dropped, counted too_big. */

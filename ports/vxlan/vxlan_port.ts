@@ -2,7 +2,7 @@
 // fills the remote list (flood list, then static remoteMacs targets) and the static MAC
 // entries, and answers which VTEP a MAC was learned behind. The Workers get a VxlanSpec.
 import { closeFd } from "../../ffi/fd.ts";
-import { udpSocket } from "../../ffi/udp.ts";
+import { supportsUdpSegment, udpSocket } from "../../ffi/udp.ts";
 import { parseMac } from "../ethernet.ts";
 import {
   createRemoteList,
@@ -71,9 +71,25 @@ export class VxlanPort {
     } catch (err) {
       throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
     }
+    // UDP segmentation needs the UDP checksum (the kernel, or the device, fills it per
+    // datagram), so the super-frames' segments leave from a socket of their own that keeps it:
+    // RFC 7348 allows either, and receivers (the kernel, this switch) take both.
+    let gsoFd = -1;
+    try {
+      gsoFd = udpSocket(ipv4ToNumber(config.local), 0);
+      if (!supportsUdpSegment(gsoFd)) {
+        closeFd(gsoFd);
+        gsoFd = -1;
+        log(`${where}: the kernel has no UDP_SEGMENT: super-frames go out one datagram each`);
+      }
+    } catch (err) {
+      closeFd(fd);
+      throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
+    }
     const spec: VxlanSpec = {
       name: config.name,
       fd,
+      gsoFd,
       vni: config.vni,
       udpPort: config.udpPort,
       mtu: config.mtu,
@@ -106,5 +122,6 @@ export class VxlanPort {
     if (this.#closed) return;
     this.#closed = true;
     closeFd(this.spec.fd);
+    if (this.spec.gsoFd >= 0) closeFd(this.spec.gsoFd);
   }
 }
