@@ -135,13 +135,22 @@ async function startOvsTarget(dir: string, tso: boolean, tag: string): Promise<R
   };
 }
 
-/** The receiver's TCP checksum errors so far (/proc/net/snmp Tcp: InCsumErrors). */
-async function tcpCsumErrors(g: Guest): Promise<number> {
-  const lines = (await g.check("grep '^Tcp:' /proc/net/snmp")).trim().split("\n");
+/** A guest's counters of one protocol so far (/proc/net/snmp, e.g. the "Tcp:" lines), by name. */
+async function snmp(g: Guest, proto: "Ip" | "Tcp"): Promise<Record<string, number>> {
+  const lines = (await g.check(`grep '^${proto}:' /proc/net/snmp`)).trim().split("\n");
   const [names, values] = lines.map((l) => l.trim().split(/\s+/));
-  const i = names.indexOf("InCsumErrors");
-  if (i < 0 || !values) throw new Error(`no InCsumErrors in /proc/net/snmp:\n${lines.join("\n")}`);
-  return Number(values[i]);
+  if (!values || names.length !== values.length) {
+    throw new Error(`unexpected /proc/net/snmp:\n${lines.join("\n")}`);
+  }
+  return Object.fromEntries(names.slice(1).map((n, i) => [n, Number(values[i + 1])]));
+}
+
+/** A guest's eth0 frame counters (received, and dropped or in error by its driver). */
+async function linkStats(g: Guest): Promise<{ rx: number; rxDropped: number }> {
+  const dir = "/sys/class/net/eth0/statistics";
+  const out = await g.check(`cat ${dir}/rx_packets ${dir}/rx_dropped ${dir}/rx_errors`);
+  const [rx, dropped, errors] = out.trim().split(/\s+/).map(Number);
+  return { rx, rxDropped: dropped + errors };
 }
 
 /** The offload features a guest's driver negotiated (virtio's features file: one 0/1 per bit). */
@@ -170,6 +179,15 @@ interface Trial {
   guestCpu: number;
   /** TCP segments the receiving guest dropped for a bad checksum during the transfer. */
   csumErrors: number;
+  /** Segments the sending guest's TCP retransmitted (RetransSegs). */
+  retransmits: number;
+  /** Segments the receiving guest's TCP took in (InSegs; GRO'd or TSO frames count once). */
+  segmentsIn: number;
+  /** Frames the receiving guest's driver took in, and dropped or found in error (eth0). */
+  framesIn: number;
+  framesDropped: number;
+  /** The receiving guest's IPv4 counters over the transfer (/proc/net/snmp Ip:). */
+  ipIn: Record<string, number>;
   counters: Record<string, number>;
   features: string[];
   bootMs: number;
@@ -236,6 +254,11 @@ async function trial(
     cpu: 0,
     guestCpu: 0,
     csumErrors: 0,
+    retransmits: 0,
+    segmentsIn: 0,
+    framesIn: 0,
+    framesDropped: 0,
+    ipIn: {},
     bootMs: 0,
     stalled: false,
   };
@@ -262,7 +285,9 @@ async function trial(
     // ARP and MAC learning before the clock starts.
     await guests[0].check(`ping -c 1 -W 5 ${IP[1]} >/dev/null`, 20_000);
     const features = await negotiated(guests[0]);
-    const csum0 = await tcpCsumErrors(guests[1]);
+    const [tx0, rx0] = await Promise.all(guests.map((g) => snmp(g, "Tcp")));
+    const link0 = await linkStats(guests[1]);
+    const ip0 = await snmp(guests[1], "Ip");
     await t.beforeStream();
     const before = await t.counters();
     const guestCpuNow = () => guests.reduce((x, g) => x + cpuSeconds(g.pid), 0);
@@ -271,7 +296,15 @@ async function trial(
     const r = await stream(guests[0], guests[1], seconds);
     const cpu = cpuSeconds(t.pid) - cpu0;
     const guestCpu = guestCpuNow() - guestCpu0;
-    const csumErrors = await tcpCsumErrors(guests[1]) - csum0;
+    const [tx1, rx1] = await Promise.all(guests.map((g) => snmp(g, "Tcp")));
+    const link1 = await linkStats(guests[1]);
+    const ip1 = await snmp(guests[1], "Ip");
+    const ipIn = Object.fromEntries(
+      ["InReceives", "InHdrErrors", "InAddrErrors", "InDiscards", "InDelivers"].map((k) => [
+        k,
+        ip1[k] - ip0[k],
+      ]),
+    );
     const after = await t.counters();
     const counters = Object.fromEntries(
       Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, v]) => v !== 0),
@@ -281,7 +314,12 @@ async function trial(
       ...r,
       cpu,
       guestCpu,
-      csumErrors,
+      csumErrors: rx1.InCsumErrors - rx0.InCsumErrors,
+      retransmits: tx1.RetransSegs - tx0.RetransSegs,
+      segmentsIn: rx1.InSegs - rx0.InSegs,
+      framesIn: link1.rx - link0.rx,
+      framesDropped: link1.rxDropped - link0.rxDropped,
+      ipIn,
       counters,
       features,
       bootMs: Math.max(...guests.map((g) => g.bootMs)),
@@ -321,11 +359,17 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
         console.log(
           `round ${round + 1} ${target.padEnd(12)} ${t.mbps.toFixed(1).padStart(6)} Mbit/s ` +
             `(${(t.bytes / 1e6).toFixed(1)} MB in ${t.seconds.toFixed(2)} s, CPU s: target ` +
-            `${t.cpu.toFixed(1)} guests ${t.guestCpu.toFixed(1)}, receiver TCP checksum errors ` +
-            `${t.csumErrors}, boot ${(t.bootMs / 1000).toFixed(1)} s, load ${load()})` +
+            `${t.cpu.toFixed(1)} guests ${
+              t.guestCpu.toFixed(1)
+            }, TCP: ${t.retransmits} retransmitted, ` +
+            `${t.segmentsIn} in, ${t.csumErrors} checksum errors; receiver eth0: ${t.framesIn} ` +
+            `frames, ${t.framesDropped} dropped; boot ${
+              (t.bootMs / 1000).toFixed(1)
+            } s, load ${load()})` +
             (Object.keys(t.counters).length ? `\n    ${JSON.stringify(t.counters)}` : "") +
             (t.stalled
-              ? `\n    STALLED: the stream had not ended ${STALL_S} s after its source`
+              ? `\n    STALLED: the stream had not ended ${STALL_S} s after its source; ` +
+                `receiver IPv4 ${JSON.stringify(t.ipIn)}`
               : "") +
             (t.error ? `\n    FAILED: ${t.error}` : ""),
         );
@@ -345,6 +389,7 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
       cpuPerGB: median(moved.map((t) => t.cpu / (t.bytes / 1e9))),
       guestCpuPerGB: median(moved.map((t) => t.guestCpu / (t.bytes / 1e9))),
       csumErrors: ts.reduce((x, t) => x + t.csumErrors, 0),
+      retransmits: median(ts.map((t) => t.retransmits)),
       features: ts[0]?.features ?? [],
       failed: trials.filter((t) => t.target === target && t.error).length,
       stalled: ts.filter((t) => t.stalled).length,
@@ -358,7 +403,7 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
   const refs = ["ovs-tso-off", "ovs-tso-on"].map((r) => summary.find((s) => s.target === r));
   const num = (x: number, digits: number) => Number.isFinite(x) ? x.toFixed(digits) : "-";
   console.log(
-    "target        Mbit/s  [all]                   CPU s/GB: target guests  csum errors  " +
+    "target        Mbit/s  [all]                   CPU s/GB: target guests  retrans  csum errors  " +
       "vs ovs-tso-off  vs ovs-tso-on  offloads negotiated",
   );
   for (const s of summary) {
@@ -367,10 +412,12 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
       `${s.target.padEnd(12)} ${num(s.mbps, 1).padStart(7)}  ${
         JSON.stringify(s.mbpsAll).padEnd(23)
       } ${num(s.cpuPerGB, 0).padStart(16)} ${num(s.guestCpuPerGB, 0).padStart(6)}  ${
-        String(s.csumErrors).padStart(11)
-      }  ${ratios[0].padStart(14)}  ${ratios[1].padStart(13)}  ${s.features.join(",") || "none"}${
-        s.failed ? `  (${s.failed} failed)` : ""
-      }${s.stalled ? `  (${s.stalled} stalled)` : ""}`,
+        num(s.retransmits, 0).padStart(7)
+      }  ${String(s.csumErrors).padStart(11)}  ${ratios[0].padStart(14)}  ${
+        ratios[1].padStart(13)
+      }  ${s.features.join(",") || "none"}${s.failed ? `  (${s.failed} failed)` : ""}${
+        s.stalled ? `  (${s.stalled} stalled)` : ""
+      }`,
     );
   }
   await Deno.writeTextFile(
