@@ -13,6 +13,7 @@ import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
 import { ovsMissing, startOvs } from "./pvp/ovs.ts";
 import { cleanupAll, exists, freePort, Proc, run, waitFor } from "./pvp/proc.ts";
 import { cpuSeconds } from "../peers/switch_process.ts";
+import { REPO } from "./options.ts";
 
 export const GUEST_TARGETS = ["switch", "switch-plain", "ovs-tso-off", "ovs-tso-on"] as const;
 export type GuestTarget = typeof GUEST_TARGETS[number];
@@ -423,7 +424,15 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
   await Deno.writeTextFile(
     opts.out,
     JSON.stringify(
-      { date: new Date().toISOString(), opts, loadBefore, loadAfter: load(), trials, summary },
+      {
+        date: new Date().toISOString(),
+        // The file names no directory of the machine it ran on.
+        opts: { ...opts, out: opts.out.startsWith(REPO) ? opts.out.slice(REPO.length) : opts.out },
+        loadBefore,
+        loadAfter: load(),
+        trials,
+        summary,
+      },
       null,
       2,
     ) + "\n",
