@@ -432,11 +432,11 @@ export class Testpmd implements AsyncDisposable {
 export interface ExchangeOptions {
   /** Directory for the pcap files (the caller removes it). */
   dir: string;
-  /** vhost-user sockets of virtio_user0 and virtio_user1. */
-  sockets: [string, string];
+  /** vhost-user sockets of virtio_user0, virtio_user1, ... (two or more). */
+  sockets: string[];
   /** Frames sent out of virtio_user0 and virtio_user1. */
-  send: [Uint8Array[], Uint8Array[]];
-  macs?: [string, string];
+  send: Uint8Array[][];
+  macs?: string[];
   /** Options for both virtio-user ports (server, mrgRxbuf, inOrder, packedVq, ...). */
   virtio?: Omit<VirtioUserVdevOptions, "index" | "path" | "mac">;
   /** Extra testpmd arguments, e.g. --mbuf-size=10240. */
@@ -462,16 +462,19 @@ export interface ExchangeOptions {
    * never reached) it ends when output has been quiet for `settleMs`. Leave it out when
    * checking that no extra frames arrive.
    */
-  expect?: [number, number];
+  expect?: number[];
   /** How long output counters must stay still to count as done. */
   settleMs?: number;
   timeoutMs?: number;
 }
 
 export interface ExchangeResult {
-  /** Frames received by virtio_user0 and virtio_user1, in order. */
-  received: [Uint8Array[], Uint8Array[]];
-  /** Front-end port stats after forwarding stopped: 0 pcap0, 1 vu0, 2 vu1, 3 pcap1. */
+  /** Frames received by virtio_user0, virtio_user1, ..., in order. */
+  received: Uint8Array[][];
+  /**
+   * Front-end port stats after forwarding stopped, by testpmd port id: with two virtio-user
+   * ports 0 pcap0, 1 vu0, 2 vu1, 3 pcap1; in general `virtioPort(i)` and `pcapPort(i)`.
+   */
   stats: PortStats[];
   transcript: string;
 }
@@ -479,27 +482,37 @@ export interface ExchangeResult {
 let exchanges = 0;
 
 /**
- * One testpmd front-end in io mode with pcap0 <-> virtio_user0 and virtio_user1 <-> pcap1:
- * frames of `send[i]` leave through virtio_user{i}; what virtio_user{i} receives is returned.
+ * testpmd port ids of `exchangeFrames`: io forwarding pairs ports 2k and 2k+1, so each
+ * virtio-user port sits beside its pcap port, as pcap0 vu0 vu1 pcap1 pcap2 vu2 vu3 pcap3 ...
+ */
+export const pcapPort = (i: number) => i % 2 ? 2 * i + 1 : 2 * i;
+export const virtioPort = (i: number) => i % 2 ? 2 * i : 2 * i + 1;
+
+/**
+ * One testpmd front-end in io mode with pcap{i} <-> virtio_user{i} for each socket: frames of
+ * `send[i]` leave through virtio_user{i}; what virtio_user{i} receives is returned.
  */
 export async function exchangeFrames(o: ExchangeOptions): Promise<ExchangeResult> {
   const n = ++exchanges;
   const file = (kind: string, i: number) => `${o.dir}/${kind}${i}_${n}.pcap`;
-  await writePcap(file("in", 0), o.send[0]);
-  await writePcap(file("in", 1), o.send[1]);
-  const macs = o.macs ?? ["02:00:00:00:00:01", "02:00:00:00:00:02"];
+  const ends = o.sockets.map((_, i) => i);
+  if (ends.length < 2 || o.send.length !== ends.length) {
+    throw new Error(`exchangeFrames: ${o.sockets.length} sockets, ${o.send.length} frame lists`);
+  }
+  for (const i of ends) await writePcap(file("in", i), o.send[i]);
+  const macs = o.macs ?? ends.map((i) => `02:00:00:00:00:${(i + 1).toString(16).padStart(2, "0")}`);
+  const vdevs: string[] = [];
+  for (const i of ends) {
+    const pcap = pcapVdev({ index: i, rx: file("in", i), tx: file("out", i) });
+    const vu = virtioUserVdev({ ...o.virtio, index: i, path: o.sockets[i], mac: macs[i] });
+    vdevs.push(...(i % 2 ? [vu, pcap] : [pcap, vu]));
+  }
   const [launch, hook] = await Promise.allSettled([
     Testpmd.launch({
       ...o.testpmd,
       name: o.name ?? `frontend${n}`,
       lcores: o.lcores ?? "0@1,1@0",
-      vdevs: [
-        pcapVdev({ index: 0, rx: file("in", 0), tx: file("out", 0) }),
-        ...[0, 1].map((i) =>
-          virtioUserVdev({ ...o.virtio, index: i, path: o.sockets[i], mac: macs[i] })
-        ),
-        pcapVdev({ index: 1, rx: file("in", 1), tx: file("out", 1) }),
-      ],
+      vdevs,
       // Without --no-flush-rx, `start` drains (and loses) the frames the pcap ports have read.
       args: ["--forward-mode=io", "--no-flush-rx", ...(o.args ?? [])],
     }),
@@ -509,7 +522,7 @@ export async function exchangeFrames(o: ExchangeOptions): Promise<ExchangeResult
   if (!fe) throw (launch as PromiseRejectedResult).reason;
   if (hook.status === "rejected") throw hook.reason;
   await o.launched?.(fe);
-  await fe.waitLinkUp([1, 2], o.timeoutMs);
+  await fe.waitLinkUp(ends.map(virtioPort), o.timeoutMs);
   await o.linked?.(fe);
   await fe.start();
   let last = "";
@@ -517,8 +530,8 @@ export async function exchangeFrames(o: ExchangeOptions): Promise<ExchangeResult
   await fe.poll(
     async () => {
       const st = await fe.portStats();
-      const counts = [st[0].txPackets, st[3].txPackets];
-      const read = st[0].rxPackets === o.send[0].length && st[3].rxPackets === o.send[1].length;
+      const counts = ends.map((i) => st[pcapPort(i)].txPackets);
+      const read = ends.every((i) => st[pcapPort(i)].rxPackets === o.send[i].length);
       if (read && o.expect && counts.every((c, i) => c >= o.expect![i])) return true;
       if (String(counts) !== last) [last, still] = [String(counts), Date.now()];
       return (read && Date.now() - still >= (o.settleMs ?? 500)) || undefined;
@@ -532,7 +545,7 @@ export async function exchangeFrames(o: ExchangeOptions): Promise<ExchangeResult
   // The pcap PMD's dumpers are complete once its ports are closed.
   await fe.quit();
   return {
-    received: [await readPcapFrames(file("out", 0)), await readPcapFrames(file("out", 1))],
+    received: await Promise.all(ends.map((i) => readPcapFrames(file("out", i)))),
     stats,
     transcript: fe.transcript,
   };
