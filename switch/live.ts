@@ -286,10 +286,13 @@ export class LiveConfig {
       running.fdb.static = running.fdb.static.filter((e) => kept.has(key(e)));
       for (const slot of removed) {
         const name = this.table.get(slot)!.name;
-        await this.#removePort(slot);
+        const last = await this.#removePort(slot);
         did(
           restarted.some((p) => p.name === name) ? `port ${name} stopped` : `port ${name} deleted`,
         );
+        // Its counters go with its number; what it carried and dropped to the end stays in the log.
+        const shown = Object.entries(last).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`);
+        this.log(`${who}: port ${name}'s last counters: ${shown.join(", ") || "all zero"}`);
       }
       for (const [slot, to, keys] of live) {
         await this.#changePort(slot, to, keys, did);
@@ -347,8 +350,12 @@ export class LiveConfig {
     }
   }
 
-  /** Stops the port, forgets its MACs (static ones too) and frees its number. */
-  async #removePort(slot: number): Promise<void> {
+  /**
+   * Stops the port, forgets its MACs (static ones too) and frees its number; returns its counters
+   * as they were at the end (once every worker has taken it out of its VLANs, nothing more is
+   * counted on it).
+   */
+  async #removePort(slot: number): Promise<Record<string, number>> {
     await this.ports.remove(slot, "port deleted");
     this.bridge.fdb.flush({ port: slot, static: true });
     this.bridge.setPortVlan(slot, null);
@@ -356,7 +363,9 @@ export class LiveConfig {
     this.datapath.setAffinity(slot, undefined);
     this.safety.setPort(slot, null);
     await this.datapath.setSafety(this.safety.plan());
+    const last = this.status.port(this.table.get(slot)!.name)?.counters ?? {};
     this.table.free(slot);
+    return last;
   }
 
   async #changePort(

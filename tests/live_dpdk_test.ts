@@ -142,6 +142,10 @@ Deno.test({
       mark("deleting vm3");
       const deleted = await req("DELETE", "/ports/vm3");
       assert.deepEqual(deleted.json, { changed: ["port vm3 deleted"], notApplied: [] });
+      // Its counters to the end, drops included, are in the log.
+      const last = ts.logs.find((l) => l.includes("port vm3's last counters: "));
+      assert.match(last ?? "", /rx_packets \d+, rx_bytes \d+, tx_packets \d+/, ts.logs.join("\n"));
+      console.log(`  ${last}`);
       const late = await during;
       assert.doesNotMatch(late.output, /20 packets received/, late.output);
       at.afterDelete = await stream.waitSent(PHASE);

@@ -141,6 +141,14 @@ Deno.test("a port added while two others pass frames carries traffic; deleted, i
 
     const deleted = await r.req("DELETE", "/ports/vm3");
     assert.deepEqual(deleted.json, { changed: ["port vm3 deleted"], notApplied: [] });
+    // What it carried to the end stays in the log: its announcement in, the frame from vm1 out.
+    assert.ok(
+      r.logs.some((l) =>
+        /^HTTP DELETE \/ports\/vm3: port vm3's last counters: rx_packets 1, rx_bytes 60, tx_packets 1, tx_bytes 100, (notifications \d+, )?flooded 1$/
+          .test(l)
+      ),
+      r.logs.join("\n"),
+    );
     assert.ok(await fe3.waitClosed(), "vm3's front-end is hung up on: its link goes down");
     assert.deepEqual((await r.req("GET", `/fdb?mac=${C}`)).json.entries, []);
     assert.equal((await r.req("GET", "/ports/vm3")).status, 404);
