@@ -33,7 +33,7 @@ import {
   VLAN_HLEN,
   VLAN_VID_MASK,
 } from "../ports/ethernet.ts";
-import { wordView } from "../ports/copy.ts";
+import { WORD_INDEX_LIMIT, wordView } from "../ports/copy.ts";
 import { EgressFrame, HEADER_COPY_LEN } from "../ports/port.ts";
 
 /**
@@ -386,8 +386,14 @@ export class Bridge {
       }
       const fw = this.#lastFrameWords;
       const hw = d.headerWords;
-      const w = offset / 4; // exact beyond 4 GiB, where `>>> 2` wraps
-      const w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+      let w0, w1, w2, w3;
+      if (offset < WORD_INDEX_LIMIT) {
+        const w = offset >>> 2; // a 32-bit index: no double arithmetic per load
+        w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+      } else {
+        const w = offset / 4; // exact beyond 4 GiB, where `>>> 2` wraps
+        w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+      }
       if (
         d.repeatable && w0 === hw[0] && w1 === hw[1] && w2 === hw[2] && w3 === hw[3] &&
         length >= ETH_HLEN + VLAN_HLEN && d.inPort === ingressPort && d.now === now &&
