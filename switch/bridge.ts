@@ -166,6 +166,8 @@ export class Decision {
    * unicast that a second decide() on the same header would make again without learning.
    */
   repeatable = false;
+  /** Set when decide() took the decision before as it is: see egressAgain. */
+  repeated = false;
   inPort = -1;
   now = -1;
   version = -1;
@@ -406,6 +408,7 @@ export class Bridge {
         // so the answer stands. The private copy already holds these very bytes.
         d.offset = offset;
         d.length = length;
+        d.repeated = true;
         this.counters[cb + CNT_UNICAST]++;
         return 1;
       }
@@ -416,7 +419,7 @@ export class Bridge {
     } else {
       for (let i = 0; i < hl; i++) h[i] = frame[offset + i];
     }
-    d.repeatable = false;
+    d.repeatable = d.repeated = false;
     d.count = 0;
     d.vlan = -1;
     d.ingressTci = -1;
@@ -558,6 +561,18 @@ export class Bridge {
     d.dropReason = reason;
     return 0;
   }
+}
+
+/**
+ * The frame a repeated decision (Decision.repeated) describes, into `out` that holds what
+ * egress() made of the decision before for the same port: the head is the same bytes, only the
+ * tail moves to the new frame.
+ */
+export function egressAgain(d: Decision, out: EgressFrame): EgressFrame {
+  out.tailStart = d.offset + d.headerLength;
+  out.tailEnd = d.offset + d.length;
+  out.length = out.headLength + d.length - d.headerLength;
+  return out;
 }
 
 /** The TCI that EGRESS_PUSH / EGRESS_SET write: the frame's VLAN with the received priority. */

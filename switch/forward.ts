@@ -4,7 +4,7 @@
 import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
 import { copyMemory } from "../ffi/native_copy.ts";
-import { type Bridge, Decision } from "./bridge.ts";
+import { type Bridge, Decision, egressAgain } from "./bridge.ts";
 import type { FlowCounter } from "./flows.ts";
 import type { TapWriter } from "./tap.ts";
 import type { IngressGuard } from "./port_guard.ts";
@@ -90,6 +90,9 @@ export class Forwarder {
       }
       const rxTaps = taps[index];
       const guard = guards[index];
+      // The port whose frame `egress` holds for the current decision (-1: none): a frame that
+      // repeats the decision goes there with only its tail moved.
+      let built = -1;
       if (flows !== null) flows.begin(index, now);
       for (let i = 0; i < n; i++) {
         let bytes = batch.bytes[i];
@@ -107,6 +110,7 @@ export class Forwarder {
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, decision);
+        if (!decision.repeated) built = -1;
         if (guard !== null && k > 0 && decision.flooded && !guard.admitFlood(bytes, off)) continue;
         if (flows !== null) flows.count(decision, len);
         for (let j = 0; j < k; j++) {
@@ -117,7 +121,10 @@ export class Forwarder {
             this.counters[dst][DROP_LINK_DOWN]++;
             continue;
           }
-          const frame = bridge.egress(decision, dst, egress);
+          const frame = dst === built
+            ? egressAgain(decision, egress)
+            : bridge.egress(decision, dst, egress);
+          built = k === 1 ? dst : -1;
           // The frame's offload facts go with it; a tag pushed or popped moves csum_start.
           frame.offload = offload;
           if (offload !== 0) {

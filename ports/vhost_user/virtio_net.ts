@@ -87,6 +87,9 @@ export class VirtioNetDatapath implements DatapathPort {
   #relCount = 0;
   #lastSrc: Uint8Array | null = null;
   #lastSrcWords: Uint32Array = new Uint32Array(0);
+  /** Frames (and their bytes) filled into the guest since the last flush, not yet counted. */
+  #sentFrames = 0;
+  #sentBytes = 0;
   /** Where touchAvail-style reads go so they are not optimised away. */
   touched = 0;
 
@@ -114,6 +117,7 @@ export class VirtioNetDatapath implements DatapathPort {
    * workers fill it too.
    */
   setRxQueue(q: VirtQueue | null): void {
+    this.#countSent();
     this.#rxQueue = q;
     if (q === null) {
       this.#fill = this.#noRing;
@@ -149,6 +153,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const hdr = this.hdrLen;
     this.touched ^= q.touchAvail(avail);
     let n = 0;
+    let bytes = 0;
     for (let k = 0; k < avail; k++) {
       const head = q.popAvail();
       this.#relHeads[k] = head;
@@ -167,14 +172,17 @@ export class VirtioNetDatapath implements DatapathPort {
       // The guest's header (CSUM, HOST_TSO4/6): read once into the batch slot. Linux and DPDK
       // put it whole in the first descriptor; one split over descriptors counts as plain.
       let bits = 0;
-      if (q.segLength[0] >= VNET_HDR_LEN) {
-        bits = readVirtioNetHdr(q.regionBytes[q.segRegion[0]], q.segOffset[0], len, batch, n);
+      const hb = q.regionBytes[q.segRegion[0]];
+      const ho = q.segOffset[0];
+      if (q.segLength[0] < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
+        // No flags and no GSO type (what a plain frame's header holds): nothing to read.
+        batch.offload[n] = 0;
+      } else {
+        bits = readVirtioNetHdr(hb, ho, len, batch, n);
         if (bits < 0) {
           c[DROP_BAD_OFFLOAD]++;
           continue;
         }
-      } else {
-        batch.offload[n] = 0;
       }
       if (len > ((bits & OFFLOAD_GSO_ANY) === 0 ? this.maxFrame : MAX_GSO_FRAME)) {
         c[DROP_TOO_BIG]++;
@@ -196,7 +204,7 @@ export class VirtioNetDatapath implements DatapathPort {
         batch.offset[n] = 0;
       }
       batch.length[n] = len;
-      c[RX_BYTES] += len;
+      bytes += len;
       n++;
     }
     // The bridge reads every header next: fetch them all at once (see touchAvail).
@@ -204,6 +212,7 @@ export class VirtioNetDatapath implements DatapathPort {
     for (let k = 0; k < n; k++) x ^= batch.bytes[k][batch.offset[k]];
     this.touched ^= x;
     c[RX_PACKETS] += n;
+    c[RX_BYTES] += bytes;
     this.#relQueue = q;
     this.#relCount = avail;
     batch.count = n;
@@ -301,8 +310,8 @@ export class VirtioNetDatapath implements DatapathPort {
       }
       q.putUsed(head, this.#copyChain(q, segs, 0, total, src, f));
     }
-    c[TX_PACKETS]++;
-    c[TX_BYTES] += frameLen;
+    this.#sentFrames++;
+    this.#sentBytes += frameLen;
     return true;
   }
 
@@ -349,8 +358,8 @@ export class VirtioNetDatapath implements DatapathPort {
           // The common case: header and frame fit the first buffer.
           this.#writeWhole(firstBytes, q.regionWords[q.segRegion[0]], firstOffset, src, f);
           q.putUsed(head, remaining);
-          c[TX_PACKETS]++;
-          c[TX_BYTES] += frameLen;
+          this.#sentFrames++;
+          this.#sentBytes += frameLen;
           return true;
         }
       }
@@ -364,8 +373,8 @@ export class VirtioNetDatapath implements DatapathPort {
       firstBytes![firstOffset + 10] = buffers & 0xff;
       firstBytes![firstOffset + 11] = buffers >>> 8;
     }
-    c[TX_PACKETS]++;
-    c[TX_BYTES] += frameLen;
+    this.#sentFrames++;
+    this.#sentBytes += frameLen;
     return true;
   }
 
@@ -514,6 +523,7 @@ export class VirtioNetDatapath implements DatapathPort {
   }
 
   flush(): void {
+    this.#countSent();
     const q = this.#rxQueue;
     if (q === null) return;
     if (q.shared === null) {
@@ -526,6 +536,15 @@ export class VirtioNetDatapath implements DatapathPort {
     q.acquire();
     if (q.signal()) this.counters[NOTIFICATIONS]++;
     q.releaseShared();
+  }
+
+  /** Adds the frames filled since the last flush to the counters (once per burst, not per frame). */
+  #countSent(): void {
+    if (this.#sentFrames === 0) return;
+    this.counters[TX_PACKETS] += this.#sentFrames;
+    this.counters[TX_BYTES] += this.#sentBytes;
+    this.#sentFrames = 0;
+    this.#sentBytes = 0;
   }
 
   #publish(q: VirtQueue): void {

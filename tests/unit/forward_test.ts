@@ -145,3 +145,57 @@ Deno.test("a source rewritten after port security admitted the frame is neither 
   assert.deepEqual(ports[1].sent, [Array.from(frame)], "sent as checked, from A");
   assert.deepEqual(ports[2].sent, [Array.from(frame)]);
 });
+
+Deno.test("frames that repeat a decision leave with their own tails and the right head", () => {
+  // Port 0: access VLAN 10; port 1: trunk (VLAN 10 tagged); port 2: trunk, VLAN 10 native. B is
+  // behind 1, C behind 2. A burst whose frames repeat the decision before them (same header),
+  // change only the source (same port out, another head) or change the destination port: each
+  // must leave as the reference (tag pushed towards 1), with its own length and payload. The
+  // first 16 bytes (what the bridge decides on) are alike for frames of one header.
+  const bridge = new Bridge({
+    vlans: [
+      { mode: "access", tag: 10 },
+      { mode: "trunk", allowed: [10] },
+      { mode: "trunk", allowed: [10], native: 10 },
+    ],
+    statics: [
+      { mac: "02:00:00:00:00:0b", vlan: 10, port: 1 },
+      { mac: "02:00:00:00:00:0c", vlan: 10, port: 2 },
+    ],
+  });
+  const ports = [new MemoryPort(), new MemoryPort(), new MemoryPort()];
+  const fwd = new Forwarder(bridge, 3, ports.map(() => new Float64Array(64)));
+  ports.forEach((p, i) => {
+    bridge.setLinkUp(i, true);
+    fwd.targets[i] = p;
+  });
+  fwd.polled = [{ index: 0, port: ports[0] }];
+  const burst: [number, number, number][] = [
+    [0x0b, 0x0a, 64],
+    [0x0b, 0x0a, 80],
+    [0x0b, 0x0a, 72],
+    [0x0b, 0x0d, 68],
+    [0x0b, 0x0d, 64],
+    [0x0c, 0x0d, 70],
+    [0x0c, 0x0d, 96],
+    [0x0b, 0x0d, 76],
+  ];
+  const expected: number[][][] = [[], [], []];
+  let at = 0;
+  sendBurst: for (const [i, [dst, src, len]] of burst.entries()) {
+    const f = new Uint8Array(len);
+    f.set([2, 0, 0, 0, 0, dst, 2, 0, 0, 0, 0, src, 0x08, 0x00, 0x45, 0x00]);
+    for (let k = 16; k < len; k++) f[k] = (k * 13 + i) & 0xff;
+    ports[0].memory.set(f, at);
+    ports[0].pending.push({ offset: at, length: len });
+    at += 128;
+    if (dst === 0x0c) {
+      expected[2].push(Array.from(f));
+      continue sendBurst;
+    }
+    expected[1].push([...f.subarray(0, 12), 0x81, 0x00, 0x00, 10, ...f.subarray(12)]);
+  }
+  assert.equal(fwd.poll(0), burst.length);
+  assert.deepEqual(ports[1].sent, expected[1]);
+  assert.deepEqual(ports[2].sent, expected[2]);
+});
