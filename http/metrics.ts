@@ -66,6 +66,7 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   csum_filled: ["csum_filled", "Frames whose L4 checksum the switch filled for this port."],
   gso_segmented: ["gso_segmented", "GSO super-frames the switch segmented for this port."],
   tx_udp_gso: ["tx_udp_gso", "VXLAN: UDP_SEGMENT sends, each a super-frame's datagrams."],
+  rx_coalesced: ["rx_coalesced", "VXLAN: TCP segments received and merged into the one before."],
   connections: ["connections", "vhost-user connections the port accepted or made."],
   protocol_errors: ["protocol_errors", "Malformed vhost-user messages on the current connection."],
   mac_moved: [

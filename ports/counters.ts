@@ -55,6 +55,8 @@ export const DIRTY_PAGES = 21;
  * datagram per segment on the wire; tx_packets counts the datagrams).
  */
 export const TX_UDP_GSO = 22;
+/** VXLAN: received TCP segments appended to the one before them (receive coalescing, GRO). */
+export const RX_COALESCED = 23;
 export const COUNTER_FIELDS = 24;
 
 export const COUNTER_NAMES: Record<number, string> = {
@@ -81,6 +83,7 @@ export const COUNTER_NAMES: Record<number, string> = {
   [DROP_BAD_OFFLOAD]: "drop_bad_offload",
   [DIRTY_PAGES]: "dirty_pages",
   [TX_UDP_GSO]: "tx_udp_gso",
+  [RX_COALESCED]: "rx_coalesced",
 };
 
 export class CounterTable {

@@ -77,6 +77,8 @@ Deno.test({
       assert.ok(c.gso_segmented > 0, `gso_segmented: ${JSON.stringify(c)}`);
       // ... and their segments left as UDP_SEGMENT sends, which both peers took (hash-checked).
       assert.ok(c.tx_udp_gso > 0, `tx_udp_gso: ${JSON.stringify(c)}`);
+      // The segments switch 2 sent were merged again on receipt (to the station: one frame).
+      assert.ok(c.rx_coalesced > 0, `rx_coalesced: ${JSON.stringify(c)}`);
     });
   },
 });

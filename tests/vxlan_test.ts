@@ -12,6 +12,7 @@ import {
   DROP_VTEP_UNREACHABLE,
   DROP_VXLAN_HEADER,
   GSO_SEGMENTED,
+  RX_COALESCED,
   RX_CSUM_FILLED,
   RX_GSO,
   RX_PACKETS,
@@ -405,4 +406,80 @@ Deno.test("vxlan: a TCP super-frame received whole (tunnel GSO) is handed on as 
   assert.equal(r.batch.csumStart[0], 34);
   assert.equal(r.batch.gsoSize[0], 1450 + 14 - 54);
   assert.equal(r.c[RX_GSO], 1);
+});
+
+/**
+ * A TCP segment of tcpFrame()'s flow: sequence number `seq`, `payload` bytes that tell where
+ * in the stream they are, `flags`, and a full checksum (or `bad` to make it wrong).
+ */
+function tcpSegment(seq: number, payload: number, flags = 0x10, bad = false): Uint8Array {
+  const f = tcpFrame(0, payload);
+  for (let i = 0; i < payload; i++) f[54 + i] = (seq + i) * 7 & 0xff;
+  f.set([seq >>> 24, (seq >>> 16) & 0xff, (seq >>> 8) & 0xff, seq & 0xff], 38);
+  f[47] = flags;
+  let sum = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 6 + 20 + payload;
+  for (let i = 34; i < f.length; i += 2) sum += (f[i] << 8) | (i + 1 < f.length ? f[i + 1] : 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  const check = (~sum & 0xffff) ^ (bad ? 1 : 0);
+  f[50] = check >>> 8;
+  f[51] = check & 0xff;
+  return f;
+}
+
+Deno.test("vxlan: consecutive TCP segments received in one burst are merged into one GSO super-frame", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  const mss = 1400;
+  const sizes = [mss, mss, mss, 600];
+  let seq = 1000;
+  const segs = sizes.map((n, k) => {
+    const s = tcpSegment(seq, n, k === sizes.length - 1 ? 0x18 : 0x10);
+    seq += n;
+    return s;
+  });
+  assert.ok(segs.every(tcpChecksumOk));
+  for (const s of segs) await peer.send(vxlan(VNI, s), r.udpPort);
+  const got = await r.receive(1);
+  assert.equal(got.length, 1);
+  const m = got[0];
+  assert.equal(m.length, 54 + 3 * mss + 600);
+  assert.deepEqual(m.subarray(54), new Uint8Array(segs.flatMap((s) => [...s.subarray(54)])));
+  assert.equal((m[16] << 8) | m[17], m.length - 14, "IP total length");
+  assert.equal(m[47], 0x18, "PSH of the last segment");
+  assert.equal(r.batch.offload[0], OFFLOAD_TSO4 | OFFLOAD_CSUM);
+  assert.equal(r.batch.csumStart[0], 34);
+  assert.equal(r.batch.gsoSize[0], mss);
+  // The checksum is left partial (the pseudo-header sum): completing it verifies.
+  const done = m.slice();
+  assert.ok(completePartialChecksum(done, 0, done.length));
+  assert.ok(tcpChecksumOk(done));
+  assert.equal(r.c[RX_COALESCED], 3);
+  assert.equal(r.c[RX_PACKETS], 4);
+});
+
+Deno.test("vxlan: segments that do not follow on, or whose checksum fails, are not merged", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  // A gap in the sequence: the first two merge, the third stays alone.
+  for (const s of [tcpSegment(1, 100), tcpSegment(101, 100), tcpSegment(202, 100)]) {
+    await peer.send(vxlan(VNI, s), r.udpPort);
+  }
+  const gap = await r.receive(2);
+  assert.deepEqual(gap.map((f) => f.length - 54), [200, 100]);
+  assert.equal(r.c[RX_COALESCED], 1);
+  // A corrupted segment is handed on as it came (its destination drops it), merged with nothing.
+  const bad = tcpSegment(401, 100, 0x10, true);
+  for (const s of [tcpSegment(301, 100), bad, tcpSegment(501, 100)]) {
+    await peer.send(vxlan(VNI, s), r.udpPort);
+  }
+  const got = await r.receive(3);
+  assert.equal(got.length, 3);
+  assert.deepEqual(got[1], bad);
+  assert.equal(r.c[RX_COALESCED], 1);
+  // Not ACK alone (SYN, FIN, ...), or no payload: never merged.
+  for (const s of [tcpSegment(601, 100, 0x11), tcpSegment(701, 100, 0x10)]) {
+    await peer.send(vxlan(VNI, s), r.udpPort);
+  }
+  assert.equal((await r.receive(2)).length, 2);
+  assert.equal(r.c[RX_COALESCED], 1);
 });

@@ -21,6 +21,7 @@ import {
   DROP_VXLAN_HEADER,
   NOTIFICATIONS,
   RX_BYTES,
+  RX_COALESCED,
   RX_CSUM_FILLED,
   RX_GSO,
   RX_PACKETS,
@@ -62,6 +63,7 @@ import {
 } from "../../ffi/udp.ts";
 import { copyEgress } from "../af_packet/tpacket.ts";
 import { completePartialChecksum } from "./inner_checksum.ts";
+import { TcpCoalescer } from "./coalesce.ts";
 import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
 import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
 import { TCP_CHECK } from "../offload/checksum.ts";
@@ -92,6 +94,8 @@ const SLOT = Math.ceil((VXLAN_HLEN + MAX_FRAME_LEN) / 64) * 64;
  * the socket one datagram per TCP super-frame, not one per segment.
  */
 const RX_SLOT = Math.ceil((VXLAN_HLEN + MAX_GSO_FRAME) / 64) * 64;
+/** How long a frame received in a slot may grow as segments are appended to it (coalesce.ts). */
+const RX_ROOM = Math.min(RX_SLOT - VXLAN_HLEN, MAX_GSO_FRAME);
 /** Frames copied per sendmmsg at most, and datagrams (a flooded frame is one per VTEP). */
 const TX_SLOTS = 64;
 const TX_MSGS = 256;
@@ -201,6 +205,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   readonly #tx: MessageArea;
   readonly #fallback: OffloadFallback;
   readonly #headers = new FrameHeaders();
+  readonly #coalescer = new TcpCoalescer();
   #txSlots = 0;
   #txMsgs = 0;
   /** Per queued message: sent through the UDP_SEGMENT socket; its datagrams; inner bytes. */
@@ -273,7 +278,9 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     const b = rx.bytes;
     const w = rx.words;
     const now = Math.floor(Date.now() / 1000);
+    const co = this.#coalescer;
     let n = 0;
+    let datagrams = 0;
     for (let i = 0; i < got; i++) {
       const m = i * MMSGHDR_SIZE;
       const len = w[(m + MSG_LEN) >> 2];
@@ -312,16 +319,25 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
         this.#table.learn(macHiAt(b, f + 6), macLoAt(b, f + 6), 0, remote, now);
       }
       const inner = len - VXLAN_HLEN;
+      c[RX_BYTES] += inner;
+      datagrams++;
       batch.offload[n] = 0;
-      if (inner > this.#mtu + ETH_HLEN + VLAN_HLEN) this.#superFrame(b, f, inner, batch, n);
-      else if (completePartialChecksum(b, f, inner)) c[RX_CSUM_FILLED]++;
+      if (inner > this.#mtu + ETH_HLEN + VLAN_HLEN) {
+        co.close(batch);
+        this.#superFrame(b, f, inner, batch, n);
+      } else if (co.offer(b, f, inner, RX_ROOM, batch, n)) {
+        continue; // its payload now follows the segment before it
+      } else if (completePartialChecksum(b, f, inner)) {
+        c[RX_CSUM_FILLED]++;
+      }
       batch.bytes[n] = b;
       batch.offset[n] = f;
-      batch.length[n] = len - VXLAN_HLEN;
-      c[RX_BYTES] += len - VXLAN_HLEN;
+      batch.length[n] = inner;
       n++;
     }
-    c[RX_PACKETS] += n;
+    co.close(batch);
+    c[RX_COALESCED] += co.takeMerged();
+    c[RX_PACKETS] += datagrams;
     batch.count = n;
     return n;
   }
