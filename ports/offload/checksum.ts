@@ -9,6 +9,20 @@
  */
 export function onesSum(b: Uint8Array, start: number, end: number, sum: number): number {
   let i = start;
+  if (end - start >= WORDS_FROM && ((b.byteOffset + start) & 1) === 0) {
+    // Whole 32-bit words from the first 4-aligned byte (an even distance on), the bytes around
+    // them one by one.
+    const from = start + ((4 - ((b.byteOffset + start) & 3)) & 3);
+    const to = from + ((end - from) & ~3);
+    sum = bytesSum(b, start, from, sum) + wordsSum(b, from, to);
+    i = to;
+  }
+  return bytesSum(b, i, end, sum);
+}
+
+/** The byte-at-a-time sum (short ranges, the ends of long ones). */
+function bytesSum(b: Uint8Array, start: number, end: number, sum: number): number {
+  let i = start;
   const even = end - ((end - start) & 1);
   for (; i + 8 <= even; i += 8) {
     sum += ((b[i] << 8) | b[i + 1]) + ((b[i + 2] << 8) | b[i + 3]) +
@@ -17,6 +31,46 @@ export function onesSum(b: Uint8Array, start: number, end: number, sum: number):
   for (; i < even; i += 2) sum += (b[i] << 8) | b[i + 1];
   if (even !== end) sum += b[even] << 8;
   return sum;
+}
+
+/** Ranges at least this long are summed a 32-bit word at a time (3-4x faster in V8 here). */
+const WORDS_FROM = 128;
+/** 32-bit views of the buffers summed lately (a port's few buffers; made once each). */
+const views: Uint32Array[] = [];
+const VIEWS_KEPT = 8;
+
+function wordsOf(buffer: ArrayBufferLike): Uint32Array {
+  for (let k = 0; k < views.length; k++) if (views[k].buffer === buffer) return views[k];
+  const v = new Uint32Array(buffer, 0, buffer.byteLength >>> 2);
+  if (views.length === VIEWS_KEPT) views.shift();
+  views.push(v);
+  return v;
+}
+
+/**
+ * The sum of b[from, to), 4-aligned in the buffer, read as little-endian 32-bit words: each is
+ * two byte-swapped 16-bit words, and a ones-complement sum of byte-swapped words is the swapped
+ * sum (RFC 1071, byte order independence), so the folded result is swapped back.
+ */
+function wordsSum(b: Uint8Array, from: number, to: number): number {
+  const w = wordsOf(b.buffer);
+  let sum = 0;
+  let i = (b.byteOffset + from) >>> 2;
+  const stop = (b.byteOffset + to) >>> 2;
+  while (i < stop) {
+    // Two 31-bit integer sums of 16-bit halves: 32768 words before either could overflow.
+    const chunk = Math.min(stop, i + 32768);
+    let lo = 0;
+    let hi = 0;
+    for (; i < chunk; i++) {
+      const v = w[i];
+      lo = (lo + (v & 0xffff)) | 0;
+      hi = (hi + (v >>> 16)) | 0;
+    }
+    sum += lo + hi;
+  }
+  const s = fold(sum);
+  return ((s & 0xff) << 8) | (s >>> 8);
 }
 
 /** Folds a sum to 16 bits (end-around carry). */
