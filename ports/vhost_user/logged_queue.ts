@@ -5,7 +5,8 @@
 // What the device writes into guest memory, and where it is marked:
 // - an RX chain's buffers: putUsed(token, len) follows the walk of that very chain (the
 //   virtio-net layer writes a chain, then puts it), so the chain's segments are still in
-//   seg*; the first `len` bytes of them are what was written;
+//   seg*; the first `len` bytes of them are what was written; a frame's num_buffers, written
+//   after its last buffer was taken, is marked again by wroteLate();
 // - the used ring (split) or the descriptor ring and device event area (packed), and
 //   avail_event / the used flags: storeUsed() and setGuestKicks() mark the ring areas the
 //   control plane listed (QueueSpec.ringLog), at the address VHOST_VRING_F_LOG asked for.
@@ -33,6 +34,10 @@ function logging<B extends QueueClass>(Base: B) {
         log.mark(mem.guestAddress(this.segRegion[s], this.segOffset[s]), n);
         len -= n;
       }
+    }
+
+    override wroteLate(region: number, offset: number, len: number): void {
+      this.log!.mark(this.mem.guestAddress(region, offset), len);
     }
 
     override storeUsed(): void {

@@ -341,6 +341,8 @@ export class PackedQueue implements VirtQueue {
    * With IN_ORDER one used descriptor, carrying the last buffer's id, stands for the whole
    * batch; the driver skips every descriptor of the buffers before it (virtio 1.2 2.8.9).
    */
+  wroteLate(_region: number, _offset: number, _len: number): void {}
+
   putUsedBatch(tokens: Int32Array, n: number): void {
     if (n === 0) return;
     if (this.inOrder) {

@@ -261,6 +261,8 @@ export class SplitQueue implements VirtQueue {
    * With IN_ORDER the guest frees buffers in the order it made them available, so one used
    * element (the last chain's head) stands for the whole batch (virtio 1.x 2.7.9).
    */
+  wroteLate(_region: number, _offset: number, _len: number): void {}
+
   putUsedBatch(heads: Int32Array, n: number): void {
     if (n === 0) return;
     if (this.inOrder) {

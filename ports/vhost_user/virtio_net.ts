@@ -330,6 +330,7 @@ export class VirtioNetDatapath implements DatapathPort {
     let pos = 0; // position in (virtio header ++ frame) written so far
     let buffers = 0;
     let firstBytes: Uint8Array | null = null;
+    let firstRegion = 0;
     let firstOffset = 0;
     q.mark();
     while (remaining > 0) {
@@ -352,7 +353,8 @@ export class VirtioNetDatapath implements DatapathPort {
         return this.#badBuffer(q);
       }
       if (buffers === 1) {
-        firstBytes = q.regionBytes[q.segRegion[0]];
+        firstRegion = q.segRegion[0];
+        firstBytes = q.regionBytes[firstRegion];
         firstOffset = q.segOffset[0];
         if (q.segLength[0] >= remaining) {
           // The common case: header and frame fit the first buffer.
@@ -372,6 +374,7 @@ export class VirtioNetDatapath implements DatapathPort {
     if (hdr === VIRTIO_NET_HDR_LEN) {
       firstBytes![firstOffset + 10] = buffers & 0xff;
       firstBytes![firstOffset + 11] = buffers >>> 8;
+      q.wroteLate(firstRegion, firstOffset + 10, 2);
     }
     this.#sentFrames++;
     this.#sentBytes += frameLen;

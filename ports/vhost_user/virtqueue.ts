@@ -88,6 +88,13 @@ export interface VirtQueue {
    * are still in seg*, and a logging ring (logged_queue.ts) marks them from there.
    */
   putUsed(token: number, len: number): void;
+  /**
+   * Says the device wrote `len` bytes at `offset` in `region` after that chain was put: the
+   * num_buffers field of a frame's first buffer, known only when the frame's last buffer is
+   * taken. Nothing to do unless the ring logs (a migration's dirty log must name a page after
+   * its last write, not before).
+   */
+  wroteLate(region: number, offset: number, len: number): void;
   /** Records the `n` chains in `tokens` as used with nothing written (TX buffers). */
   putUsedBatch(tokens: Int32Array, n: number): void;
   /** Makes the used elements put so far visible to the guest (no interrupt yet). */
