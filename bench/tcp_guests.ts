@@ -1,7 +1,8 @@
 // Guest -> guest TCP (`bench/tcp.ts --guests`): the two QEMU/TCG guests the tests and the demo
 // boot (peers/qemu.ts), one NIC each on a vhost-user port, and a timed busybox nc stream from the
-// first to the second (iperf3 is not in the guest image). Targets, alternating within each round
-// (the starting one rotates), each with a fresh pair of guests booted in parallel:
+// first to the second (iperf3 is not in the guest image). Every system runs for the whole run
+// with its own pair of guests (all pairs boot at once: TCG boots cost more than the streams);
+// the streams alternate between them within each round (the starting one rotates):
 //   switch          this switch, the guests' default offloads (CSUM, HOST/GUEST_TSO4/6)
 //   switch-plain    this switch, the guests' NICs with every offload off (QEMU properties)
 //   ovs-tso-off     OVS-DPDK (dpdkvhostuser ports), userspace-tso-enable=false: no offloads
@@ -11,6 +12,7 @@
 // whole, segmented or checksummed here) and the target's CPU seconds.
 import { bootGuest, type Guest, guestToolsAvailable } from "../peers/qemu.ts";
 import { ovsMissing, startOvs } from "./pvp/ovs.ts";
+import type { Target } from "./pvp/targets.ts";
 import { cleanupAll, exists, freePort, Proc, run, waitFor } from "./pvp/proc.ts";
 import { cpuSeconds } from "../peers/switch_process.ts";
 import { REPO } from "./options.ts";
@@ -49,8 +51,9 @@ interface Running {
   pid: number;
   /** Resolves once both guests' NICs are up on the target. */
   ready(): Promise<unknown>;
-  /** Puts the target in its measured configuration. */
+  /** Puts the target in its measured configuration, and back to its idle one. */
   beforeStream(): Promise<void>;
+  afterStream(): Promise<void>;
   /** Non-zero offload counters per port ("vm0.rx_gso": n); none for OVS. */
   counters(): Promise<Record<string, number>>;
   stop(): Promise<void>;
@@ -96,6 +99,7 @@ async function startSwitch(dir: string): Promise<Running> {
     sockets,
     pid: proc.pid,
     beforeStream: () => Promise.resolve(),
+    afterStream: () => Promise.resolve(),
     ready: () =>
       waitFor(
         "both guests connected",
@@ -114,25 +118,34 @@ async function startSwitch(dir: string): Promise<Running> {
 }
 
 async function startOvsTarget(dir: string, tso: boolean, tag: string): Promise<Running> {
-  const t = await startOvs(dir, `bt${Deno.pid}g${tag}`, { tso });
+  const netns = `bt${Deno.pid}o${tag}`;
+  await run(["ip", "netns", "add", netns]);
+  const dropNetns = () => run(["ip", "netns", "del", netns]).then(() => {}, () => {});
+  let t: Target;
+  try {
+    t = await startOvs(dir, `bt${Deno.pid}g${tag}`, { tso, pmdMaxSleepUs: 10_000, netns });
+  } catch (err) {
+    await dropNetns();
+    throw err;
+  }
   const db = `unix:${dir}/ovs/db.sock`;
-  // The PMD busy-polls CPU 0: on two CPUs that makes the guests' boot (TCG) take minutes. It may
-  // sleep while idle until the stream starts (pmd-maxsleep, read at run time), then polls as
-  // by default.
+  // The PMD busy-polls CPU 0: on two CPUs that makes the guests' boots (TCG) take minutes and
+  // slows every other system's stream. It may sleep while idle (pmd-maxsleep, read at run time)
+  // except during its own streams, where it polls as by default.
   const maxSleep = (us: number) =>
     run(["ovs-vsctl", `--db=${db}`, "set", "Open_vSwitch", ".", `other_config:pmd-maxsleep=${us}`]);
-  await maxSleep(10_000);
   return {
     sockets: t.sockets,
     pid: t.pids[0],
     ready: () => t.ready(),
     beforeStream: () => maxSleep(0).then(() => {}),
+    afterStream: () => maxSleep(10_000).then(() => {}),
     async counters() {
       // OVS's own drop counters (Interface statistics, refreshed every 5 s) and the PMD's total.
       const c = await t.counters();
       return { ...c.dropDetail, pmd_rx_packets: c.rxTotal ?? 0 };
     },
-    stop: () => t.stop(),
+    stop: () => t.stop().finally(dropNetns),
   };
 }
 
@@ -236,18 +249,62 @@ async function stream(tx: Guest, rx: Guest, seconds: number) {
 /** Seconds a stream may take beyond its source's time before it counts as stalled. */
 const STALL_S = 15;
 
-let ovsRuns = 0;
+/** A system under test with its own pair of guests, up for the whole run. */
+interface Setup {
+  target: GuestTarget;
+  running: Running | null;
+  guests: Guest[];
+  /** The offload features the sending guest's driver negotiated. */
+  features: string[];
+  bootMs: number;
+  error?: string;
+}
 
-async function trial(
-  root: string,
-  target: GuestTarget,
-  round: number,
-  seconds: number,
-): Promise<Trial> {
-  const dir = `${root}/${round}-${target}`;
+/** Starts the system, then boots its guests (the caller boots every pair at once). */
+async function startTarget(root: string, target: GuestTarget, k: number): Promise<Setup> {
+  const dir = `${root}/${target}`;
   await Deno.mkdir(dir, { recursive: true });
+  const s: Setup = { target, running: null, guests: [], features: [], bootMs: 0 };
+  try {
+    s.running = target.startsWith("switch")
+      ? await startSwitch(dir)
+      : await startOvsTarget(dir, target === "ovs-tso-on", String(k));
+  } catch (err) {
+    console.error(`${target} did not start: ${err}`);
+    s.error = String(err).split("\n")[0];
+  }
+  return s;
+}
+
+async function bootPair(s: Setup, k: number): Promise<void> {
+  if (s.running === null) return;
+  const sockets = s.running.sockets;
+  const plain = s.target === "switch-plain";
+  const booted = await Promise.allSettled([0, 1].map((g) =>
+    bootGuest({
+      name: `tcpg${k}${g}`,
+      nics: [{ socket: sockets[g], mac: MAC[g], deviceOpts: plain ? OFFLOADS_OFF : undefined }],
+      ip: `${IP[g]}/24`,
+      bootTimeoutMs: 240_000,
+    })
+  ));
+  s.guests = booted.flatMap((b) => b.status === "fulfilled" ? [b.value] : []);
+  const failed = booted.find((b) => b.status === "rejected");
+  try {
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    await s.running.ready();
+    // ARP and MAC learning before any clock starts.
+    await s.guests[0].check(`ping -c 1 -W 5 ${IP[1]} >/dev/null`, 20_000);
+    s.features = await negotiated(s.guests[0]);
+    s.bootMs = Math.max(...s.guests.map((g) => g.bootMs));
+  } catch (err) {
+    s.error = String(err).split("\n")[0];
+  }
+}
+
+async function trial(s: Setup, round: number, seconds: number): Promise<Trial> {
   const base = {
-    target,
+    target: s.target,
     round,
     mbps: 0,
     bytes: 0,
@@ -260,32 +317,15 @@ async function trial(
     framesIn: 0,
     framesDropped: 0,
     ipIn: {},
-    bootMs: 0,
+    bootMs: s.bootMs,
     stalled: false,
+    features: s.features,
+    counters: {},
   };
-  let t: Running | null = null;
-  let guests: Guest[] = [];
+  const t = s.running;
+  if (s.error || t === null) return { ...base, error: s.error ?? "not started" };
+  const guests = s.guests;
   try {
-    t = target.startsWith("switch")
-      ? await startSwitch(dir)
-      : await startOvsTarget(dir, target === "ovs-tso-on", String(ovsRuns++));
-    const sockets = t.sockets;
-    const plain = target === "switch-plain";
-    const booted = await Promise.allSettled([0, 1].map((k) =>
-      bootGuest({
-        name: `tcpg${k}`,
-        nics: [{ socket: sockets[k], mac: MAC[k], deviceOpts: plain ? OFFLOADS_OFF : undefined }],
-        ip: `${IP[k]}/24`,
-        bootTimeoutMs: 120_000,
-      })
-    ));
-    guests = booted.flatMap((b) => b.status === "fulfilled" ? [b.value] : []);
-    const failed = booted.find((b) => b.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-    await t.ready();
-    // ARP and MAC learning before the clock starts.
-    await guests[0].check(`ping -c 1 -W 5 ${IP[1]} >/dev/null`, 20_000);
-    const features = await negotiated(guests[0]);
     const [tx0, rx0] = await Promise.all(guests.map((g) => snmp(g, "Tcp")));
     const link0 = await linkStats(guests[1]);
     const ip0 = await snmp(guests[1], "Ip");
@@ -297,6 +337,8 @@ async function trial(
     const r = await stream(guests[0], guests[1], seconds);
     const cpu = cpuSeconds(t.pid) - cpu0;
     const guestCpu = guestCpuNow() - guestCpu0;
+    const after = await t.counters();
+    await t.afterStream();
     const [tx1, rx1] = await Promise.all(guests.map((g) => snmp(g, "Tcp")));
     const link1 = await linkStats(guests[1]);
     const ip1 = await snmp(guests[1], "Ip");
@@ -306,7 +348,6 @@ async function trial(
         ip1[k] - ip0[k],
       ]),
     );
-    const after = await t.counters();
     const counters = Object.fromEntries(
       Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, v]) => v !== 0),
     );
@@ -322,14 +363,10 @@ async function trial(
       framesDropped: link1.rxDropped - link0.rxDropped,
       ipIn,
       counters,
-      features,
-      bootMs: Math.max(...guests.map((g) => g.bootMs)),
     };
   } catch (err) {
-    return { ...base, counters: {}, features: [], error: String(err).split("\n")[0] };
-  } finally {
-    await Promise.all(guests.map((g) => g.shutdown(5000)));
-    await t?.stop();
+    await t.afterStream().catch(() => {});
+    return { ...base, error: String(err).split("\n")[0] };
   }
 }
 
@@ -351,22 +388,29 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
   const load = () => Deno.loadavg().map((x) => x.toFixed(1)).join(" ");
   const loadBefore = load();
   const started = Date.now();
+  const setups: Setup[] = [];
   try {
+    // Every system, then every guest pair at once: the boots cost more than the streams.
+    for (const [k, target] of opts.targets.entries()) {
+      setups.push(await startTarget(root, target, k));
+    }
+    const booting = performance.now();
+    await Promise.all(setups.map((s, k) => bootPair(s, k)));
+    console.log(
+      `${setups.reduce((n, s) => n + s.guests.length, 0)} guests booted in ` +
+        `${((performance.now() - booting) / 1000).toFixed(1)} s, load ${load()}`,
+    );
     for (let round = 0; round < opts.rounds; round++) {
-      const order = opts.targets.map((_, k) => opts.targets[(k + round) % opts.targets.length]);
-      for (const target of order) {
-        const t = await trial(root, target, round, opts.seconds);
+      const order = setups.map((_, k) => setups[(k + round) % setups.length]);
+      for (const s of order) {
+        const t = await trial(s, round, opts.seconds);
         trials.push(t);
         console.log(
-          `round ${round + 1} ${target.padEnd(12)} ${t.mbps.toFixed(1).padStart(6)} Mbit/s ` +
+          `round ${round + 1} ${s.target.padEnd(12)} ${t.mbps.toFixed(1).padStart(6)} Mbit/s ` +
             `(${(t.bytes / 1e6).toFixed(1)} MB in ${t.seconds.toFixed(2)} s, CPU s: target ` +
-            `${t.cpu.toFixed(1)} guests ${
-              t.guestCpu.toFixed(1)
-            }, TCP: ${t.retransmits} retransmitted, ` +
-            `${t.segmentsIn} in, ${t.csumErrors} checksum errors; receiver eth0: ${t.framesIn} ` +
-            `frames, ${t.framesDropped} dropped; boot ${
-              (t.bootMs / 1000).toFixed(1)
-            } s, load ${load()})` +
+            `${t.cpu.toFixed(1)} guests ${t.guestCpu.toFixed(1)}, TCP: ${t.retransmits} ` +
+            `retransmitted, ${t.segmentsIn} in, ${t.csumErrors} checksum errors; receiver eth0: ` +
+            `${t.framesIn} frames, ${t.framesDropped} dropped; load ${load()})` +
             (Object.keys(t.counters).length ? `\n    ${JSON.stringify(t.counters)}` : "") +
             (t.stalled
               ? `\n    STALLED: the stream had not ended ${STALL_S} s after its source; ` +
@@ -377,6 +421,8 @@ export async function guestsMain(opts: GuestBenchOptions): Promise<number> {
       }
     }
   } finally {
+    await Promise.all(setups.flatMap((s) => s.guests.map((g) => g.shutdown(5000))));
+    for (const s of setups) await s.running?.stop().catch(() => {});
     await cleanupAll();
     await Deno.remove(root, { recursive: true }).catch(() => {});
   }

@@ -23,6 +23,13 @@ export interface OvsOptions {
    * then offer the guests checksum and TSO offloads. Unset: OVS's default (false).
    */
   tso?: boolean;
+  /** other_config:pmd-maxsleep: the PMD may sleep this long while idle (unset: it never does). */
+  pmdMaxSleepUs?: number;
+  /**
+   * Run ovs-vswitchd in this network namespace: a netdev datapath makes tap devices with fixed
+   * names ("ovs-netdev", the bridge's), so two instances at once need a namespace each.
+   */
+  netns?: string;
 }
 
 export async function startOvs(
@@ -79,8 +86,13 @@ export async function startOvs(
       // The PMD on CPU 0; the front-end testpmd forwards on CPU 1.
       "other_config:pmd-cpu-mask=0x1",
       ...(opts.tso === undefined ? [] : [`other_config:userspace-tso-enable=${opts.tso}`]),
+      ...(opts.pmdMaxSleepUs === undefined
+        ? []
+        : [`other_config:pmd-maxsleep=${opts.pmdMaxSleepUs}`]),
     ));
     const vswitchd = spawn("ovs-vswitchd", [
+      // `ip netns exec` keeps the pid (it execs the command).
+      ...(opts.netns ? ["ip", "netns", "exec", opts.netns] : []),
       OVS_VSWITCHD,
       db,
       `--unixctl=${dir}/ovs-vswitchd.ctl`,
