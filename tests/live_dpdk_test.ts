@@ -126,7 +126,7 @@ Deno.test({
       );
       mark("guests booted");
       const g3 = guests[1];
-      const first = await g3.run("ping -c 3 -W 2 10.0.17.1", 60_000);
+      const first = await g3.run("ping -c 3 -W 5 10.0.17.1", 60_000);
       assert.match(first.output, /3 packets received/, `${first.output}\n${ts.logs.join("\n")}`);
 
       // Delete vm3 while g3 pings g1 and the pair streams.
