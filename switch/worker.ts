@@ -18,7 +18,7 @@ import { announcePeerWritesIn, interruptedPeerWrites } from "../ports/peer_event
 import { currentThread, currentThreadId } from "../ffi/signal.ts";
 import { FlowCounter } from "./flows.ts";
 import { Forwarder, type PolledPort } from "./forward.ts";
-import { createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
+import { AfPacketRingDatapath, createAfPacketDatapath } from "../ports/af_packet/datapath.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
 import { guardsIngress, IngressGuard, PolicedPort } from "./port_guard.ts";
 import { MirrorEgress, MirrorIngress } from "./mirror.ts";
@@ -68,6 +68,8 @@ class DatapathWorker {
   /** Every port frames can be sent to, as the port runs it (before guards and mirrors). */
   readonly #raw: (DatapathPort | null)[];
   #plan: SafetyPlan = { guards: [], mirrors: [] };
+  /** Whether this worker polls an AF_PACKET ring (see idle()). */
+  #napsForRings = false;
 
   constructor(readonly init: WorkerInit) {
     this.counters = new CounterTable(init.counters, init.workers, init.portCount);
@@ -145,7 +147,10 @@ class DatapathWorker {
     }
     for (const q of rings) q.setGuestKicks(true);
     // Rings without a kick fd (polling-only front-ends) cannot wake us: nap briefly instead.
-    const nap = rings.some((q) => q.kickFd < 0) ? 1 : IDLE_HOUSEKEEPING_MS;
+    // Nor can an AF_PACKET ring promptly: a TPACKET_V3 socket turns readable only when the
+    // kernel hands over a block, full or at its retire timer (whole jiffies: 4-8 ms at HZ=250),
+    // which every frame of a sleeping worker would wait for, twice per round trip.
+    const nap = rings.some((q) => q.kickFd < 0) || this.#napsForRings ? 1 : IDLE_HOUSEKEEPING_MS;
     let woken = true;
     if (rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0) {
       this.stats[STAT_SLEEPS]++;
@@ -288,10 +293,12 @@ class DatapathWorker {
       polled.push({ index, port: this.#receiver(index, p.datapath) });
       for (const q of p.datapath.txQueues) wakeOn.push(q.kickFd);
     });
+    this.#napsForRings = false;
     this.packets.forEach((p, index) => {
       if (!p) return;
       polled.push({ index, port: this.#receiver(index, p.datapath) });
       sockets.push(p.fd); // readable once the kernel hands us frames (a ring block, datagrams)
+      if (p.datapath instanceof AfPacketRingDatapath) this.#napsForRings = true;
     });
     this.forwarder.polled = polled;
     this.sleeper.watch(wakeOn, sockets);

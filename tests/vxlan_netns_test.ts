@@ -65,6 +65,19 @@ Deno.test({
       },
     );
 
+    await t.step(
+      "an idle worker polling an af-packet ring naps, not waiting for a ring block",
+      async () => {
+        // A TPACKET_V3 socket wakes a sleeping worker only when the kernel hands over a block
+        // (4-8 ms at HZ=250): such a worker sleeps 1 ms at a time, not the 100 ms housekeeping.
+        type Stats = { workers: { sleeps: number }[] };
+        const before = (await lab.get<Stats>(1, "/stats")).workers[0].sleeps;
+        await new Promise((r) => setTimeout(r, 2000));
+        const sleeps = (await lab.get<Stats>(1, "/stats")).workers[0].sleeps - before;
+        assert.ok(sleeps >= 60, `${sleeps} sleeps in 2 s`);
+      },
+    );
+
     await t.step("nothing dropped on the tunnel ports but what the counters explain", async () => {
       const port = await lab.get<PortStatus>(1, "/ports/vx42");
       const c = port.counters;
