@@ -1,6 +1,6 @@
-// A 64 KiB TSO super-frame (one the kernel made: tests/fixtures/offload/super4.pcap) sent by one
-// guest to another through vhost-user ports, with the receiving guest's RX ring in every state
-// that matters:
+// A 64 KiB TSO super-frame (the headers of one the kernel made, tests/fixtures/offload/super4.pcap,
+// its payload grown to the largest IPv4 packet) sent by one test front-end to another through
+// vhost-user ports, with the receiving front-end's RX ring in every state that matters:
 // - GUEST_TSO4 with mergeable buffers: spread whole over as many buffers as it needs (num_buffers,
 //   the GSO header handed on); while too few are posted it is a full-ring drop (drop_no_buffer),
 //   not drop_too_big, and it crosses once the guest posted more;
