@@ -532,7 +532,12 @@ export class Bridge {
 
   /** The frame `d` describes as sent out `port`, written into `out` (returned). */
   egress(d: Decision, port: number, out: EgressFrame): EgressFrame {
-    describeEgress(d, this.egressOp(d, port), out);
+    // The word path is chosen here, not inside describeEgress: the forwarding loop inlines this
+    // call, and the byte path (runts only) would use up V8's inlining budget for the loop, which
+    // then calls the word path once per frame instead of inlining it.
+    const op = this.egressOp(d, port);
+    if (d.headerLength === HEADER_COPY_LEN) describeEgressWords(d, op, out);
+    else describeEgress(d, op, out);
     return out;
   }
 
@@ -589,6 +594,12 @@ export function egressTci(d: Decision): number {
 export function describeEgress(d: Decision, op: number, out: EgressFrame): number {
   const hl = d.headerLength;
   if (hl === HEADER_COPY_LEN) return describeEgressWords(d, op, out);
+  return describeEgressBytes(d, op, out);
+}
+
+/** describeEgress() for a header shorter than HEADER_COPY_LEN (a runt), a byte at a time. */
+function describeEgressBytes(d: Decision, op: number, out: EgressFrame): number {
+  const hl = d.headerLength;
   const h = d.header;
   const o = out.head;
   for (let i = 0; i < ETH_ADDRS_LEN; i++) o[i] = h[i];
@@ -605,13 +616,18 @@ export function describeEgress(d: Decision, op: number, out: EgressFrame): numbe
     // PUSH: the EtherType follows the new tag; SET replaced the received one.
     if (op === EGRESS_PUSH) { for (let i = ETH_ADDRS_LEN; i < hl; i++) o[at++] = h[i]; }
   } else if (op !== EGRESS_STRIP) {
-    throw new RangeError(`unknown egress op ${op}`);
+    unknownEgressOp(op);
   }
   out.headLength = at;
   out.tailStart = d.offset + hl;
   out.tailEnd = d.offset + d.length;
   out.length = at + d.length - hl;
   return out.length;
+}
+
+/** Out of line: the throw would add to the size of code the forwarding loop inlines. */
+function unknownEgressOp(op: number): never {
+  throw new RangeError(`unknown egress op ${op}`);
 }
 
 /** The tag EGRESS_PUSH / EGRESS_SET write, as the 32-bit word it is in memory (little-endian). */
@@ -642,7 +658,7 @@ function describeEgressWords(d: Decision, op: number, out: EgressFrame): number 
     o[3] = tagWord(egressTci(d));
     headLength = HEADER_COPY_LEN;
   } else if (op !== EGRESS_STRIP) {
-    throw new RangeError(`unknown egress op ${op}`);
+    unknownEgressOp(op);
   }
   out.headLength = headLength;
   out.tailStart = d.offset + HEADER_COPY_LEN;
