@@ -124,8 +124,8 @@ export class VirtioNetDatapath implements DatapathPort {
       return;
     }
     const fill: Fill = this.mergeable
-      ? (src, f) => this.#fillMergeable(q, src, f)
-      : (src, f) => this.#fillOne(q, src, f);
+      ? (src, f) => this.#fillFirst(q, src, f) || this.#fillMergeable(q, src, f)
+      : (src, f) => this.#fillFirst(q, src, f) || this.#fillOne(q, src, f);
     this.#fill = q.shared === null ? fill : (src, f) => {
       // A ring other workers fill too: hold its lock for this one frame only, so no worker
       // ever waits for one lock while holding another.
@@ -281,6 +281,52 @@ export class VirtioNetDatapath implements DatapathPort {
     return this.#fill(src, f);
   }
 
+  /**
+   * The usual frame, with or without MRG_RXBUF: a plain one that fits the first buffer of the
+   * next chain, written there whole. Returns false, with the ring as it was, for anything else
+   * (no buffer, an offload header, a frame too big for the first buffer or for the port, a bad
+   * chain): #fillMergeable or #fillOne then deal with it, and count what they drop.
+   */
+  #fillFirst(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
+    const frameLen = f.length;
+    const hdr = this.hdrLen;
+    const total = hdr + frameLen;
+    if (this.#hdrSet || frameLen > this.maxFrame || q.availCount() === 0) return false;
+    q.mark();
+    const head = q.popAvail();
+    if (q.walkChain(head, true) < 0 || q.segLength[0] < total) {
+      q.rewind();
+      return false;
+    }
+    const r = q.segRegion[0];
+    const o = q.segOffset[0];
+    const dw = q.regionWords[r];
+    const ts = f.tailStart;
+    const tailLen = f.tailEnd - ts;
+    if (
+      o < WORD_INDEX_LIMIT && ts < WORD_INDEX_LIMIT &&
+      ((o | ts | f.headLength | tailLen) & 3) === 0 && hdr === VIRTIO_NET_HDR_LEN &&
+      tailLen <= WORDS_UP_TO
+    ) {
+      // A small frame, every piece whole words at offsets below 4 GiB: each word index is a
+      // 32-bit integer (no double arithmetic and checks per word), and no call is made.
+      let d = o >>> 2;
+      dw[d] = dw[d + 1] = 0;
+      dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
+      d += 3;
+      const hw = f.headWords;
+      for (let k = 0, n = f.headLength >>> 2; k < n; k++) dw[d++] = hw[k];
+      const sw = this.#wordsOf(src);
+      for (let w = ts >>> 2, end = w + (tailLen >>> 2); w < end; w++) dw[d++] = sw[w];
+    } else {
+      this.#writeWhole(q.regionBytes[r], dw, o, src, f);
+    }
+    q.putUsed(head, total);
+    this.#sentFrames++;
+    this.#sentBytes += frameLen;
+    return true;
+  }
+
   /** Without MRG_RXBUF: the header and the whole frame go into one chain. */
   #fillOne(q: VirtQueue, src: Uint8Array, f: EgressFrame): boolean {
     const c = this.counters;
@@ -434,25 +480,6 @@ export class VirtioNetDatapath implements DatapathPort {
   /** Header (num_buffers 1) and the whole frame into one buffer at dst[o]. */
   #writeWhole(dst: Uint8Array, dw: Uint32Array, o: number, src: Uint8Array, f: EgressFrame): void {
     const hdr = this.hdrLen;
-    const ts = f.tailStart;
-    const tailLen = f.tailEnd - ts;
-    if (
-      o < WORD_INDEX_LIMIT && ts < WORD_INDEX_LIMIT &&
-      ((o | ts | f.headLength | tailLen) & 3) === 0 &&
-      hdr === VIRTIO_NET_HDR_LEN && !this.#hdrSet && tailLen <= WORDS_UP_TO
-    ) {
-      // The usual small frame: every piece whole words at offsets below 4 GiB, so each index
-      // is a 32-bit integer (no double arithmetic and checks per word) and no call is made.
-      let d = o >>> 2;
-      dw[d] = dw[d + 1] = 0;
-      dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
-      d += 3;
-      const hw = f.headWords;
-      for (let k = 0, n = f.headLength >>> 2; k < n; k++) dw[d++] = hw[k];
-      const sw = this.#wordsOf(src);
-      for (let s = ts >>> 2, end = s + (tailLen >>> 2); s < end; s++) dw[d++] = sw[s];
-      return;
-    }
     if (this.#hdrSet) {
       for (let k = 0; k < VNET_HDR_LEN; k++) dst[o + k] = this.#hdr[k];
       if (hdr === VIRTIO_NET_HDR_LEN) {
