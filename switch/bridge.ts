@@ -377,6 +377,60 @@ export class Bridge {
     now: number,
     d: Decision,
   ): number {
+    // Small, so that it inlines into the burst loop: a frame that repeats the decision before
+    // it costs a few compares, and only the others pay for a call to the whole decision.
+    return this.#repeats(ingressPort, frame, offset, length, now, d)
+      ? 1
+      : this.#decideAnew(ingressPort, frame, offset, length, now, d);
+  }
+
+  /**
+   * Whether the frame has the same header as the unicast frame decided on before it, from the
+   * same port, with nothing that decision read changed since (FDB, VLAN config, the second its
+   * source was refreshed, the destination's link): deciding again would give the same answer
+   * and learn nothing, so the answer stands (`d` is updated for this frame and counted). The
+   * private copy in `d` already holds these very bytes.
+   */
+  #repeats(
+    ingressPort: number,
+    frame: Uint8Array,
+    offset: number,
+    length: number,
+    now: number,
+    d: Decision,
+  ): boolean {
+    if (
+      !d.repeatable || d.inPort !== ingressPort || d.now !== now ||
+      length < ETH_HLEN + VLAN_HLEN || frame !== this.#lastFrame || offset >= WORD_INDEX_LIMIT ||
+      (offset & 3) !== 0
+    ) {
+      return false;
+    }
+    const fw = this.#lastFrameWords;
+    const hw = d.headerWords;
+    const w = offset >>> 2; // a 32-bit index: no double arithmetic per load
+    if (
+      fw[w] !== hw[0] || fw[w + 1] !== hw[1] || fw[w + 2] !== hw[2] || fw[w + 3] !== hw[3] ||
+      d.version !== this.datapathFdb.version || d.epoch !== this.#epoch ||
+      this.linkUp[d.ports[0]] === 0
+    ) {
+      return false;
+    }
+    d.offset = offset;
+    d.length = length;
+    d.repeated = true;
+    this.counters[this.counterBase + ingressPort * PORT_COUNTERS + CNT_UNICAST]++;
+    return true;
+  }
+
+  #decideAnew(
+    ingressPort: number,
+    frame: Uint8Array,
+    offset: number,
+    length: number,
+    now: number,
+    d: Decision,
+  ): number {
     const cb = this.counterBase + ingressPort * PORT_COUNTERS;
     const h = d.header;
     const hl = length < HEADER_COPY_LEN ? length : HEADER_COPY_LEN;
@@ -388,34 +442,19 @@ export class Bridge {
       }
       const fw = this.#lastFrameWords;
       const hw = d.headerWords;
-      let w0, w1, w2, w3;
       if (offset < WORD_INDEX_LIMIT) {
         const w = offset >>> 2; // a 32-bit index: no double arithmetic per load
-        w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+        hw[0] = fw[w];
+        hw[1] = fw[w + 1];
+        hw[2] = fw[w + 2];
+        hw[3] = fw[w + 3];
       } else {
         const w = offset / 4; // exact beyond 4 GiB, where `>>> 2` wraps
-        w0 = fw[w], w1 = fw[w + 1], w2 = fw[w + 2], w3 = fw[w + 3];
+        hw[0] = fw[w];
+        hw[1] = fw[w + 1];
+        hw[2] = fw[w + 2];
+        hw[3] = fw[w + 3];
       }
-      if (
-        d.repeatable && w0 === hw[0] && w1 === hw[1] && w2 === hw[2] && w3 === hw[3] &&
-        length >= ETH_HLEN + VLAN_HLEN && d.inPort === ingressPort && d.now === now &&
-        d.version === this.datapathFdb.version && d.epoch === this.#epoch &&
-        this.linkUp[d.ports[0]] !== 0
-      ) {
-        // The same header as the unicast frame before it, from the same port, with nothing the
-        // decision read changed since (FDB, VLAN config, the second its source was refreshed,
-        // the destination's link): deciding again would give the same answer and learn nothing,
-        // so the answer stands. The private copy already holds these very bytes.
-        d.offset = offset;
-        d.length = length;
-        d.repeated = true;
-        this.counters[cb + CNT_UNICAST]++;
-        return 1;
-      }
-      hw[0] = w0;
-      hw[1] = w1;
-      hw[2] = w2;
-      hw[3] = w3;
     } else {
       for (let i = 0; i < hl; i++) h[i] = frame[offset + i];
     }
