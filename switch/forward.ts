@@ -1,14 +1,18 @@
 // The burst loop at the heart of a datapath worker: receive a burst from each polled port,
 // ask the bridge where each frame goes, copy it out to every destination (VLAN tags applied
 // during the copy), hand the burst back to the sender, and flush each destination once.
-import { type DatapathPort, EgressFrame, FrameBatch } from "../ports/port.ts";
+import { BURST, type DatapathPort, EgressFrame, FrameBatch, MAX_GSO_FRAME } from "../ports/port.ts";
 import { DROP_LINK_DOWN } from "../ports/counters.ts";
 import { copyMemory } from "../ffi/native_copy.ts";
+import { copyBytes, wordView } from "../ports/copy.ts";
 import { type Bridge, Decision, egressAgain } from "./bridge.ts";
 import type { FlowCounter } from "./flows.ts";
 import type { TapWriter } from "./tap.ts";
 import type { IngressGuard } from "./port_guard.ts";
 import { Clock } from "./token_bucket.ts";
+
+/** Room for one frame of any size in the private copies, a multiple of 64 (alignment kept). */
+const PRIVATE_SLOT = Math.ceil(MAX_GSO_FRAME / 64) * 64;
 
 export interface PolledPort {
   index: number;
@@ -38,6 +42,13 @@ export class Forwarder {
   /** Whether anything on this worker meters time (the clock is only read then). */
   timed = false;
   readonly #batch = new FrameBatch();
+  /**
+   * Private copies of the frames a port guard reads, frame i at i * PRIVATE_SLOT: one buffer for
+   * the whole burst, so the bridge and the transmitters, which keep the word view of the last
+   * buffer they saw, find it again for every frame (a buffer per frame costs them a WeakMap
+   * lookup each). Made when a guard first needs it.
+   */
+  #privateCopies: Uint8Array | null = null;
   /** The decision on the frame being forwarded, and that frame as sent out one port. */
   readonly decision: Decision;
   readonly #egress = new EgressFrame();
@@ -61,6 +72,30 @@ export class Forwarder {
     this.decision = new Decision(portCount);
     this.#touched = new Uint8Array(portCount);
     this.#touchedList = new Int32Array(portCount);
+  }
+
+  #privateWords: Uint32Array = new Uint32Array(0);
+  /** The buffer frames were last copied from, and its word view (null: not word-aligned). */
+  #copiedFrom: Uint8Array | null = null;
+  #copiedFromWords: Uint32Array | null = null;
+
+  /** Copies frame i of the burst, src[off, off + len), into its private slot; returns where. */
+  #copyPrivate(i: number, src: Uint8Array, off: number, len: number): number {
+    let copies = this.#privateCopies;
+    if (copies === null) {
+      copies = this.#privateCopies = new Uint8Array(BURST * PRIVATE_SLOT);
+      this.#privateWords = wordView(copies);
+    }
+    if (src !== this.#copiedFrom) {
+      this.#copiedFrom = src;
+      this.#copiedFromWords = src.byteOffset === 0 ? wordView(src) : null;
+    }
+    const at = i * PRIVATE_SLOT;
+    const sw = this.#copiedFromWords;
+    // Small frames go a word at a time (no call); copyBytes hands larger ones to memmove.
+    if (sw !== null) copyBytes(copies, this.#privateWords, at, src, sw, off, len);
+    else copyMemory(copies, at, src, off, len);
+    return at;
   }
 
   /** One pass over every polled port; returns the frames moved. */
@@ -103,9 +138,8 @@ export class Forwarder {
         if (guard !== null && guard.readsFrame && bytes !== batch.scratch[i]) {
           // The guard checks bytes past the header the bridge copies (ARP, IP sources): from
           // here on the frame is a private copy, or a guest could rewrite it after the check.
-          copyMemory(batch.scratch[i], 0, bytes, off, len);
-          bytes = batch.scratch[i];
-          off = 0;
+          off = this.#copyPrivate(i, bytes, off, len);
+          bytes = this.#privateCopies!;
         }
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
