@@ -56,6 +56,30 @@ export function writeUdpSegmentCmsg(b: Uint8Array, at: number, size: number): vo
   b[at + 17] = size >>> 8;
 }
 
+/**
+ * UDP_GRO (Linux 5.0): the socket takes a run of datagrams that came as one buffer (a peer's
+ * UDP_SEGMENT send over a veth, or coalesced by a NIC's GRO) whole, in one message, with a
+ * control message giving the datagram size: CMSG_SPACE(4) bytes.
+ */
+const UDP_GRO = 104;
+export const UDP_GRO_CMSG_SIZE = 24;
+
+/** Turns UDP_GRO on; false where the kernel lacks it (the socket then gets single datagrams). */
+export function enableUdpGro(fd: number): boolean {
+  const v = new Uint8Array(4);
+  v[0] = 1;
+  return libc.setsockopt(fd, SOL_UDP, UDP_GRO, v, 4) === 0;
+}
+
+/**
+ * The datagram size in a received message's UDP_GRO control message at b[at] (`used` bytes the
+ * kernel wrote), or 0: a single datagram.
+ */
+export function udpGroSize(b: Uint8Array, at: number, used: number): number {
+  if (used < 16 + 4 || b[at + 8] !== SOL_UDP || b[at + 12] !== UDP_GRO) return 0;
+  return (b[at + 16] | (b[at + 17] << 8) | (b[at + 18] << 16) | (b[at + 19] << 24)) >>> 0;
+}
+
 /** sin_port (big-endian) and sin_addr (network order) inside struct sockaddr_in. */
 export const SIN_PORT = 2;
 export const SIN_ADDR = 4;

@@ -20,7 +20,7 @@ import {
   TX_UDP_GSO,
 } from "../ports/counters.ts";
 import { EgressFrame, FrameBatch } from "../ports/port.ts";
-import { OFFLOAD_CSUM, OFFLOAD_TSO4 } from "../ports/offload/virtio_net_hdr.ts";
+import { OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_USO } from "../ports/offload/virtio_net_hdr.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
 import { completePartialChecksum } from "../ports/vxlan/inner_checksum.ts";
 import { VxlanPort, type VxlanPortConfig } from "../ports/vxlan/vxlan_port.ts";
@@ -482,4 +482,104 @@ Deno.test("vxlan: segments that do not follow on, or whose checksum fails, are n
   }
   assert.equal((await r.receive(2)).length, 2);
   assert.equal(r.c[RX_COALESCED], 1);
+});
+
+/** A second VXLAN port on 127.0.0.2 (the rig's own remote), receiving what the rig sends. */
+function receiver(r: Rig) {
+  const table = Fdb.create({ capacity: 64 });
+  const port = VxlanPort.open({
+    name: "vx2",
+    vni: VNI,
+    local: "127.0.0.2",
+    remotes: ["127.0.0.1"],
+    udpPort: r.udpPort,
+    remoteMacs: [],
+    strict: false,
+    mtu: 1450,
+  }, table);
+  const c = new Float64Array(COUNTER_FIELDS);
+  const dp = new VxlanDatapath(port.spec, c, Fdb.attach(table.buffer), true);
+  const batch = new FrameBatch();
+  return {
+    c,
+    batch,
+    /** One receive(): the frames it handed out, copied. */
+    receiveOnce(): Uint8Array[] {
+      const k = dp.receive(batch);
+      const out = Array.from({ length: k }, (_, i) => {
+        const o = batch.offset[i];
+        return batch.bytes[i].slice(o, o + batch.length[i]);
+      });
+      dp.release();
+      return out;
+    },
+    [Symbol.dispose]() {
+      dp.close();
+      port.close();
+    },
+  };
+}
+
+/** Sends a GSO super-frame from the rig to the VTEP that learned `dst`. */
+function sendSuperFrame(r: Rig, big: Uint8Array, offload: number, csumOffset: number) {
+  const g = new EgressFrame().setWhole(big, 0, big.length);
+  g.offload = offload | OFFLOAD_CSUM;
+  g.csumStart = 34;
+  g.csumOffset = csumOffset;
+  g.gsoSize = 1400;
+  assert.ok(r.dp.transmit(big, g));
+  r.dp.flush();
+}
+
+Deno.test("vxlan: a UDP_SEGMENT run arrives as one message (UDP_GRO) and its segments merge into one frame", async () => {
+  await using r = await rig({ mtu: 1450 }, ["127.0.0.3"]);
+  using rx = receiver(r);
+  // The rig learns B behind 127.0.0.2 from a frame the receiver's VTEP sends it.
+  const s = dgram.createSocket("udp4");
+  await new Promise<void>((ok) => s.bind(0, "127.0.0.2", () => ok()));
+  await new Promise<void>((ok, fail) =>
+    s.send(vxlan(VNI, frame(A, B)), r.udpPort, "127.0.0.1", (e) => e ? fail(e) : ok())
+  );
+  s.close();
+  assert.equal((await r.receive(1)).length, 1);
+
+  const payload = 64000; // 46 segments: more than one receive burst (32) takes one by one
+  const big = tcpFrame(null, payload);
+  for (let i = 54; i < big.length; i++) big[i] = (i * 13) & 0xff;
+  sendSuperFrame(r, big, OFFLOAD_TSO4, 16);
+  assert.equal(r.c[TX_UDP_GSO], 2);
+  const got = rx.receiveOnce();
+  assert.equal(got.length, 1, "the two runs came whole and merged");
+  assert.equal(got[0].length, big.length);
+  assert.deepEqual(got[0].subarray(54), big.subarray(54));
+  assert.equal(rx.batch.offload[0], OFFLOAD_TSO4 | OFFLOAD_CSUM);
+  assert.equal(rx.batch.gsoSize[0], 1400);
+  assert.equal(rx.c[RX_PACKETS], 46);
+  assert.equal(rx.c[RX_COALESCED], 45);
+});
+
+Deno.test("vxlan: a run of more datagrams than a batch takes is handed out over two receives", async () => {
+  await using r = await rig({ mtu: 1450 }, ["127.0.0.3"]);
+  using rx = receiver(r);
+  // Flooded (no MAC learned): to 127.0.0.2 and 127.0.0.3 alike.
+  // UDP segments (USO) never merge: 40 datagrams in one message, 32 per receive().
+  const count = 40;
+  const udp = tcpFrame(null, 8 - 20 + count * 1400);
+  udp[23] = 17; // IP protocol UDP
+  const l4len = udp.length - 34;
+  udp.set([0x30, 0x39, 0x14, 0x51, l4len >>> 8, l4len & 0xff, 0, 0], 34);
+  for (let i = 42; i < udp.length; i++) udp[i] = (i * 5) & 0xff;
+  // The IPv4 header checksum changed with the protocol: the segments get their own.
+  sendSuperFrame(r, udp, OFFLOAD_USO, 6);
+  assert.equal(r.c[TX_UDP_GSO], 2, "one run per VTEP");
+  const first = rx.receiveOnce();
+  const second = rx.receiveOnce();
+  assert.deepEqual([first.length, second.length], [32, count - 32]);
+  const all = [...first, ...second];
+  all.forEach((f, k) => {
+    assert.equal(f.length, 42 + 1400);
+    assert.deepEqual(f.subarray(42), udp.subarray(42 + 1400 * k, 42 + 1400 * (k + 1)), `${k}`);
+  });
+  assert.equal(rx.c[RX_PACKETS], count);
+  assert.equal(rx.receiveOnce().length, 0);
 });

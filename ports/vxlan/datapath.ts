@@ -56,8 +56,10 @@ import {
   sendBurst,
   SIN_ADDR,
   SOCKADDR_IN_SIZE,
+  UDP_GRO_CMSG_SIZE,
   UDP_SEGMENT_CMSG_SIZE,
   UDP_SEGMENT_MAX,
+  udpGroSize,
   writeSockaddrIn,
   writeUdpSegmentCmsg,
 } from "../../ffi/udp.ts";
@@ -206,6 +208,15 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   readonly #fallback: OffloadFallback;
   readonly #headers = new FrameHeaders();
   readonly #coalescer = new TcpCoalescer();
+  /**
+   * The last burst: messages received, the next one to read, where in it (bytes), the stride of
+   * its datagrams and the remote VTEP it came from (see receive).
+   */
+  #rxGot = 0;
+  #rxNext = 0;
+  #rxAt = 0;
+  #rxStride = 0;
+  #rxRemote = -1;
   #txSlots = 0;
   #txMsgs = 0;
   /** Per queued message: sent through the UDP_SEGMENT socket; its datagrams; inner bytes. */
@@ -260,6 +271,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
         for (let i = 0; i < BURST; i++) {
           rx.setPointer(rx.iovs + i * IOVEC_SIZE + IOV_BASE, rx.slots + i * RX_SLOT);
           rx.words[(rx.iovs + i * IOVEC_SIZE + IOV_LEN) >> 2] = RX_SLOT;
+          // Room for the UDP_GRO control message (the datagram size of a coalesced message).
+          const m = i * MMSGHDR_SIZE;
+          rx.setPointer(m + MSG_CONTROL, rx.controls + i * UDP_GRO_CMSG_SIZE);
+          rx.words[(m + MSG_CONTROLLEN) >> 2] = UDP_GRO_CMSG_SIZE;
         }
       }
     } catch (err) {
@@ -272,26 +287,41 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     const rx = this.#rx;
     batch.count = 0;
     if (rx === null) return 0;
-    const got = recvBurst(this.#fd, rx.pointer, BURST);
-    if (got <= 0) return 0;
+    const w = rx.words;
+    if (this.#rxNext >= this.#rxGot) {
+      // Everything of the last burst was handed out: the slots may be filled again.
+      const got = recvBurst(this.#fd, rx.pointer, BURST);
+      if (got <= 0) return 0;
+      this.#rxGot = got;
+      this.#rxNext = 0;
+      this.#rxAt = 0;
+    }
     const c = this.counters;
     const b = rx.bytes;
-    const w = rx.words;
     const now = Math.floor(Date.now() / 1000);
     const co = this.#coalescer;
     let n = 0;
     let datagrams = 0;
-    for (let i = 0; i < got; i++) {
+    // A message is one datagram, or with UDP_GRO several laid end to end (#rxStride apart);
+    // a burst may hold more datagrams than a batch takes: the rest waits for the next call.
+    while (this.#rxNext < this.#rxGot && n < BURST) {
+      const i = this.#rxNext;
       const m = i * MMSGHDR_SIZE;
       const len = w[(m + MSG_LEN) >> 2];
-      const truncated = (w[(m + MSG_FLAGS) >> 2] & MSG_TRUNC) !== 0;
-      w[(m + MSG_NAMELEN) >> 2] = SOCKADDR_IN_SIZE; // the kernel wrote the length it used
-      const h = rx.slots + i * RX_SLOT;
-      if (truncated) {
-        c[DROP_TOO_BIG]++;
+      const slot = rx.slots + i * RX_SLOT;
+      if (this.#rxAt === 0 && !this.#openMessage(i, slot, len)) {
+        this.#rxNext++;
         continue;
       }
-      if (len < VXLAN_HLEN || (b[h] & VXLAN_FLAG_I) === 0) {
+      const at = this.#rxAt;
+      const dlen = Math.min(this.#rxStride, len - at);
+      this.#rxAt = at + this.#rxStride;
+      if (this.#rxAt >= len) {
+        this.#rxNext++;
+        this.#rxAt = 0;
+      }
+      const h = slot + at;
+      if (dlen < VXLAN_HLEN || (b[h] & VXLAN_FLAG_I) === 0) {
         c[DROP_VXLAN_HEADER]++;
         continue;
       }
@@ -299,33 +329,24 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
         c[DROP_VNI]++;
         continue;
       }
-      if (len < VXLAN_HLEN + ETH_HLEN) {
+      if (dlen < VXLAN_HLEN + ETH_HLEN) {
         c[DROP_RUNT]++;
         continue;
       }
-      const a = rx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
-      const addr = ((b[a] << 24) | (b[a + 1] << 16) | (b[a + 2] << 8) | b[a + 3]) | 0;
-      let remote = this.#find(addr);
-      if (remote < 0) {
-        if (this.#strict) {
-          c[DROP_VTEP_UNKNOWN]++;
-          continue;
-        }
-        remote = this.#append(addr);
-      }
+      const remote = this.#rxRemote;
       const f = h + VXLAN_HLEN;
       // A multicast source is no station (the bridge drops the frame); a full list learns nothing.
       if ((b[f + 6] & 1) === 0 && remote >= 0) {
         this.#table.learn(macHiAt(b, f + 6), macLoAt(b, f + 6), 0, remote, now);
       }
-      const inner = len - VXLAN_HLEN;
+      const inner = dlen - VXLAN_HLEN;
       c[RX_BYTES] += inner;
       datagrams++;
       batch.offload[n] = 0;
       if (inner > this.#mtu + ETH_HLEN + VLAN_HLEN) {
         co.close(batch);
         this.#superFrame(b, f, inner, batch, n);
-      } else if (co.offer(b, f, inner, RX_ROOM, batch, n)) {
+      } else if (co.offer(b, f, inner, slot + RX_ROOM + VXLAN_HLEN - f, batch, n)) {
         continue; // its payload now follows the segment before it
       } else if (completePartialChecksum(b, f, inner)) {
         c[RX_CSUM_FILLED]++;
@@ -340,6 +361,44 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     c[RX_PACKETS] += datagrams;
     batch.count = n;
     return n;
+  }
+
+  /**
+   * The first look at message i (`len` bytes in its slot): false when it is dropped whole
+   * (truncated, or from a VTEP `strict` refuses); otherwise sets the stride of its datagrams and
+   * the remote they came from, and readies its header fields for the next recvmmsg.
+   */
+  #openMessage(i: number, slot: number, len: number): boolean {
+    const rx = this.#rx!;
+    const b = rx.bytes;
+    const w = rx.words;
+    const m = i * MMSGHDR_SIZE;
+    const truncated = (w[(m + MSG_FLAGS) >> 2] & MSG_TRUNC) !== 0;
+    const gso = udpGroSize(b, rx.controls + i * UDP_GRO_CMSG_SIZE, w[(m + MSG_CONTROLLEN) >> 2]);
+    // The kernel wrote the lengths it used.
+    w[(m + MSG_NAMELEN) >> 2] = SOCKADDR_IN_SIZE;
+    w[(m + MSG_CONTROLLEN) >> 2] = UDP_GRO_CMSG_SIZE;
+    if (truncated) {
+      this.counters[DROP_TOO_BIG]++;
+      return false;
+    }
+    const a = rx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
+    const addr = ((b[a] << 24) | (b[a + 1] << 16) | (b[a + 2] << 8) | b[a + 3]) | 0;
+    let remote = this.#find(addr);
+    if (remote < 0) {
+      if (this.#strict) {
+        this.counters[DROP_VTEP_UNKNOWN]++;
+        return false;
+      }
+      remote = this.#append(addr);
+    }
+    this.#rxRemote = remote;
+    // Several datagrams of `gso` bytes, or one TCP super-frame the sending kernel did not cut
+    // (tunnel GSO: the size is then its inner segments'), told apart by the inner IP length.
+    this.#rxStride = gso > 0 && len > gso && !wholeFrame(b, slot + VXLAN_HLEN, len - VXLAN_HLEN)
+      ? gso
+      : len;
+    return true;
   }
 
   /**
@@ -589,4 +648,22 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     this.#rx?.close();
     this.#tx?.close();
   }
+}
+
+/**
+ * Whether the inner frame b[f, f + len) is one IP packet as long as the frame (a super-frame
+ * sent whole), rather than the first of several datagrams laid end to end.
+ */
+function wholeFrame(b: Uint8Array, f: number, len: number): boolean {
+  if (len < ETH_HLEN + 20) return false;
+  let l3 = ETH_HLEN;
+  let type = (b[f + 12] << 8) | b[f + 13];
+  if (type === ETH_P_8021Q) {
+    l3 += VLAN_HLEN;
+    type = (b[f + 16] << 8) | b[f + 17];
+  }
+  const ip = f + l3;
+  if (type === 0x0800) return l3 + ((b[ip + 2] << 8) | b[ip + 3]) === len;
+  if (type === 0x86dd) return l3 + 40 + ((b[ip + 4] << 8) | b[ip + 5]) === len;
+  return false;
 }

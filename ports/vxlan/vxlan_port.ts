@@ -2,7 +2,7 @@
 // fills the remote list (flood list, then static remoteMacs targets) and the static MAC
 // entries, and answers which VTEP a MAC was learned behind. The Workers get a VxlanSpec.
 import { closeFd } from "../../ffi/fd.ts";
-import { supportsUdpSegment, udpSocket } from "../../ffi/udp.ts";
+import { enableUdpGro, supportsUdpSegment, udpSocket } from "../../ffi/udp.ts";
 import { parseMac } from "../ethernet.ts";
 import {
   createRemoteList,
@@ -71,6 +71,9 @@ export class VxlanPort {
     } catch (err) {
       throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
     }
+    // Runs of datagrams a peer sent as one buffer (UDP_SEGMENT over a veth) arrive whole, one
+    // message each (the datapath walks them); a kernel without UDP_GRO hands them one by one.
+    enableUdpGro(fd);
     // UDP segmentation needs the UDP checksum (the kernel, or the device, fills it per
     // datagram), so the super-frames' segments leave from a socket of their own that keeps it:
     // RFC 7348 allows either, and receivers (the kernel, this switch) take both.
