@@ -6,6 +6,7 @@
 //
 // --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
 // only); on (the default) leaves the kernel's defaults.
+import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { netnsSkipReason } from "../peers/netns.ts";
 import { type VtepKind, VxlanLab } from "../peers/vxlan_lab.ts";
@@ -140,7 +141,8 @@ const perRound = Array.from(
 );
 const summary = {
   date: new Date().toISOString(),
-  options: opts,
+  // The file relative to the repository: no machine's paths in committed results.
+  options: { ...opts, out: relative(REPO, opts.out) },
   loadAverage: { before: loadBefore, after: load() },
   trials,
   medianGbps: { switch: sw, kernel },
