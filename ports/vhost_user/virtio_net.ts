@@ -152,18 +152,30 @@ export class VirtioNetDatapath implements DatapathPort {
     const c = this.counters;
     const hdr = this.hdrLen;
     this.touched ^= q.touchAvail(avail);
+    // Everything the loop reads per frame, in locals: V8 then keeps them in registers.
+    const segLength = q.segLength;
+    const segOffset = q.segOffset;
+    const segRegion = q.segRegion;
+    const regionBytes = q.regionBytes;
+    const relHeads = this.#relHeads;
+    const frames = batch.bytes;
+    const offsets = batch.offset;
+    const lengths = batch.length;
+    const offloads = batch.offload;
+    const maxFrame = this.maxFrame;
     let n = 0;
     let bytes = 0;
     for (let k = 0; k < avail; k++) {
       const head = q.popAvail();
-      this.#relHeads[k] = head;
+      relHeads[k] = head;
       const segs = q.walkChain(head, false);
       if (segs < 0) {
         c[DROP_BAD_DESCRIPTOR]++;
         continue;
       }
-      let total = 0;
-      for (let s = 0; s < segs; s++) total += q.segLength[s];
+      const first = segLength[0];
+      let total = first;
+      for (let s = 1; s < segs; s++) total += segLength[s];
       const len = total - hdr;
       if (len < ETH_HLEN) {
         c[DROP_RUNT]++;
@@ -172,11 +184,11 @@ export class VirtioNetDatapath implements DatapathPort {
       // The guest's header (CSUM, HOST_TSO4/6): read once into the batch slot. Linux and DPDK
       // put it whole in the first descriptor; one split over descriptors counts as plain.
       let bits = 0;
-      const hb = q.regionBytes[q.segRegion[0]];
-      const ho = q.segOffset[0];
-      if (q.segLength[0] < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
+      const hb = regionBytes[segRegion[0]];
+      const ho = segOffset[0];
+      if (first < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
         // No flags and no GSO type (what a plain frame's header holds): nothing to read.
-        batch.offload[n] = 0;
+        offloads[n] = 0;
       } else {
         bits = readVirtioNetHdr(hb, ho, len, batch, n);
         if (bits < 0) {
@@ -184,7 +196,7 @@ export class VirtioNetDatapath implements DatapathPort {
           continue;
         }
       }
-      if (len > ((bits & OFFLOAD_GSO_ANY) === 0 ? this.maxFrame : MAX_GSO_FRAME)) {
+      if (len > ((bits & OFFLOAD_GSO_ANY) === 0 ? maxFrame : MAX_GSO_FRAME)) {
         c[DROP_TOO_BIG]++;
         continue;
       }
@@ -193,17 +205,17 @@ export class VirtioNetDatapath implements DatapathPort {
         if ((bits & OFFLOAD_GSO_ANY) !== 0) c[RX_GSO]++;
       }
       if (segs === 1) {
-        batch.bytes[n] = q.regionBytes[q.segRegion[0]];
-        batch.offset[n] = q.segOffset[0] + hdr;
-      } else if (segs === 2 && q.segLength[0] === hdr) {
-        batch.bytes[n] = q.regionBytes[q.segRegion[1]];
-        batch.offset[n] = q.segOffset[1];
+        frames[n] = hb;
+        offsets[n] = ho + hdr;
+      } else if (segs === 2 && first === hdr) {
+        frames[n] = regionBytes[segRegion[1]];
+        offsets[n] = segOffset[1];
       } else {
         gather(q, hdr, batch.scratch[n]);
-        batch.bytes[n] = batch.scratch[n];
-        batch.offset[n] = 0;
+        frames[n] = batch.scratch[n];
+        offsets[n] = 0;
       }
-      batch.length[n] = len;
+      lengths[n] = len;
       bytes += len;
       n++;
     }
