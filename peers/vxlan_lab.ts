@@ -74,6 +74,18 @@ export class VxlanLab {
     const name = `vsvx${this.id}${tag}`;
     await run("ip", ["netns", "add", name]);
     this.#namespaces.push(name);
+    // IPv4 only: no router solicitations or MLD reports crossing the tunnels every second or
+    // two, which would keep a switch's worker from ever being idle (and add noise to figures).
+    await run("ip", [
+      "netns",
+      "exec",
+      name,
+      "sysctl",
+      "-q",
+      "-w",
+      "net.ipv6.conf.all.disable_ipv6=1",
+      "net.ipv6.conf.default.disable_ipv6=1",
+    ]);
     await run("ip", ["-n", name, "link", "set", "lo", "up"]);
     return name;
   }
