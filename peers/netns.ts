@@ -162,6 +162,15 @@ export class VethNetns {
     return run("ip", ["netns", "exec", this.name, ...args]);
   }
 
+  /** Starts a command inside the namespace in the background, its stdout and stderr piped. */
+  spawn(args: string[]): Deno.ChildProcess {
+    return new Deno.Command("ip", {
+      args: ["netns", "exec", this.name, ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  }
+
   /** `ip link set <end> up|down`. */
   async setLink(end: "host" | "ns", up: boolean): Promise<void> {
     const state = up ? "up" : "down";

@@ -106,22 +106,15 @@ async function migrateOnce(): Promise<string | null> {
 
     // Echoes every 100 ms while the guest migrates: the switch writes each request into the
     // guest's RX buffers during pre-copy, pages only the dirty log tells QEMU to send again.
-    const pinger = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        ns.name,
-        "busybox",
-        "ping",
-        "-i",
-        String(PING_INTERVAL_MS / 1000),
-        "-w",
-        "60",
-        VM_IP,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const pinger = ns.spawn([
+      "busybox",
+      "ping",
+      "-i",
+      String(PING_INTERVAL_MS / 1000),
+      "-w",
+      "60",
+      VM_IP,
+    ]);
     await waitFor("echoes to flow", () => ts.sw.port("uplink")!.counters.rx_packets > 10);
 
     // The transfer starts before the migration and ends after it: the guest's nc keeps
@@ -135,20 +128,13 @@ async function migrateOnce(): Promise<string | null> {
     const stop = `${dir}/tx.stop`;
     const count = `${dir}/tx.count`;
     await run("sh", ["-c", `head -c ${MAX_CHUNKS * CHUNK_KIB}K /dev/urandom >${file}`]);
-    const sender = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        ns.name,
-        "sh",
-        "-c",
-        `(i=0; while [ $i -lt ${MAX_CHUNKS} ] && [ ! -e ${stop} ]; do ` +
-        `dd if=${file} bs=${CHUNK_KIB}K skip=$i count=1 2>/dev/null; ` +
-        `i=$((i+1)); sleep ${CHUNK_GAP_S}; done; echo $i >${count}) | busybox nc ${VM_IP} 5001`,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const sender = ns.spawn([
+      "sh",
+      "-c",
+      `(i=0; while [ $i -lt ${MAX_CHUNKS} ] && [ ! -e ${stop} ]; do ` +
+      `dd if=${file} bs=${CHUNK_KIB}K skip=$i count=1 2>/dev/null; ` +
+      `i=$((i+1)); sleep ${CHUNK_GAP_S}; done; echo $i >${count}) | busybox nc ${VM_IP} 5001`,
+    ]);
     let senderDone = false;
     sender.status.then(() => senderDone = true);
     // Part of the file is in the guest before QEMU starts copying its memory.
