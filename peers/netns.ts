@@ -162,12 +162,15 @@ export class VethNetns {
     return run("ip", ["netns", "exec", this.name, ...args]);
   }
 
-  /** Starts a command inside the namespace in the background, its stdout and stderr piped. */
-  spawn(args: string[]): Deno.ChildProcess {
+  /**
+   * Starts a command inside the namespace in the background, its stdout and stderr piped unless
+   * `output` says "null" (a server nobody reads: a full pipe would stall it).
+   */
+  spawn(args: string[], output: "piped" | "null" = "piped"): Deno.ChildProcess {
     return new Deno.Command("ip", {
       args: ["netns", "exec", this.name, ...args],
-      stdout: "piped",
-      stderr: "piped",
+      stdout: output,
+      stderr: output,
     }).spawn();
   }
 

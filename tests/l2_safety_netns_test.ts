@@ -80,24 +80,17 @@ async function lab(
 }
 
 async function ping(ns: VethNetns, to: string, count: number, interval = "0.1") {
-  const out = await new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      ns.name,
-      "busybox",
-      "ping",
-      "-c",
-      `${count}`,
-      "-i",
-      interval,
-      "-W",
-      "1",
-      to,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const out = await ns.spawn([
+    "busybox",
+    "ping",
+    "-c",
+    `${count}`,
+    "-i",
+    interval,
+    "-W",
+    "1",
+    to,
+  ]).output();
   return parsePing(new TextDecoder().decode(out.stdout));
 }
 
@@ -117,11 +110,7 @@ async function iperf(
   seconds: number,
 ) {
   const port = String(5200 + Math.floor(Math.random() * 700));
-  const server = new Deno.Command("ip", {
-    args: ["netns", "exec", to.name, "iperf3", "-s", "-1", "-p", port],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const server = to.spawn(["iperf3", "-s", "-1", "-p", port], "null");
   try {
     await sleep(500);
     const mode = udp ? ["-u", "-b", udp, "-l", `${UDP_PAYLOAD}`] : [];

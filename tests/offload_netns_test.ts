@@ -192,11 +192,7 @@ async function transfer(
 ): Promise<{ sent: string; received: string }> {
   const port = String(20000 + Math.floor(Math.random() * 20000));
   const bind = toAddr.includes(":") ? "::" : "0.0.0.0";
-  const server = new Deno.Command("ip", {
-    args: ["netns", "exec", to.name, Deno.execPath(), "eval", SERVER, proto, bind, port],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const server = to.spawn([Deno.execPath(), "eval", SERVER, proto, bind, port]);
   const out = server.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
   while (!text.includes("READY")) {
