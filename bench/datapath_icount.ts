@@ -9,25 +9,13 @@
 //   deno run --allow-all bench/datapath_icount.ts [--in-order] [--packed] [--size 64] [--bursts 2000]
 // Needs valgrind (Debian package `valgrind`); takes a few minutes.
 import { parseArgs } from "node:util";
-import { memfdCreate, mmap } from "../ffi/mem.ts";
 import { CounterTable } from "../ports/counters.ts";
-import { GuestMemory } from "../ports/vhost_user/memory.ts";
-import { VRING_AVAIL_F_NO_INTERRUPT } from "../ports/vhost_user/split_queue.ts";
-import {
-  VRING_PACKED_DESC_F_AVAIL,
-  VRING_PACKED_DESC_F_USED,
-  VRING_PACKED_EVENT_FLAG_DISABLE,
-} from "../ports/vhost_user/packed_queue.ts";
-import { VRING_DESC_F_WRITE } from "../ports/vhost_user/virtqueue.ts";
-import {
-  openQueue,
-  VIRTIO_NET_HDR_LEN,
-  VirtioNetDatapath,
-} from "../ports/vhost_user/virtio_net.ts";
+import { VIRTIO_NET_HDR_LEN, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
 import { createFlowBuffer, FlowCounter } from "../switch/flows.ts";
 import { MAX_PORTS } from "../switch/topology.ts";
+import { SyntheticGuest } from "./synthetic_guest.ts";
 
 const { values } = parseArgs({
   options: {
@@ -39,103 +27,16 @@ const { values } = parseArgs({
     child: { type: "boolean", default: false },
   },
 });
-const PACKED = values.packed;
-const SIZE = 256;
 const BURST = 32;
-const DESC = 0;
-const AVAIL = 4096;
-const USED = 8192;
-const BUFFERS = 65536;
-const BUF = 2048;
-const MEM = BUFFERS + SIZE * BUF;
 const MARK_WARM = "icount: warm";
 const MARK_DONE = "icount: done";
-
-/** One synthetic guest ring, as in bench/datapath_micro.ts. */
-class Guest {
-  readonly mem: GuestMemory;
-  readonly #words: Uint32Array;
-  readonly #avail: Uint16Array;
-  #idx = 0;
-
-  constructor(readonly rx: boolean, readonly frameLen: number) {
-    const map = mmap(MEM, { fd: memfdCreate("icount-guest", MEM) });
-    this.mem = new GuestMemory([{
-      guestPhys: 0,
-      size: MEM,
-      userAddr: 0,
-      mapAddress: map.address,
-      mapLength: MEM,
-      dataOffset: 0,
-    }]);
-    const bytes = this.mem.bytes[0];
-    const desc = new DataView(bytes.buffer, DESC, 16 * SIZE);
-    this.#words = new Uint32Array(bytes.buffer, DESC, 4 * SIZE);
-    this.#avail = new Uint16Array(bytes.buffer, AVAIL, 3 + SIZE);
-    if (rx) {
-      this.#avail[PACKED ? 1 : 0] = PACKED
-        ? VRING_PACKED_EVENT_FLAG_DISABLE
-        : VRING_AVAIL_F_NO_INTERRUPT;
-    }
-    for (let i = 0; i < SIZE; i++) {
-      const addr = BUFFERS + i * BUF;
-      desc.setBigUint64(16 * i, BigInt(addr), true);
-      desc.setUint32(16 * i + 8, rx ? BUF : VIRTIO_NET_HDR_LEN + frameLen, true);
-      desc.setUint16(16 * i + 12, rx ? VRING_DESC_F_WRITE : 0, true);
-      if (!rx) {
-        const f = addr + VIRTIO_NET_HDR_LEN;
-        bytes.set([0x52, 0x54, 0, 0, 0, 2, 0x52, 0x54, 0, 0, 0, 1, 0x08, 0x00], f);
-      }
-    }
-  }
-
-  queue(index: number) {
-    return openQueue(this.mem, {
-      index,
-      size: SIZE,
-      packed: PACKED,
-      inOrder: values["in-order"],
-      desc: { region: 0, offset: DESC },
-      avail: { region: 0, offset: AVAIL },
-      used: { region: 0, offset: USED },
-      lastAvail: PACKED ? 0x8000 : 0,
-      eventIdx: false,
-      callFd: -1,
-      kickFd: -1,
-      shared: null,
-      ringLog: [],
-    }, null);
-  }
-
-  /** Makes the next `n` descriptors available again. */
-  post(n: number): void {
-    const mask = SIZE - 1;
-    if (PACKED) {
-      const len = this.rx ? BUF : VIRTIO_NET_HDR_LEN + this.frameLen;
-      const dir = this.rx ? VRING_DESC_F_WRITE : 0;
-      for (let k = 0; k < n; k++) {
-        const seq = this.#idx + k;
-        const i = seq & mask;
-        const wrap = ((seq / SIZE) & 1) ^ 1;
-        this.#words[4 * i + 2] = len;
-        this.#words[4 * i + 3] = i |
-          ((dir | (wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED)) << 16);
-      }
-    } else {
-      for (let k = 0; k < n; k++) {
-        this.#avail[2 + ((this.#idx + k) & mask)] = (this.#idx + k) & mask;
-      }
-      Atomics.store(this.#avail, 1, (this.#idx + n) & 0xffff);
-    }
-    this.#idx = (this.#idx + n) & 0xffff;
-  }
-}
 
 /** The child: the loop itself, marking on stderr where the counted part starts and ends. */
 async function child(): Promise<void> {
   const frameLen = Number(values.size) - 4;
-  const a = new Guest(false, frameLen);
-  const b = new Guest(true, frameLen);
+  const guest = { frameLen, packed: values.packed, inOrder: values["in-order"] };
+  const a = new SyntheticGuest({ ...guest, rx: false });
+  const b = new SyntheticGuest({ ...guest, rx: true });
   const vlans: (PortVlanConfig | undefined | null)[] = [undefined, undefined];
   while (vlans.length < MAX_PORTS) vlans.push(null);
   const bridge = new Bridge({ vlans, statics: [{ mac: "52:54:00:00:00:02", vlan: 0, port: 1 }] });
@@ -216,7 +117,7 @@ async function parent(): Promise<void> {
   const frames = Number(values.bursts) * BURST;
   console.log(
     `${(ir / frames).toFixed(0)} instructions per frame (${values.size} B, ` +
-      `${PACKED ? "packed" : "split"} rings${values["in-order"] ? ", IN_ORDER" : ""}, ` +
+      `${values.packed ? "packed" : "split"} rings${values["in-order"] ? ", IN_ORDER" : ""}, ` +
       `${frames} frames counted)`,
   );
   await Deno.remove(dir, { recursive: true });

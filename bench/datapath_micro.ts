@@ -7,20 +7,7 @@
 import { cpuUsage } from "node:process";
 import { memfdCreate, mmap } from "../ffi/mem.ts";
 import { CounterTable } from "../ports/counters.ts";
-import { GuestMemory, type RegionSpec } from "../ports/vhost_user/memory.ts";
-import { VRING_AVAIL_F_NO_INTERRUPT } from "../ports/vhost_user/split_queue.ts";
-import {
-  VRING_PACKED_DESC_F_AVAIL,
-  VRING_PACKED_DESC_F_USED,
-  VRING_PACKED_EVENT_FLAG_DISABLE,
-} from "../ports/vhost_user/packed_queue.ts";
-import type { VirtQueue } from "../ports/vhost_user/virtqueue.ts";
-import { VRING_DESC_F_WRITE } from "../ports/vhost_user/virtqueue.ts";
-import {
-  openQueue,
-  VIRTIO_NET_HDR_LEN,
-  VirtioNetDatapath,
-} from "../ports/vhost_user/virtio_net.ts";
+import { VIRTIO_NET_HDR_LEN, VirtioNetDatapath } from "../ports/vhost_user/virtio_net.ts";
 import { DirtyLog } from "../ports/vhost_user/dirty_log.ts";
 import { Bridge, type PortVlanConfig } from "../switch/bridge.ts";
 import { Forwarder } from "../switch/forward.ts";
@@ -29,114 +16,15 @@ import { createPinned } from "../switch/port_security.ts";
 import { clockUs, createBucket } from "../switch/token_bucket.ts";
 import { createFlowBuffer, FlowCounter } from "../switch/flows.ts";
 import { MAX_PORTS } from "../switch/topology.ts";
+import { GUEST_MEMORY_SIZE, SyntheticGuest } from "./synthetic_guest.ts";
 
-const SIZE = 256;
 const BURST = 32;
-const DESC = 0;
-const AVAIL = 4096;
-const USED = 8192;
-const BUFFERS = 65536;
-const BUF = 2048;
-const MEM = BUFFERS + SIZE * BUF;
 const PACKED = Deno.args.includes("--packed");
 const IN_ORDER = Deno.args.includes("--in-order");
 
-/** One synthetic guest: memory, one ring, and the guest side's view of it. */
-class Guest {
-  readonly bytes: Uint8Array;
-  readonly mem: GuestMemory;
-  readonly #desc: DataView;
-  readonly #avail: Uint16Array;
-  readonly #frameLen: number;
-  readonly #descWords: Uint32Array;
-  #idx = 0;
-
-  constructor(readonly rx: boolean, frameLen: number, dst: number[], src: number[]) {
-    const fd = memfdCreate("bench-guest", MEM);
-    const map = mmap(MEM, { fd });
-    const spec: RegionSpec = {
-      guestPhys: 0,
-      size: MEM,
-      userAddr: 0,
-      mapAddress: map.address,
-      mapLength: MEM,
-      dataOffset: 0,
-    };
-    this.mem = new GuestMemory([spec]);
-    this.bytes = this.mem.bytes[0];
-    this.#desc = new DataView(this.bytes.buffer, DESC, 16 * SIZE);
-    this.#avail = new Uint16Array(this.bytes.buffer, AVAIL, 3 + SIZE);
-    this.#frameLen = frameLen;
-    this.#descWords = new Uint32Array(this.bytes.buffer, DESC, 4 * SIZE);
-    // A polling driver wants no interrupts (packed: the driver area's flags; split: avail flags).
-    if (rx) {
-      this.#avail[PACKED ? 1 : 0] = PACKED
-        ? VRING_PACKED_EVENT_FLAG_DISABLE
-        : VRING_AVAIL_F_NO_INTERRUPT;
-    }
-    for (let i = 0; i < SIZE; i++) {
-      const addr = BUFFERS + i * BUF;
-      this.#desc.setBigUint64(16 * i, BigInt(addr), true);
-      this.#desc.setUint32(16 * i + 8, rx ? BUF : VIRTIO_NET_HDR_LEN + frameLen, true);
-      this.#desc.setUint16(16 * i + 12, rx ? VRING_DESC_F_WRITE : 0, true);
-      if (!rx) {
-        const f = addr + VIRTIO_NET_HDR_LEN;
-        this.bytes.set(dst, f);
-        this.bytes.set(src, f + 6);
-        this.bytes[f + 12] = 0x08; // IPv4 ethertype, payload left as zeros
-      }
-    }
-  }
-
-  /** Ring `index`; with `log`, the variant that marks its writes (a guest being migrated). */
-  queue(index: number, log: DirtyLog | null = null): VirtQueue {
-    return openQueue(this.mem, {
-      index,
-      size: SIZE,
-      packed: PACKED,
-      inOrder: IN_ORDER,
-      desc: { region: 0, offset: DESC },
-      avail: { region: 0, offset: AVAIL },
-      used: { region: 0, offset: USED },
-      lastAvail: PACKED ? 0x8000 : 0,
-      eventIdx: false,
-      callFd: -1,
-      kickFd: -1,
-      shared: null,
-      ringLog: log ? (PACKED ? [DESC, 16 * SIZE, USED, 4] : [USED, 6 + 8 * SIZE]) : [],
-    }, log);
-  }
-
-  /** Makes the next `n` descriptors available again (they all came back in the last poll). */
-  post(n: number): void {
-    if (PACKED) return this.#postPacked(n);
-    for (let k = 0; k < n; k++) {
-      this.#avail[2 + ((this.#idx + k) & (SIZE - 1))] = (this.#idx + k) & (SIZE - 1);
-    }
-    this.#idx = (this.#idx + n) & 0xffff;
-    Atomics.store(this.#avail, 1, this.#idx);
-  }
-
-  /** Packed: the device wrote used descriptors over these: write them whole again. */
-  #postPacked(n: number): void {
-    const w = this.#descWords;
-    const len = this.rx ? BUF : VIRTIO_NET_HDR_LEN + this.#frameLen;
-    const dir = this.rx ? VRING_DESC_F_WRITE : 0;
-    for (let k = 0; k < n; k++) {
-      const seq = this.#idx + k;
-      const i = seq & (SIZE - 1);
-      const wrap = ((seq / SIZE) & 1) ^ 1;
-      w[4 * i + 2] = len;
-      w[4 * i + 3] = i |
-        ((dir | (wrap ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED)) << 16);
-    }
-    this.#idx = (this.#idx + n) & 0xffff;
-  }
-}
-
 /** A dirty log covering a synthetic guest's memory, as QEMU shares one during a migration. */
 function dirtyLogFor(counters: Float64Array): DirtyLog {
-  const size = Math.ceil(MEM / 4096 / 8);
+  const size = Math.ceil(GUEST_MEMORY_SIZE / 4096 / 8);
   const map = mmap(size, { fd: memfdCreate("bench-log", size) });
   return new DirtyLog({ mapAddress: map.address, mapLength: size, dataOffset: 0, size }, counters);
 }
@@ -155,8 +43,9 @@ function run(
 ): number {
   const macA = [0x52, 0x54, 0, 0, 0, 1];
   const macB = [0x52, 0x54, 0, 0, 0, 2];
-  const a = new Guest(false, frameLen, macB, macA);
-  const b = new Guest(true, frameLen, macB, macA);
+  const guest = { frameLen, packed: PACKED, inOrder: IN_ORDER, dst: macB, src: macA };
+  const a = new SyntheticGuest({ ...guest, rx: false });
+  const b = new SyntheticGuest({ ...guest, rx: true });
   // Port 0 untagged (native VLAN 10 when B is an access port of another VLAN setup).
   const vlans: (PortVlanConfig | undefined | null)[] = vlanB
     ? [{ mode: "access", tag: 10 }, vlanB]
