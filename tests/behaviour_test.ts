@@ -4,7 +4,7 @@
 // end, and memory sealing against a front-end that would shrink its memory.
 import assert from "node:assert/strict";
 import { libc } from "../ffi/libc.ts";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { http, seqFrame, SwitchRig } from "./helpers/reliability.ts";
 import { startSwitch, waitFor } from "./helpers/switch.ts";
 

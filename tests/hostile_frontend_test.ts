@@ -10,14 +10,14 @@ import assert from "node:assert/strict";
 import { closeFd, eventfdCreate } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { memfdCreate } from "../ffi/mem.ts";
-import * as P from "./helpers/vhost_wire.ts";
+import * as P from "../peers/vhost_wire.ts";
 import {
   DESC_F_WRITE,
   HDR_LEN,
   memTablePayload,
   UVA_OFFSET,
   VhostFrontend,
-} from "./helpers/frontend.ts";
+} from "../peers/vhost_frontend.ts";
 import { ethFrame } from "./helpers/frontend_harness.ts";
 import {
   type ProcStats,

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createApp } from "../http/app.ts";
 import type { FdbEntry, PortStatus, SwitchView } from "../switch/view.ts";
 import { dropReason } from "../http/metrics.ts";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { decodePcap, ethFrame } from "../peers/pcap.ts";
 import { commandMissing, peerPresent } from "./helpers/peers.ts";
 import {

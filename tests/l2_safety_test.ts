@@ -1,7 +1,7 @@
 // Port security and mirroring in a real switch, driven by real vhost-user front-ends
 // (tests/helpers/frontend.ts) over unix sockets and memfd guest memory; no root needed.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { BROADCAST, ethFrame, macBytes } from "./helpers/frontend_harness.ts";
 import { startSwitch, type TestSwitch } from "./helpers/switch.ts";
 import { createApp } from "../http/app.ts";

@@ -4,7 +4,7 @@
 // that also lie above 4 GiB, and every byte that arrives is compared with what was sent. A
 // switch that takes any offset modulo 2^32 delivers other guest memory or drops the frame.
 import assert from "node:assert/strict";
-import { HDR_LEN, VhostFrontend } from "./helpers/frontend.ts";
+import { HDR_LEN, VhostFrontend } from "../peers/vhost_frontend.ts";
 import { ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 
 const GiB = 2 ** 30;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createApp } from "../http/app.ts";
 import { Switch } from "../switch/switch.ts";
 import { checkTopology, loadTopology } from "../switch/topology.ts";
-import { VhostFrontend, waitFor } from "./helpers/frontend.ts";
+import { VhostFrontend, waitFor } from "../peers/vhost_frontend.ts";
 import { BROADCAST, ethFrame } from "./helpers/frontend_harness.ts";
 
 const A = "52:54:00:00:0a:01";

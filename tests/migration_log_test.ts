@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { closeFd, eventfdCreate } from "../ffi/fd.ts";
 import { type Mapping, memfdCreate, mmap, munmap, viewMapping } from "../ffi/mem.ts";
-import { VhostFrontend, waitFor } from "./helpers/frontend.ts";
+import { VhostFrontend, waitFor } from "../peers/vhost_frontend.ts";
 import {
   assertNoLeak,
   ethFrame,

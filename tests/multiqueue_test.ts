@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { diffFrames, ethFrame, readPcapFrames, writePcap } from "../peers/pcap.ts";
 import { type PortStats, Testpmd, testpmdAvailable, virtioUserVdev } from "../peers/testpmd.ts";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { startSwitch, type TestSwitch, waitFor } from "./helpers/switch.ts";
 
 const missing = testpmdAvailable({ pcap: true });

@@ -21,7 +21,7 @@ import {
   type FrontendOptions,
   HDR_LEN,
   VhostFrontend,
-} from "./helpers/frontend.ts";
+} from "../peers/vhost_frontend.ts";
 import { macBytes, startSwitch } from "./helpers/frontend_harness.ts";
 import { waitFor } from "./helpers/switch.ts";
 

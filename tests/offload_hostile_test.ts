@@ -2,7 +2,7 @@
 // (gso_size 0, csum_start past the frame, hdr_len beyond it, a GSO type not supported) drop that
 // frame, counted as drop_bad_offload, and nothing else; frames after them still cross.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 import { waitFor } from "./helpers/switch.ts";
 

@@ -8,8 +8,8 @@
 //   the good ports keep flowing, and a new front-end can still negotiate on another port;
 // - a peer floods well-framed requests the switch must refuse.
 import assert from "node:assert/strict";
-import * as P from "./helpers/vhost_wire.ts";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import * as P from "../peers/vhost_wire.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import {
   formatPump,
   formatStats,

@@ -7,7 +7,7 @@
 // testpmd's frames are learned and it receives ours).
 import assert from "node:assert/strict";
 import { pingAll } from "./helpers/ping.ts";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import {
   formatPump,
   formatStats,

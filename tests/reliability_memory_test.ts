@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { memfdCreate, mmap, munmap, viewMapping } from "../ffi/mem.ts";
 import { closeFd } from "../ffi/fd.ts";
-import * as P from "./helpers/vhost_wire.ts";
+import * as P from "../peers/vhost_wire.ts";
 import {
   F_INDIRECT_DESC,
   F_MRG_RXBUF,
@@ -25,7 +25,7 @@ import {
   type Region,
   UVA_OFFSET,
   VhostFrontend,
-} from "./helpers/frontend.ts";
+} from "../peers/vhost_frontend.ts";
 import {
   formatPump,
   formatStats,

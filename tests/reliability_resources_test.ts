@@ -19,7 +19,7 @@
 // per connection grew 4 MiB over those cycles and failed; the flat 10 MiB had let it pass.
 // A leaked guest memory mapping or eventfd shows in the exact counts.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import {
   formatStats,
   macString,

@@ -10,7 +10,7 @@
 // (A response still streaming at SIGTERM, e.g. a capture, ends cleanly.)
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { FrontendListener, VhostFrontend } from "./helpers/frontend.ts";
+import { FrontendListener, VhostFrontend } from "../peers/vhost_frontend.ts";
 import { decodePcap } from "../peers/pcap.ts";
 import {
   formatPump,

@@ -8,7 +8,7 @@
 // The same with DPDK testpmd's virtio-user in server mode (server=1) on a client-mode port: it
 // keeps running across the restarts, and frames pass both ways after each one.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { bootGuest, type Guest, guestToolsAvailable, READY_MARKER } from "../peers/qemu.ts";
 import { parsePing, pingAll } from "./helpers/ping.ts";
 import { macString, seqFrame, sleep, SwitchRig, until } from "./helpers/reliability.ts";

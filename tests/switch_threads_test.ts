@@ -2,7 +2,7 @@
 // flooding across them, and frames crossing between workers (into guest RX rings that both
 // workers fill) without loss.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "./helpers/frontend.ts";
+import { VhostFrontend } from "../peers/vhost_frontend.ts";
 import { BROADCAST, ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 import { macString, readSeqFrame, seqFrame } from "./helpers/reliability.ts";
 

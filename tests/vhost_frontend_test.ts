@@ -1,13 +1,13 @@
 // A real switch in this process, driven by real vhost-user front-ends (tests/helpers/frontend.ts)
 // over real sockets and memfd guest memory: what A sends, B receives byte for byte.
 import assert from "node:assert/strict";
-import * as P from "./helpers/vhost_wire.ts";
+import * as P from "../peers/vhost_wire.ts";
 import {
   FrontendListener,
   type FrontendOptions,
   type SendOptions,
   VhostFrontend,
-} from "./helpers/frontend.ts";
+} from "../peers/vhost_frontend.ts";
 import {
   assertNoLeak,
   BROADCAST,

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { closeFd, eventfdCreate, eventfdWrite } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
-import * as P from "./helpers/vhost_wire.ts";
+import * as P from "../peers/vhost_wire.ts";
 import {
   DESC_F_INDIRECT,
   DESC_F_NEXT,
@@ -16,7 +16,7 @@ import {
   VhostFrontend,
   vringAddrPayload,
   waitFor,
-} from "./helpers/frontend.ts";
+} from "../peers/vhost_frontend.ts";
 import {
   Arena,
   assertNoLeak,

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import * as F from "../ports/vhost_user/features.ts";
 import * as P from "../ports/vhost_user/protocol.ts";
 import { concatBytes } from "../switch/tap.ts";
-import { memTablePayload, vringAddrPayload } from "./helpers/frontend.ts";
-import * as W from "./helpers/vhost_wire.ts";
+import { memTablePayload, vringAddrPayload } from "../peers/vhost_frontend.ts";
+import * as W from "../peers/vhost_wire.ts";
 
 function msgBytes(request: number, payload: Uint8Array = new Uint8Array(0), flags = 1): Uint8Array {
   return P.encodeMessage(request, flags, payload);

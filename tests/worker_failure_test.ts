@@ -5,7 +5,7 @@
 // makes the copy throw inside the loop.
 import assert from "node:assert/strict";
 import { MAX_GSO_FRAME } from "../ports/port.ts";
-import { VhostFrontend, waitFor } from "./helpers/frontend.ts";
+import { VhostFrontend, waitFor } from "../peers/vhost_frontend.ts";
 import { BROADCAST, ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 
 const MAC_A = "52:54:00:00:0a:01";

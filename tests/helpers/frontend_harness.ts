@@ -11,7 +11,12 @@ import { memfdCreate, MFD_ALLOW_SEALING } from "../../ffi/mem.ts";
 import { unixSocketPair } from "../../ffi/unix.ts";
 import { Switch } from "../../switch/switch.ts";
 import { parseTopology } from "../../switch/topology.ts";
-import { type FrontendOptions, isGuestMemfdMap, VhostFrontend, waitFor } from "./frontend.ts";
+import {
+  type FrontendOptions,
+  isGuestMemfdMap,
+  VhostFrontend,
+  waitFor,
+} from "../../peers/vhost_frontend.ts";
 
 // ---- a real switch in a temp dir, and test frames ----
 

@@ -7,8 +7,8 @@
 import { fileURLToPath } from "node:url";
 import { closeFd } from "../../ffi/fd.ts";
 import { sendWithFds, unixConnect } from "../../ffi/unix.ts";
-import * as P from "./vhost_wire.ts";
-import { delay, isGuestMemfdMap, type VhostFrontend } from "./frontend.ts";
+import * as P from "../../peers/vhost_wire.ts";
+import { delay, isGuestMemfdMap, type VhostFrontend } from "../../peers/vhost_frontend.ts";
 import { SwitchProcess } from "../../peers/switch_process.ts";
 
 const SELF = fileURLToPath(import.meta.url);
@@ -17,8 +17,8 @@ const REPO = fileURLToPath(new URL("../../", import.meta.url));
 export const sleep = delay;
 
 /** Polls `probe` every `everyMs` until it returns a truthy value; throws `what` on timeout. */
-export { waitFor as until } from "./wait.ts";
-import { waitFor as until } from "./wait.ts";
+export { waitFor as until } from "../../peers/wait.ts";
+import { waitFor as until } from "../../peers/wait.ts";
 
 // ---- /proc figures of a process ----
 

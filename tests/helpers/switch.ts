@@ -31,4 +31,4 @@ export async function startSwitch(topology: Record<string, unknown>): Promise<Te
   return { sw, dir, logs, stop, [Symbol.asyncDispose]: stop };
 }
 
-export { waitFor } from "./wait.ts";
+export { waitFor } from "../../peers/wait.ts";

@@ -10,7 +10,7 @@
 // received frames per bin, so frames of the stream are told apart from anything else the switch
 // delivers to the same port (guests' ARP and pings, floods).
 import type { Testpmd } from "../../peers/testpmd.ts";
-import { delay } from "./wait.ts";
+import { delay } from "../../peers/wait.ts";
 
 /** The virtio PMD's RFC 2819 size bin the stream's frames fall in. */
 const BIN = "size_1024_1518_packets";

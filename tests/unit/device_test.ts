@@ -17,8 +17,8 @@ import {
   VIRTIO_RING_F_EVENT_IDX,
 } from "../../ports/vhost_user/features.ts";
 import { type Message, ProtocolError } from "../../ports/vhost_user/protocol.ts";
-import { memTablePayload, vringAddrPayload } from "../helpers/frontend.ts";
-import * as W from "../helpers/vhost_wire.ts";
+import { memTablePayload, vringAddrPayload } from "../../peers/vhost_frontend.ts";
+import * as W from "../../peers/vhost_wire.ts";
 
 const bit = (n: number) => 1n << BigInt(n);
 const MEM = 1 << 20;

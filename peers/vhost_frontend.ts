@@ -4,10 +4,10 @@
 // regions like QEMU's RAM blocks) and drives a virtio-net device on rings 0 (RX) and 1 (TX), and on
 // rings 2N and 2N+1 of further queue pairs when asked (queuePairs, setupPair).
 // Raw accessors let hostile tests write anything anywhere.
-import { LIBRARY_NAME } from "../../ffi/native_copy.ts";
-import { libc } from "../../ffi/libc.ts";
-import { SysError } from "../../ffi/errno.ts";
-import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../../ffi/fd.ts";
+import { LIBRARY_NAME } from "../ffi/native_copy.ts";
+import { libc } from "../ffi/libc.ts";
+import { SysError } from "../ffi/errno.ts";
+import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../ffi/fd.ts";
 import {
   type Mapping,
   memfdCreate,
@@ -15,8 +15,8 @@ import {
   mmap,
   munmap,
   viewMapping,
-} from "../../ffi/mem.ts";
-import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from "../../ffi/unix.ts";
+} from "../ffi/mem.ts";
+import { recvWithFds, sendWithFds, unixAccept, unixConnect, unixListen } from "../ffi/unix.ts";
 import * as P from "./vhost_wire.ts";
 
 export const UVA_OFFSET = 0x7f00_0000_0000;
