@@ -190,6 +190,7 @@ class DatapathWorker {
         state.maxFrame,
         block,
         state.guestOffloads,
+        state.hostOffloads,
       );
       const rings = new Map<number, VirtQueue>();
       for (const spec of state.queues) {

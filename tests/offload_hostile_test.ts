@@ -1,8 +1,10 @@
 // A guest's virtio_net_hdr is input like any other: headers that lie about the frame behind them
 // (gso_size 0, csum_start past the frame, hdr_len beyond it, a GSO type not supported) drop that
-// frame, counted as drop_bad_offload, and nothing else; frames after them still cross.
+// frame, counted as drop_bad_offload, and nothing else; frames after them still cross. A guest
+// that negotiated no offload it could send (CSUM, HOST_TSO4/6) must zero the header: it is not
+// read, and its frames cross as they are.
 import assert from "node:assert/strict";
-import { VhostFrontend } from "../peers/vhost_frontend.ts";
+import { F_CSUM, F_HOST_TSO4, VhostFrontend } from "../peers/vhost_frontend.ts";
 import { ethFrame, startSwitch } from "./helpers/frontend_harness.ts";
 import { waitFor } from "./helpers/switch.ts";
 
@@ -31,7 +33,7 @@ function hdr(
 
 Deno.test("lying virtio_net_hdr fields from a guest drop only that frame, counted", async () => {
   const h = await startSwitch([{ name: "a" }, { name: "b" }]);
-  const a = await VhostFrontend.open(h.sock("a"));
+  const a = await VhostFrontend.open(h.sock("a"), { features: [F_CSUM, F_HOST_TSO4] });
   const b = await VhostFrontend.open(h.sock("b"));
   try {
     b.postRxBuffers(32);
@@ -54,6 +56,24 @@ Deno.test("lying virtio_net_hdr fields from a guest drop only that frame, counte
       () => h.counters("a").drop_bad_offload === lies.length,
     );
     assert.equal(h.counters("b").tx_packets, 1);
+  } finally {
+    a.close();
+    b.close();
+    await h.stop();
+  }
+});
+
+Deno.test("a guest without CSUM or HOST_TSO: its header is not read, its frames cross", async () => {
+  const h = await startSwitch([{ name: "a" }, { name: "b" }]);
+  const a = await VhostFrontend.open(h.sock("a"));
+  const b = await VhostFrontend.open(h.sock("b"));
+  try {
+    b.postRxBuffers(32);
+    const f = ethFrame(MAC_B, MAC_A, 300, 1);
+    a.send(f, { hdr: hdr(1, 1, 5000, 0, 60000, 16) }); // every field a lie, and not read
+    assert.deepEqual(await b.waitFrames(1), [f]);
+    assert.equal(h.counters("a").drop_bad_offload, 0);
+    assert.equal(h.counters("a").rx_csum_partial, 0);
   } finally {
     a.close();
     b.close();

@@ -58,6 +58,16 @@ function guestOffloads(features: bigint): number {
   if (has(features, VIRTIO_NET_F_GUEST_ECN)) bits |= OFFLOAD_ECN;
   return bits;
 }
+/**
+ * Whether a guest that negotiated `features` may send frames whose header asks for work
+ * (NEEDS_CSUM, a GSO type). Without CSUM or HOST_TSO4/6 its driver must leave the header zeroed
+ * (virtio 1.2 5.1.6.2), so the datapath does not read it: DPDK's vhost library reads a guest's
+ * header only under the same condition.
+ */
+function hostOffloads(features: bigint): boolean {
+  return [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN]
+    .some((n) => has(features, n));
+}
 const has = (set: bigint, n: number) => (set & bit(n)) !== 0n;
 const hex = (n: number) => n.toString(16).padStart(4, "0");
 
@@ -69,6 +79,8 @@ export interface DatapathState {
   maxFrame: number;
   /** OFFLOAD_* bits the guest takes in frames we send it (GUEST_CSUM, GUEST_TSO4/6, ECN). */
   guestOffloads: number;
+  /** The guest may send frames with offloads in their header (CSUM, HOST_TSO4/6, HOST_ECN). */
+  hostOffloads: boolean;
   queues: QueueSpec[];
   /** The migration dirty log, while the front-end has VHOST_F_LOG_ALL on; else null. */
   log: LogSpec | null;
@@ -522,6 +534,7 @@ export class VhostUserDevice {
       mergeable,
       maxFrame: this.config.mtu + 14 + 4,
       guestOffloads: guestOffloads(this.features),
+      hostOffloads: hostOffloads(this.features),
       queues,
       log: log?.spec ?? null,
     };

@@ -101,6 +101,14 @@ export class VirtioNetDatapath implements DatapathPort {
     readonly counters: Float64Array,
     /** OFFLOAD_* bits the guest negotiated to take (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). */
     readonly guestOffloads = 0,
+    /**
+     * The guest negotiated CSUM or HOST_TSO4/6: the header of each frame it sends is read.
+     * Otherwise its driver must send a zeroed one, and it is not read at all: the header was
+     * just written by the guest's CPU, often into a cache line of its own ahead of the frame
+     * (DPDK prepends it in the mbuf's headroom), and reading it in receive's per-frame loop
+     * costs a cache miss per frame.
+     */
+    readonly hostOffloads = true,
   ) {
     this.#accepts = guestOffloads | OFFLOAD_DATA_VALID;
     this.#fill = this.#noRing;
@@ -163,6 +171,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const lengths = batch.length;
     const offloads = batch.offload;
     const maxFrame = this.maxFrame;
+    const hostOffloads = this.hostOffloads;
     let n = 0;
     let bytes = 0;
     for (let k = 0; k < avail; k++) {
@@ -186,7 +195,7 @@ export class VirtioNetDatapath implements DatapathPort {
       let bits = 0;
       const hb = regionBytes[segRegion[0]];
       const ho = segOffset[0];
-      if (first < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
+      if (!hostOffloads || first < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
         // No flags and no GSO type (what a plain frame's header holds): nothing to read.
         offloads[n] = 0;
       } else {
