@@ -10,6 +10,7 @@ import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
 import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
 import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } from "./pvp/proc.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
+import { formatRtts, summarizeRtts } from "./rtt.ts";
 
 const USAGE = `Usage: deno task bench:latency [options]   (as root)
   --only switch,switch-syscall,bridge,ovs
@@ -178,11 +179,6 @@ async function trial(
   }
 }
 
-function pct(sorted: number[], p: number): number {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
-
 async function main() {
   const o = optionsOrExit(options, USAGE);
   const why = netnsSkipReason();
@@ -208,31 +204,10 @@ async function main() {
   } finally {
     await Deno.remove(root, { recursive: true }).catch(() => {});
   }
-  const rows = kinds.map((kind) => {
-    const rs = results.filter((r) => r.kind === kind);
-    const all = rs.flatMap((r) => r.rttMs).sort((x, y) => x - y);
-    const idle = rs.map((r) => r.idleCpuPercent).filter((x): x is number => x !== null);
-    return {
-      kind,
-      frames: all.length,
-      lost: rs.reduce((n, r) => n + r.sent - r.rttMs.length, 0),
-      p50: pct(all, 50),
-      p90: pct(all, 90),
-      p99: pct(all, 99),
-      max: all[all.length - 1] ?? NaN,
-      mean: all.reduce((x, y) => x + y, 0) / all.length,
-      idleCpuPercent: idle.length ? Math.max(...idle) : null,
-    };
-  });
-  const f = (x: number) => x.toFixed(3).padStart(8);
+  const rows = summarizeRtts(kinds, results);
   const lines = [
     `ping -i ${o.interval} -c ${o.count}, ${o.rounds} rounds, load average at start ${loadavg}`,
-    "system            p50 ms   p90 ms   p99 ms   max ms  mean ms   lost  idle CPU %",
-    ...rows.map((r) =>
-      `${r.kind.padEnd(14)} ${f(r.p50)} ${f(r.p90)} ${f(r.p99)} ${f(r.max)} ${f(r.mean)} ${
-        String(r.lost).padStart(6)
-      }  ${r.idleCpuPercent === null ? "-" : r.idleCpuPercent.toFixed(2)}`
-    ),
+    ...formatRtts(rows),
   ];
   console.log(lines.join("\n"));
   await Deno.mkdir(o.out, { recursive: true });

@@ -28,6 +28,8 @@ export interface TargetSpec {
   packed?: boolean;
   /** Another checkout of the switch to run instead of this one (an A/B baseline). */
   repo?: string;
+  /** The switch with its default adaptive polling instead of busy polling on pinned CPUs. */
+  adaptive?: boolean;
 }
 
 export const targetLabel = (s: TargetSpec) =>
@@ -69,7 +71,13 @@ export interface Target {
 
 export function startTarget(spec: TargetSpec, dir: string, tag: string): Promise<Target> {
   if (spec.kind === "switch" || spec.kind === "switch-noflows") {
-    return startSwitch(dir, spec.threads ?? 1, spec.repo ?? REPO, spec.kind === "switch");
+    return startSwitch(
+      dir,
+      spec.threads ?? 1,
+      spec.repo ?? REPO,
+      spec.kind === "switch",
+      spec.adaptive ?? false,
+    );
   }
   if (spec.kind === "ovs") return startOvs(dir, `${DPDK_PREFIX}ovs${tag}`);
   return startWire(dir, `${DPDK_PREFIX}wire${tag}`);
@@ -81,6 +89,7 @@ async function startSwitch(
   threads: number,
   repo: string,
   flowStats: boolean,
+  adaptive: boolean,
 ): Promise<Target> {
   const listen = `127.0.0.1:${freePort()}`;
   const sockets: [string, string] = [`${dir}/p0.sock`, `${dir}/p1.sock`];
@@ -89,10 +98,10 @@ async function startSwitch(
     http: { listen },
     threads,
     // Busy polling on pinned CPUs, like an OVS PMD thread (pmd-cpu-mask 0x1 in ovs.ts): the
-    // first worker on CPU 0, opposite the front-end's forwarding lcore on CPU 1.
+    // first worker on CPU 0, opposite the front-end's forwarding lcore on CPU 1. Adaptive: the
+    // defaults a user gets (workers sleep on the guests' kicks when idle, no pinning).
     poll: {
-      mode: "busy",
-      cpus: Array.from({ length: threads }, (_, w) => w % 2),
+      ...(adaptive ? {} : { mode: "busy", cpus: Array.from({ length: threads }, (_, w) => w % 2) }),
       ...(flowStats ? {} : { flowStats: false }),
     },
     ports: sockets.map((socket, i) => ({ name: `p${i}`, type: "vhost-user", socket })),
