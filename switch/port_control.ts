@@ -107,6 +107,7 @@ export class PortControl {
         queues: cfg.queues,
         mtu: cfg.mtu,
         packedRing: cfg.packedRing,
+        offloads: cfg.offloads,
       },
       this.reactor,
       datapath,

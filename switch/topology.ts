@@ -35,6 +35,8 @@ export interface VhostUserPortConfig extends PortCommon {
   mode: "server" | "client";
   /** Offer packed virtqueues (VIRTIO_F_RING_PACKED); true unless the topology turns it off. */
   packedRing: boolean;
+  /** Offer the checksum and TSO offloads (CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6, ECN); default true. */
+  offloads: boolean;
 }
 export interface AfPacketPortConfig extends PortCommon {
   type: "af-packet";
@@ -141,7 +143,7 @@ export const MAX_PORTS = 64;
 
 const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports", "mirrors"];
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity", ...PORT_SAFETY_KEYS];
-const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing"];
+const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing", "offloads"];
 const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
 const VXLAN_KEYS = [...COMMON_KEYS, "vni", "local", "remotes", "udpPort", "remoteMacs", "strict"];
 const ANY_PORT_KEYS = [...new Set([...VHOST_KEYS, ...AF_PACKET_KEYS, ...VXLAN_KEYS])];
@@ -280,7 +282,8 @@ function parsePorts(c: Checker, v: unknown, baseDir: string, threads?: number): 
         unique("socket", socket, path, "socket");
       }
       const packedRing = c.bool(item.packedRing, `${path}.packedRing`, true);
-      ports.push({ type, ...common, socket, mode: mode ?? "server", packedRing });
+      const offloads = c.bool(item.offloads, `${path}.offloads`, true);
+      ports.push({ type, ...common, socket, mode: mode ?? "server", packedRing, offloads });
     } else if (type === "vxlan") {
       const vxlan = parseVxlan(c, item, path);
       if (vxlan.local) unique("VTEP", `${vxlan.local}:${vxlan.udpPort}`, path, "local");

@@ -47,6 +47,7 @@ export function portToFile(p: PortConfig): PortFile {
       mode: p.mode,
       queues: p.queues,
       packedRing: p.packedRing,
+      offloads: p.offloads,
       ...common,
     };
   }

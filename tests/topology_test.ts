@@ -77,6 +77,7 @@ Deno.test("defaults fill every optional field", async () => {
         socket: join(dir.path, "vm1.sock"), // relative to the topology file
         mode: "server",
         packedRing: true,
+        offloads: true,
         safety: NO_SAFETY,
       },
       {
@@ -124,6 +125,7 @@ Deno.test("a full topology keeps every value given", async () => {
         vlan: { mode: "access", tag: 10 },
         rxqAffinity: [3, 1],
         packedRing: false,
+        offloads: false,
       }),
       uplink({ mtu: 1400, vlan: { mode: "trunk", allowed: [20, 10, 20], native: 20 } }),
     ],
@@ -156,6 +158,7 @@ Deno.test("a full topology keeps every value given", async () => {
     socket: join(dir.path, "run", "vm1.sock"),
     mode: "client",
     packedRing: false,
+    offloads: false,
     safety: NO_SAFETY,
   });
   // allowed is de-duplicated and sorted; the unpinned uplink queue goes round-robin from worker 0.
@@ -412,6 +415,12 @@ Deno.test("VLAN ids must be 1..4094; 0 only as a trunk's native VLAN", async () 
       'F: ports[5].vlan.mode: expected one of "access", "trunk", got "hybrid"',
     ],
   );
+});
+
+Deno.test("a vhost-user port's offloads option is true or false", async () => {
+  assert.deepEqual(await problems(topo([vm("a", { offloads: "no" })])), [
+    'F: ports[0].offloads: expected true or false, got "no"',
+  ]);
 });
 
 Deno.test("a trunk's native VLAN must be allowed", async () => {

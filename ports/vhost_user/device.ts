@@ -124,7 +124,25 @@ export interface DeviceConfig {
   mtu: number;
   /** Offer VIRTIO_F_RING_PACKED (a per-port topology option turns it off). */
   packedRing: boolean;
+  /**
+   * Offer the checksum and segmentation offloads, both ways (a per-port topology option turns
+   * them off, like Open vSwitch's userspace-tso-enable=false): then every frame to and from the
+   * guest is complete, finished in software here if it came with work left.
+   */
+  offloads: boolean;
 }
+
+/** The offload features offered unless DeviceConfig.offloads is off. */
+const OFFLOAD_FEATURES = [
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_ECN,
+];
 
 export class VhostUserDevice {
   readonly offeredFeatures: bigint;
@@ -156,14 +174,7 @@ export class VhostUserDevice {
       VIRTIO_RING_F_EVENT_IDX,
       // The datapath uses every ring's buffers in the order they were made available.
       VIRTIO_F_IN_ORDER,
-      VIRTIO_NET_F_CSUM,
-      VIRTIO_NET_F_HOST_TSO4,
-      VIRTIO_NET_F_HOST_TSO6,
-      VIRTIO_NET_F_HOST_ECN,
-      VIRTIO_NET_F_GUEST_CSUM,
-      VIRTIO_NET_F_GUEST_TSO4,
-      VIRTIO_NET_F_GUEST_TSO6,
-      VIRTIO_NET_F_GUEST_ECN,
+      ...(config.offloads ? OFFLOAD_FEATURES : []),
       VHOST_F_LOG_ALL,
       VHOST_USER_F_PROTOCOL_FEATURES,
     ].reduce((acc, n) => acc | bit(n), 0n);

@@ -17,6 +17,8 @@ export interface VhostUserPortConfig {
   mtu: number;
   /** Offer packed virtqueues. */
   packedRing: boolean;
+  /** Offer the checksum and TSO offloads (DeviceConfig.offloads). */
+  offloads: boolean;
 }
 
 export type VhostUserPortState = "listening" | "connecting" | "connected" | "running" | "stopped";
@@ -146,6 +148,7 @@ export class VhostUserPort {
         queuePairs: this.config.queues,
         mtu: this.config.mtu,
         packedRing: this.config.packedRing,
+        offloads: this.config.offloads,
       },
       this.datapath,
       this.log,

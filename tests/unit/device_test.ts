@@ -12,6 +12,14 @@ import {
 import {
   VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_ECN,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_MQ,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_RING_F_EVENT_IDX,
@@ -54,11 +62,11 @@ class FakeDatapath implements DeviceDatapath {
   }
 }
 
-function setup(queuePairs = 1) {
+function setup(queuePairs = 1, offloads = true) {
   const dp = new FakeDatapath();
   const logs: string[] = [];
   const dev = new VhostUserDevice(
-    { name: "t", queuePairs, mtu: 1500, packedRing: true },
+    { name: "t", queuePairs, mtu: 1500, packedRing: true, offloads },
     dp,
     (m) => logs.push(m),
   );
@@ -158,6 +166,36 @@ Deno.test("a ring runs only once memory, size, address, kick and enable are all 
     await ring(rig, 1, ["enable"]);
     assert.deepEqual(rig.dp.running, [1]);
   });
+});
+
+Deno.test("features: the offloads are offered unless the port's offloads option is off", async () => {
+  const offloads = [
+    VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_ECN,
+  ];
+  for (const on of [true, false]) {
+    const rig = setup(1, on);
+    const offered = rig.u64(await rig.send(W.VHOST_USER_GET_FEATURES));
+    for (const b of offloads) assert.equal((offered & bit(b)) !== 0n, on, `bit ${b}`);
+    assert.ok(offered & bit(VIRTIO_NET_F_MRG_RXBUF), "the rest is offered either way");
+  }
+});
+
+Deno.test("the running state says whether the guest may send offloads (CSUM, HOST_TSO)", async () => {
+  for (const [extra, want] of [[0n, false], [bit(VIRTIO_NET_F_CSUM), true]] as const) {
+    const rig = setup();
+    await negotiate(rig, BASE | extra);
+    await memory(rig);
+    await ring(rig, 0);
+    await ring(rig, 1);
+    assert.equal(rig.dev.running!.hostOffloads, want);
+  }
 });
 
 Deno.test("the running state carries the negotiated features and the ring's place", async () => {
