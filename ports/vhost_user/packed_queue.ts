@@ -80,8 +80,9 @@ export function packedResumeBase(usedFlag: (pos: number) => number, size: number
   return found === base ? base : found;
 }
 
+/** The wrap counter of a sequence number: 1 in even laps, 0 in odd ones (size a power of two). */
 function wrapOf(seq: number, size: number): number {
-  return ((seq / size) & 1) ^ 1;
+  return (seq & size) === 0 ? 1 : 0;
 }
 
 export class PackedQueue implements VirtQueue {
@@ -111,15 +112,16 @@ export class PackedQueue implements VirtQueue {
   /** Per head position: descriptors in the chain, and its buffer id (from its last descriptor). */
   readonly #count: Int32Array;
   readonly #ids: Uint16Array;
-  /** Used descriptors put but not yet written: position, id, length, flags. */
+  /**
+   * Used descriptors put but not yet written: position, length, and the word holding the
+   * buffer id (bits 0-15) and the flags (bits 16-31), stored as one.
+   */
   readonly #pendPos: Int32Array;
-  readonly #pendId: Int32Array;
-  readonly #pendLen: Float64Array;
-  readonly #pendFlags: Int32Array;
+  readonly #pendLen: Int32Array;
+  readonly #pendWord: Int32Array;
   #pending = 0;
   #markAvail = 0;
   #markUsed = 0;
-  #markAhead = 0;
   #markPending = 0;
 
   readonly segRegion: Int32Array;
@@ -147,9 +149,8 @@ export class PackedQueue implements VirtQueue {
     this.#count = new Int32Array(size);
     this.#ids = new Uint16Array(size);
     this.#pendPos = new Int32Array(size);
-    this.#pendId = new Int32Array(size);
-    this.#pendLen = new Float64Array(size);
-    this.#pendFlags = new Int32Array(size);
+    this.#pendLen = new Int32Array(size);
+    this.#pendWord = new Int32Array(size);
     this.segRegion = new Int32Array(size);
     this.segOffset = new Float64Array(size);
     this.segLength = new Float64Array(size);
@@ -157,35 +158,46 @@ export class PackedQueue implements VirtQueue {
     this.regionWords = mem.bytes.map(wordView);
   }
 
-  /** Flags value (AVAIL and USED bits) of a descriptor the driver made available at `seq`. */
-  #availBits(seq: number): number {
-    return wrapOf(seq, this.size) ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED;
-  }
-
   availCount(): number {
     if (this.broken) return 0;
     if (this.#ahead > 0) return this.#ahead;
+    return this.#scan();
+  }
+
+  /** Counts the chains ahead (out of line: availCount, called per frame, stays small). */
+  #scan(): number {
     // Walk the flags of the chains ahead: the driver writes a chain's head flags last, so an
-    // available head means its whole chain is there.
+    // available head means its whole chain is there. The word read holds the buffer id too:
+    // each chain's length and id are noted here, so popAvail reads nothing from the ring.
     const d = this.#desc;
     const mask = this.mask;
+    const size = this.size;
     const bits = VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED;
     let seq = this.#availSeq;
     let n = 0;
     let descs = 0;
-    while (n < SCAN_CHAINS && descs < this.size) {
-      const w = 4 * (seq & mask) + 3;
-      const f = (PLAIN_LOADS_ACQUIRE ? d[w] : Atomics.load(d, w)) >>> 16;
-      if ((f & bits) !== this.#availBits(seq)) break;
-      let fl = f;
-      let s = seq;
-      while (fl & VRING_DESC_F_NEXT) {
-        s = (s + 1) & 0xffff;
-        if (++descs >= this.size) break;
-        fl = d[4 * (s & mask) + 3] >>> 16;
+    while (n < SCAN_CHAINS && descs < size) {
+      const head = seq & mask;
+      const w = 4 * head + 3;
+      let word = PLAIN_LOADS_ACQUIRE ? d[w] : Atomics.load(d, w);
+      // Available: AVAIL equal to the lap's wrap counter and USED not (2.8.1).
+      const want = (seq & size) === 0 ? VRING_PACKED_DESC_F_AVAIL : VRING_PACKED_DESC_F_USED;
+      if (((word >>> 16) & bits) !== want) break;
+      let count = 1;
+      while ((word >>> 16) & VRING_DESC_F_NEXT) {
+        if (descs + count >= size) {
+          // A chain that does not end within the ring: the driver broke the ring.
+          this.broken = true;
+          this.#ahead = n;
+          return n;
+        }
+        word = d[4 * ((seq + count) & mask) + 3];
+        count++;
       }
-      seq = (s + 1) & 0xffff;
-      descs++;
+      this.#count[head] = count;
+      this.#ids[head] = word & 0xffff;
+      seq = (seq + count) & 0xffff;
+      descs += count;
       n++;
     }
     this.#ahead = n;
@@ -193,6 +205,15 @@ export class PackedQueue implements VirtQueue {
   }
 
   popAvail(): number {
+    if (this.#ahead === 0) return this.#popUnscanned();
+    const seq = this.#availSeq;
+    this.#availSeq = (seq + this.#count[seq & this.mask]) & 0xffff;
+    this.#ahead--;
+    return seq;
+  }
+
+  /** popAvail without a scan before it: walks the chain's NEXT flags here. */
+  #popUnscanned(): number {
     const d = this.#desc;
     const mask = this.mask;
     const seq = this.#availSeq;
@@ -213,7 +234,6 @@ export class PackedQueue implements VirtQueue {
     this.#count[head] = count;
     this.#ids[head] = w3 & 0xffff;
     this.#availSeq = (seq + count) & 0xffff;
-    if (this.#ahead > 0) this.#ahead--;
     return seq;
   }
 
@@ -304,14 +324,13 @@ export class PackedQueue implements VirtQueue {
   mark(): void {
     this.#markAvail = this.#availSeq;
     this.#markUsed = this.#usedSeq;
-    this.#markAhead = this.#ahead;
     this.#markPending = this.#pending;
   }
 
   rewind(): void {
     this.#availSeq = this.#markAvail;
     this.#usedSeq = this.#markUsed;
-    this.#ahead = this.#markAhead;
+    this.#ahead = 0; // counted again from the restored position by the next availCount
     this.#pending = this.#markPending;
   }
 
@@ -329,11 +348,10 @@ export class PackedQueue implements VirtQueue {
     const seq = this.#usedSeq;
     const k = this.#pending++;
     this.#pendPos[k] = seq & this.mask;
-    this.#pendId[k] = id;
     this.#pendLen[k] = len;
     // Used: AVAIL and USED both equal to the used wrap counter; WRITE when we wrote data.
-    this.#pendFlags[k] = (wrapOf(seq, this.size) ? 0x8080 : 0) |
-      (len > 0 ? VRING_DESC_F_WRITE : 0);
+    this.#pendWord[k] = id | (((seq & this.size) === 0 ? 0x8080 : 0) << 16) |
+      (len > 0 ? VRING_DESC_F_WRITE << 16 : 0);
     this.#usedSeq = (seq + count) & 0xffff;
   }
 
@@ -360,15 +378,18 @@ export class PackedQueue implements VirtQueue {
     const d = this.#desc;
     // Every descriptor but the first, then the first one's flags last: the driver, reading
     // the first, sees the whole batch at once (and no half-written descriptor).
+    const pos = this.#pendPos;
+    const len = this.#pendLen;
+    const word = this.#pendWord;
     for (let k = 1; k < n; k++) {
-      const w = 4 * this.#pendPos[k];
-      d[w + 2] = this.#pendLen[k];
-      d[w + 3] = this.#pendId[k] | (this.#pendFlags[k] << 16);
+      const w = 4 * pos[k];
+      d[w + 2] = len[k];
+      d[w + 3] = word[k];
     }
-    const w = 4 * this.#pendPos[0];
-    d[w + 2] = this.#pendLen[0];
+    const w = 4 * pos[0];
+    d[w + 2] = len[0];
     // Atomics.store is a full barrier on x86: everything above is visible before this.
-    Atomics.store(d, w + 3, this.#pendId[0] | (this.#pendFlags[0] << 16));
+    Atomics.store(d, w + 3, word[0]);
     this.#pending = 0;
     this.#storedSeq = this.#usedSeq;
   }
