@@ -48,6 +48,8 @@ import {
 } from "../offload/virtio_net_hdr.ts";
 
 const OFFLOAD_GSO_ANY = OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM;
+/** In FrameBatch.offload while receive has not read the frame's header yet (no OFFLOAD_* bit). */
+const HDR_UNREAD = 0x80;
 
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
@@ -174,6 +176,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const hostOffloads = this.hostOffloads;
     let n = 0;
     let bytes = 0;
+    let unread = 0;
     for (let k = 0; k < avail; k++) {
       const head = q.popAvail();
       relHeads[k] = head;
@@ -195,7 +198,13 @@ export class VirtioNetDatapath implements DatapathPort {
       let bits = 0;
       const hb = regionBytes[segRegion[0]];
       const ho = segOffset[0];
-      if (!hostOffloads || first < VNET_HDR_LEN || (hb[ho] | hb[ho + 1]) === 0) {
+      if (!hostOffloads || first < VNET_HDR_LEN) {
+        offloads[n] = 0;
+      } else if (segs === 1 && len <= maxFrame) {
+        // The usual frame: its header is read after this loop with the others (#readHeaders).
+        offloads[n] = HDR_UNREAD;
+        unread++;
+      } else if ((hb[ho] | hb[ho + 1]) === 0) {
         // No flags and no GSO type (what a plain frame's header holds): nothing to read.
         offloads[n] = 0;
       } else {
@@ -230,14 +239,62 @@ export class VirtioNetDatapath implements DatapathPort {
     }
     // The bridge reads every header next: fetch them all at once (see touchAvail).
     let x = 0;
-    for (let k = 0; k < n; k++) x ^= batch.bytes[k][batch.offset[k]];
+    for (let k = 0; k < n; k++) x ^= frames[k][offsets[k]];
     this.touched ^= x;
+    if (unread !== 0) n = this.#readHeaders(batch, n);
     c[RX_PACKETS] += n;
     c[RX_BYTES] += bytes;
     this.#relQueue = q;
     this.#relCount = avail;
     batch.count = n;
     return n;
+  }
+
+  /**
+   * Reads the headers receive left for later (HDR_UNREAD: whole in the frame's one descriptor,
+   * right before it) in a loop of their own: the guest's CPU has just written them, often each
+   * in a cache line of its own, and read one after the other here their cache misses overlap,
+   * where inside receive's loop each one stalled a frame. A lying header drops its frame
+   * (counted, and its bytes taken off rx_bytes, which receive adds for the whole burst); the
+   * frames after it move up. Returns the frames kept.
+   */
+  #readHeaders(batch: FrameBatch, n: number): number {
+    const c = this.counters;
+    const hdr = this.hdrLen;
+    const frames = batch.bytes;
+    const offsets = batch.offset;
+    const lengths = batch.length;
+    const offloads = batch.offload;
+    let kept = 0;
+    for (let k = 0; k < n; k++) {
+      if (offloads[k] === HDR_UNREAD) {
+        const hb = frames[k];
+        const at = offsets[k] - hdr;
+        let bits = 0;
+        if ((hb[at] | hb[at + 1]) === 0) offloads[k] = 0;
+        else bits = readVirtioNetHdr(hb, at, lengths[k], batch, k);
+        if (bits < 0) {
+          c[DROP_BAD_OFFLOAD]++;
+          c[RX_BYTES] -= lengths[k];
+          continue;
+        }
+        if (bits !== 0) {
+          if ((bits & OFFLOAD_CSUM) !== 0) c[RX_CSUM_PARTIAL]++;
+          if ((bits & OFFLOAD_GSO_ANY) !== 0) c[RX_GSO]++;
+        }
+      }
+      if (kept !== k) {
+        frames[kept] = frames[k];
+        offsets[kept] = offsets[k];
+        lengths[kept] = lengths[k];
+        offloads[kept] = offloads[k];
+        batch.csumStart[kept] = batch.csumStart[k];
+        batch.csumOffset[kept] = batch.csumOffset[k];
+        batch.gsoSize[kept] = batch.gsoSize[k];
+      }
+      kept++;
+    }
+    return kept;
   }
 
   release(): void {

@@ -21,6 +21,7 @@ import { EgressFrame, FrameBatch } from "../../ports/port.ts";
 import { openQueue, VirtioNetDatapath } from "../../ports/vhost_user/virtio_net.ts";
 import { DESC_F_NEXT, SplitRingDriver } from "../helpers/split_ring.ts";
 import { ethFrame } from "../../peers/pcap.ts";
+import { OFFLOAD_CSUM } from "../../ports/offload/virtio_net_hdr.ts";
 
 const HDR = 12;
 const MAX_FRAME = 1518;
@@ -110,6 +111,36 @@ Deno.test("guest TX: the header is read only from a guest that negotiated CSUM o
     dp.release();
     assert.equal(g.usedIdx, 1);
   }
+});
+
+Deno.test("guest TX: headers are read for the whole burst; a lying one drops its frame only", () => {
+  using g = new SplitRingDriver(16);
+  const { dp, c } = datapath();
+  dp.txQueues.push(openQueue(g.memory, g.spec(), null));
+  const f = [frame(60, 1), frame(60, 2), frame(60, 3), frame(100, 4), frame(70, 5)];
+  const partial = new Uint8Array(HDR);
+  partial[0] = 1; // NEEDS_CSUM at 34 + 16: the TCP checksum of an IPv4 frame
+  partial[6] = 34;
+  partial[8] = 16;
+  const lie = partial.slice();
+  lie[6] = 0xff; // csum_start past the frame
+  const plain = new Uint8Array(HDR);
+  g.offer(g.addChain([g.buffer(new Uint8Array([...plain, ...f[0]]))]));
+  g.offer(g.addChain([g.buffer(new Uint8Array([...partial, ...f[1]]))]));
+  g.offer(g.addChain([g.buffer(new Uint8Array([...lie, ...f[2]]))]));
+  g.offer(g.addChain([g.buffer(new Uint8Array([...plain, ...f[3]]))]));
+  g.offer(g.addChain([g.buffer(partial), g.buffer(f[4])])); // read in receive's own loop
+  g.publish();
+  const batch = new FrameBatch();
+  assert.equal(dp.receive(batch), 4);
+  assert.deepEqual(framesOf(batch), [f[0], f[1], f[3], f[4]]);
+  assert.deepEqual([...batch.offload.subarray(0, 4)], [0, OFFLOAD_CSUM, 0, OFFLOAD_CSUM]);
+  assert.deepEqual([batch.csumStart[1], batch.csumOffset[1]], [34, 16]);
+  assert.deepEqual([batch.csumStart[3], batch.csumOffset[3]], [34, 16]);
+  assert.deepEqual([c[DROP_BAD_OFFLOAD], c[RX_CSUM_PARTIAL]], [1, 2]);
+  assert.deepEqual([c[RX_PACKETS], c[RX_BYTES]], [4, 60 + 60 + 100 + 70]);
+  dp.release();
+  assert.equal(g.usedIdx, 5, "every chain handed back");
 });
 
 function rxRing(g: SplitRingDriver, buffers: number, size: number, mergeable: boolean) {
