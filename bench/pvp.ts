@@ -27,6 +27,10 @@ const USAGE = `Usage: deno task bench [options]
   --only switch,ovs,wire   configurations to run (also switch-noflows: flow counting off)
   --threads 1,2            switch datapath threads to try
   --rings split,packed     the front-end's ring layouts to try (virtio-user packed_vq; default split)
+  --frontend-offloads      the front-end asks for TCP/UDP checksum offload (--tx-offloads=0xc):
+                           its virtio-user ports then negotiate CSUM, and the target reads every
+                           frame's virtio-net header, as for a Linux guest (testpmd sends plain
+                           frames either way)
   --baseline DIR           also run the switch of another checkout (e.g. a git worktree of main)
                            as "base-tN": an A/B of a change within one run
   --rounds R               times each configuration runs, interleaved (default 4)
@@ -48,6 +52,7 @@ function options() {
       threads: { type: "string", default: "1,2" },
       rings: { type: "string", default: "split" },
       baseline: { type: "string" },
+      "frontend-offloads": { type: "boolean", default: false },
       "quiet-cpus": { type: "string", default: "0.3" },
       "quiet-wait": { type: "string", default: "10" },
     },
@@ -76,6 +81,7 @@ function options() {
     }),
     baseline: values.baseline ? values.baseline.replace(/\/?$/, "/") : undefined,
     rounds: Math.round(num("rounds", values.rounds, 1, 100)),
+    frontendOffloads: values["frontend-offloads"],
     quietCpus: num("quiet-cpus", values["quiet-cpus"], 0, 64),
     quietWait: num("quiet-wait", values["quiet-wait"], 0, 600),
     out: values.out,
@@ -149,6 +155,7 @@ async function main() {
             warmupSeconds: o.warmupSeconds,
             periods: o.periods,
             periodSeconds: o.periodSeconds,
+            frontendOffloads: o.frontendOffloads,
             dir,
             tag,
             progress: (m) => log(`${prefix} ${m}`),

@@ -25,6 +25,8 @@ export interface TrialOptions {
   warmupSeconds: number;
   periods: number;
   periodSeconds: number;
+  /** The front-end asks for TX checksum offload, so its virtio-user ports negotiate CSUM. */
+  frontendOffloads?: boolean;
   /** Scratch dir for this trial (sockets, topology, OVS db). */
   dir: string;
   tag: string;
@@ -112,6 +114,8 @@ export async function runTrial(spec: TargetSpec, o: TrialOptions): Promise<Trial
         `--eth-peer=1,${MACS[0]}`,
         // testpmd buffers carry no FCS: a 64 B wire frame is 60 bytes here.
         `--txpkts=${o.size - 4}`,
+        // RTE_ETH_TX_OFFLOAD_UDP_CKSUM | TCP_CKSUM: DPDK's virtio PMD then negotiates CSUM.
+        ...(o.frontendOffloads ? ["--tx-offloads=0xc"] : []),
       ],
     });
     const f = fe;
