@@ -43,13 +43,6 @@ import {
 
 /** Longest sleep without a wake-up, so a lost kick costs at most this much latency. */
 const IDLE_HOUSEKEEPING_MS = 100;
-/**
- * How long after its last frame a worker polling an AF_PACKET ring keeps napping 1 ms at a time
- * (see idle()): long enough that traffic at one frame a second stays prompt, short enough that an
- * idle switch goes back to sleeping (1000 naps a second cost about 3.7% of a core, sleeping 1%).
- */
-const AF_PACKET_NAP_WINDOW_MS = 2000;
-
 interface PortRuntime {
   datapath: VirtioNetDatapath;
   /** Ring index -> queue, for the rings this worker holds. */
@@ -74,8 +67,13 @@ class DatapathWorker {
   /** Every port frames can be sent to, as the port runs it (before guards and mirrors). */
   readonly #raw: (DatapathPort | null)[];
   #plan: SafetyPlan = { guards: [], mirrors: [] };
-  /** Whether this worker polls an AF_PACKET ring (see idle()). */
-  #napsForRings = false;
+  /**
+   * Whether every port this worker polls is a socket that wakes it when a frame arrives
+   * (AF_PACKET with its doorbell, VXLAN's UDP socket) and no guest's ring: see run().
+   */
+  socketsOnly = false;
+  /** The AF_PACKET rings this worker polls: each has a doorbell to empty before a sleep. */
+  #rings: AfPacketRingDatapath[] = [];
 
   constructor(readonly init: WorkerInit) {
     this.counters = new CounterTable(init.counters, init.workers, init.portCount);
@@ -145,26 +143,24 @@ class DatapathWorker {
     });
   }
 
-  /**
-   * Sleeps until a guest kicks one of our rings or the control plane wakes us; true if woken.
-   * `sinceWorkMs`: how long ago this worker last moved a frame.
-   */
-  idle(sinceWorkMs: number): boolean {
+  /** Sleeps until a guest kicks one of our rings, a frame arrives or the control plane wakes us. */
+  idle(): boolean {
     const rings: VirtQueue[] = [];
     for (const { index } of this.forwarder.polled) {
       for (const q of this.ports[index]?.datapath.txQueues ?? []) rings.push(q);
     }
     for (const q of rings) q.setGuestKicks(true);
     // Rings without a kick fd (polling-only front-ends) cannot wake us: nap briefly instead.
-    // Nor can an AF_PACKET ring promptly: a TPACKET_V3 socket turns readable only when the
-    // kernel hands over a block, full or at its retire timer (whole jiffies: 4-8 ms at HZ=250),
-    // which every frame of a sleeping worker would wait for, twice per round trip. So while
-    // traffic is recent such a worker naps; once it has been quiet for a while it sleeps (the
-    // first frame after that waits for its block, and the naps resume).
-    const napForRings = this.#napsForRings && sinceWorkMs < AF_PACKET_NAP_WINDOW_MS;
-    const nap = rings.some((q) => q.kickFd < 0) || napForRings ? 1 : IDLE_HOUSEKEEPING_MS;
+    const nap = rings.some((q) => q.kickFd < 0) ? 1 : IDLE_HOUSEKEEPING_MS;
+    // An AF_PACKET ring's own socket turns readable only when the kernel hands over a block
+    // (full, or at its retire timer: whole jiffies, 4-8 ms at HZ=250); its doorbell socket rings
+    // for every frame once emptied (and a frame that came meanwhile keeps us awake).
+    let waiting = false;
+    for (const r of this.#rings) waiting = r.armWake() || waiting;
     let woken = true;
-    if (rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0) {
+    if (
+      !waiting && rings.every((q) => q.availCount() === 0) && Atomics.load(this.mailbox, 0) === 0
+    ) {
       this.stats[STAT_SLEEPS]++;
       this.bridge.offline(); // a sleeping worker must not hold back FDB compaction
       woken = this.sleeper.sleep(nap) > 0;
@@ -306,14 +302,18 @@ class DatapathWorker {
       polled.push({ index, port: this.#receiver(index, p.datapath) });
       for (const q of p.datapath.txQueues) wakeOn.push(q.kickFd);
     });
-    this.#napsForRings = false;
+    this.#rings = [];
     this.packets.forEach((p, index) => {
       if (!p) return;
       polled.push({ index, port: this.#receiver(index, p.datapath) });
       sockets.push(p.fd); // readable once the kernel hands us frames (a ring block, datagrams)
-      if (p.datapath instanceof AfPacketRingDatapath) this.#napsForRings = true;
+      if (p.datapath instanceof AfPacketRingDatapath) {
+        this.#rings.push(p.datapath);
+        sockets.push(p.datapath.wakeFd);
+      }
     });
     this.forwarder.polled = polled;
+    this.socketsOnly = polled.length > 0 && wakeOn.length === 0;
     this.sleeper.watch(wakeOn, sockets);
   }
 }
@@ -433,7 +433,11 @@ async function run(w: DatapathWorker): Promise<void> {
     const t0 = performance.now();
     let moved = 0;
     try {
-      for (let i = 0; i < 64; i++) moved += w.forwarder.poll(now);
+      for (let i = 0; i < 64; i++) {
+        const m = w.forwarder.poll(now);
+        moved += m;
+        if (m === 0 && w.socketsOnly) break;
+      }
     } catch (err) {
       w.recover(err);
     }
@@ -444,9 +448,9 @@ async function run(w: DatapathWorker): Promise<void> {
     if (moved) {
       lastWork = t;
       stats[STAT_BUSY_MS] += t - t0;
-    } else if (!w.busyPoll && t - lastWork >= linger) {
+    } else if (!w.busyPoll && (w.socketsOnly || t - lastWork >= linger)) {
       // Blocks until a kick, a control message or the housekeeping timeout.
-      const woken = w.idle(t - lastWork);
+      const woken = w.idle();
       linger = woken ? Math.min(w.idleAfterMs, linger * 2) : Math.max(1, linger / 2);
     }
     // Let the event loop (timers, messages) run now and then even under load.

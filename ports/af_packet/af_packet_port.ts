@@ -73,6 +73,24 @@ export interface AfPacketKernelStats {
 const SOCKET_BUFFER = 8 << 20;
 
 /**
+ * The ring's doorbell (AfPacketSpec.wakeFd): bound before the ring's socket, so that it sits
+ * behind it in the interface's list of taps (the kernel puts the newest first) and a worker it
+ * wakes finds the frame in the ring already. It sees no frames leaving the interface.
+ */
+function openDoorbell(ifindex: number): number {
+  const fd = packetSocket(0);
+  try {
+    setIgnoreOutgoing(fd);
+    setSocketBuffer(fd, "receive", 1); // raised to the kernel's minimum (SOCK_MIN_RCVBUF)
+    bindToInterface(fd, ifindex, ETH_P_ALL);
+    return fd;
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+}
+
+/**
  * A socket with only a TX ring, for one more worker. Bound with protocol 0, so the kernel
  * queues no received frames on it.
  */
@@ -141,6 +159,7 @@ export class AfPacketPort {
     let mapping: Mapping | null = null;
     const txExtra: AfPacketSpec["txExtra"] = [];
     let plainTxFd = -1;
+    let wakeFd = -1;
     const extraMappings: Mapping[] = [];
     try {
       if (variant === "ring") checkGeometry(g);
@@ -206,6 +225,7 @@ export class AfPacketPort {
           extraMappings.push(t.mapping);
         }
       }
+      if (variant === "ring") wakeFd = openDoorbell(ifindex);
       addPromiscMembership(fd, ifindex);
       bindToInterface(fd, ifindex, ETH_P_ALL);
       const info = interfaceInfo(fd, config.interface);
@@ -219,6 +239,7 @@ export class AfPacketPort {
         mtu,
         vnetHdr: true,
         plainTxFd,
+        wakeFd,
         link,
         rx,
         tx,
@@ -236,6 +257,7 @@ export class AfPacketPort {
       extraMappings.forEach(munmap);
       for (const t of txExtra) closeFd(t.fd);
       if (plainTxFd >= 0) closeFd(plainTxFd);
+      if (wakeFd >= 0) closeFd(wakeFd);
       const text = err instanceof Error ? err.message : String(err);
       throw new Error(`${where}: ${text}`, { cause: err });
     }
@@ -297,6 +319,7 @@ export class AfPacketPort {
       }
       if (index !== this.ifindex) {
         // Recreated: the socket keeps its rings, only the binding and membership move.
+        if (this.spec.wakeFd >= 0) bindToInterface(this.spec.wakeFd, index, ETH_P_ALL);
         addPromiscMembership(this.spec.fd, index);
         bindToInterface(this.spec.fd, index, ETH_P_ALL);
         for (const t of this.spec.txExtra) bindToInterface(t.fd, index, 0);
@@ -340,6 +363,7 @@ export class AfPacketPort {
     this.extraMappings.forEach(munmap);
     for (const t of this.spec.txExtra) closeFd(t.fd);
     if (this.spec.plainTxFd >= 0) closeFd(this.spec.plainTxFd);
+    if (this.spec.wakeFd >= 0) closeFd(this.spec.wakeFd);
   }
 
   [Symbol.dispose](): void {

@@ -39,7 +39,7 @@ import {
   MAX_GSO_FRAME,
 } from "../port.ts";
 import { viewMapping } from "../../ffi/mem.ts";
-import { sendNow } from "../../ffi/packet.ts";
+import { recvFrame, sendNow } from "../../ffi/packet.ts";
 import { ETH_HLEN, ETH_P_8021Q } from "../ethernet.ts";
 import {
   type AfPacketSpec,
@@ -121,6 +121,9 @@ export class AfPacketRingDatapath implements DatapathPort {
   /** Status word index of the last frame queued: still SEND_REQUEST after a kick = retry. */
   #txLast = -1;
   #kickPending = false;
+  /** The doorbell socket (AfPacketSpec.wakeFd) a sleeping worker waits on, or -1. */
+  readonly wakeFd: number;
+  readonly #bell = new Uint8Array(1);
 
   /** `worker` picks the TX ring (and socket) this worker transmits through. */
   constructor(spec: AfPacketSpec, readonly counters: Float64Array, worker = 0) {
@@ -133,6 +136,7 @@ export class AfPacketRingDatapath implements DatapathPort {
       throw new Error(`af-packet port ${spec.name}: spec has no rings`);
     }
     this.#txFd = extra?.fd ?? spec.fd;
+    this.wakeFd = spec.wakeFd;
     this.#link = new LinkView(spec.link);
     const rxBuf = viewMapping(rx.address, rx.blockSize * rx.blockNr);
     this.#rx = new Uint8Array(rxBuf);
@@ -288,6 +292,24 @@ export class AfPacketRingDatapath implements DatapathPort {
     this.#rxPeeked++;
     this.#rxPeekNext = h + next;
     return h;
+  }
+
+  /**
+   * Before the worker sleeps: empties the doorbell (so that it rings for the next frame), then
+   * says whether a frame receive() can take arrived meanwhile (its ring may have been emptied
+   * with the rest): the worker must not sleep then. A frame in a block that cannot be read early
+   * (see #peekFrame) waits for its block's hand-over, which makes the ring's socket readable.
+   */
+  armWake(): boolean {
+    if (this.wakeFd < 0) return false;
+    for (let i = 0; i < 64 && recvFrame(this.wakeFd, this.#bell) >= 0; i++);
+    if (this.#rxOpen) return this.#rxLeft > 0;
+    if (this.#rxDone === this.#rxBlockNr) return false;
+    const b = this.#rxBlock * this.#rxBlockSize;
+    const w = this.#rx32;
+    if ((Atomics.load(w, (b + BLOCK_STATUS) >> 2) & TP_STATUS_USER) !== 0) return true;
+    return this.#rxClean[this.#rxBlock] === 1 &&
+      Atomics.load(w, (b + BLOCK_NUM_PKTS) >> 2) > this.#rxPeeked;
   }
 
   /** All frames of the open block are in a batch: it goes back once that batch is released. */

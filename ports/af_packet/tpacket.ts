@@ -127,6 +127,13 @@ export interface AfPacketSpec {
   vnetHdr: boolean;
   /** The syscall variant's transmit socket, without PACKET_VNET_HDR (-1 for the ring). */
   plainTxFd: number;
+  /**
+   * The ring's doorbell (-1 for the syscall variant): a plain packet socket on the same
+   * interface, readable as soon as a frame arrives, where the ring's socket turns readable only
+   * when the kernel hands over a block. Its receive buffer is the smallest the kernel allows, so
+   * once a frame or two wait in it the rest are dropped before they are cloned.
+   */
+  wakeFd: number;
   /** Int32 words LINK_UP, LINK_MTU, LINK_RX_MAX, kept current by the control plane. */
   link: SharedArrayBuffer;
   /** Null for the syscall variant. */
