@@ -224,6 +224,33 @@ Deno.test("packed ring: writable buffers, lengths, rewind leaves the ring untouc
   }
 });
 
+Deno.test("packed ring: frames put before a rewound one are used, the rewound one is taken again", () => {
+  const drv = new Driver(8);
+  const q = drv.queue();
+  for (let lap = 0; lap < 4; lap++) {
+    for (let id = 0; id < 4; id++) drv.post(id, [[BUFFERS + id * BUF, BUF, VRING_DESC_F_WRITE]]);
+    const third = DESC + 16 * ((drv.usedPos + 2) % 8);
+    const untouched = drv.bytes.slice(third, third + 16);
+    // Three frames, one buffer each, as the fill path takes them; the third gives its back.
+    for (let f = 0; f < 3; f++) {
+      q.mark();
+      const t = q.popAvail();
+      assert.equal(q.walkChain(t, true), 1);
+      q.putUsed(t, 40 + f);
+    }
+    q.rewind();
+    assert.deepEqual(drv.reclaim(), [], "nothing is visible before storeUsed");
+    assert.deepEqual(drv.bytes.slice(third, third + 16), untouched, "the rewound one untouched");
+    q.storeUsed();
+    assert.deepEqual(drv.reclaim(), [[0, 40], [1, 41]]);
+    // The given-back buffer and the last one are taken again, in order.
+    assert.equal(q.availCount(), 2);
+    for (let f = 0; f < 2; f++) q.putUsed(q.popAvail(), 50 + f);
+    q.storeUsed();
+    assert.deepEqual(drv.reclaim(), [[2, 50], [3, 51]]);
+  }
+});
+
 Deno.test("packed ring: chains, indirect tables and hostile chains", () => {
   const drv = new Driver(8);
   const q = drv.queue();

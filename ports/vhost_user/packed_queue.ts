@@ -243,7 +243,8 @@ export class PackedQueue implements VirtQueue {
     const w0 = 4 * head;
     const fl0 = d[w0 + 3] >>> 16;
     // The common case, kept small so it inlines: one plain descriptor inside one region.
-    if (this.#count[head] === 1 && (fl0 & VRING_DESC_F_INDIRECT) === 0) {
+    // (NEXT read again here only picks the path: the chain's length stays the scan's.)
+    if ((fl0 & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT)) === 0) {
       if ((fl0 & VRING_DESC_F_WRITE) !== (writable ? VRING_DESC_F_WRITE : 0)) {
         return CHAIN_BAD_DIRECTION;
       }
@@ -377,7 +378,9 @@ export class PackedQueue implements VirtQueue {
     if (n === 0) return;
     const d = this.#desc;
     // Every descriptor but the first, then the first one's flags last: the driver, reading
-    // the first, sees the whole batch at once (and no half-written descriptor).
+    // the first, sees the whole batch at once (and no half-written descriptor). All at the end
+    // of the burst: writing each as its frame is done (tried) interleaves our stores with the
+    // driver's polling reads of the line it waits on, and cost 5-10% at 1518 B.
     const pos = this.#pendPos;
     const len = this.#pendLen;
     const word = this.#pendWord;
