@@ -21,7 +21,7 @@ import { EgressFrame, FrameBatch } from "../../ports/port.ts";
 import { openQueue, VirtioNetDatapath } from "../../ports/vhost_user/virtio_net.ts";
 import { DESC_F_NEXT, SplitRingDriver } from "../helpers/split_ring.ts";
 import { ethFrame } from "../../peers/pcap.ts";
-import { OFFLOAD_CSUM } from "../../ports/offload/virtio_net_hdr.ts";
+import { OFFLOAD_CSUM, OFFLOAD_DATA_VALID } from "../../ports/offload/virtio_net_hdr.ts";
 
 const HDR = 12;
 const MAX_FRAME = 1518;
@@ -183,6 +183,31 @@ Deno.test("guest RX: each frame in one buffer, its length used, one interrupt pe
   assert.equal(r.calls(), 1, "one call eventfd write for the burst");
   assert.equal(r.c[NOTIFICATIONS], 1);
   assert.equal(r.c[TX_PACKETS], 3);
+});
+
+Deno.test("guest RX with GUEST_CSUM: a plain frame's header is all zero, DATA_VALID only if said", () => {
+  using g = new SplitRingDriver(16);
+  const c = new Float64Array(COUNTER_FIELDS);
+  const dp = new VirtioNetDatapath(HDR, true, MAX_FRAME, c, OFFLOAD_CSUM | OFFLOAD_DATA_VALID);
+  const addrs: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const addr = g.alloc(2048);
+    g.bytes.fill(0xee, addr, addr + 2048); // what the guest's buffer held before
+    addrs.push(addr);
+    g.offer(g.addChain([{ addr, len: 2048, write: true }]));
+  }
+  g.publish();
+  dp.setRxQueue(openQueue(g.memory, g.spec({ index: 0 }), null));
+  const f = frame(60);
+  assert.ok(send(dp, f)); // a plain frame: its source verified nothing
+  const verified = new EgressFrame().setWhole(f, 0, f.length);
+  verified.offload = OFFLOAD_DATA_VALID;
+  assert.ok(dp.transmit(f, verified));
+  dp.flush();
+  const header = (i: number) => [...g.bytes.slice(addrs[i], addrs[i] + HDR)];
+  // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers 1.
+  assert.deepEqual(header(0), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+  assert.deepEqual(header(1), [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "VIRTIO_NET_HDR_F_DATA_VALID");
 });
 
 Deno.test("guest RX, mergeable: a frame spreads over buffers, num_buffers says how many", () => {
