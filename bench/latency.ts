@@ -212,7 +212,7 @@ async function main() {
   console.log(lines.join("\n"));
   await Deno.mkdir(o.out, { recursive: true });
   const json = JSON.stringify(
-    { date: new Date().toISOString(), options: o, loadavg, rows },
+    { date: new Date().toISOString(), options: { ...o, out: undefined }, loadavg, rows },
     null,
     1,
   );
