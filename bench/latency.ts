@@ -5,12 +5,11 @@
 // p50/p90/p99. The switch runs with its default adaptive polling, so this is the latency a
 // lightly loaded switch adds; its CPU use over a few idle seconds is reported beside it.
 // Configurations alternate in every round (A B C A B C ...). Needs root.
-import { parseArgs } from "node:util";
-import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
+import { optionsOrExit, REPO } from "./options.ts";
 import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
 import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } from "./pvp/proc.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
-import { formatRtts, summarizeRtts } from "./rtt.ts";
+import { formatRtts, rttOptions, summarizeRtts } from "./rtt.ts";
 
 const USAGE = `Usage: deno task bench:latency [options]   (as root)
   --only switch,switch-syscall,bridge,ovs
@@ -27,37 +26,8 @@ type Kind = "switch" | "switch-syscall" | "bridge" | "ovs";
 /** BusyBox's ping (busybox-static, which the guest images need anyway): `-i` takes fractions. */
 const PING = ["busybox", "ping"];
 
-function options() {
-  const { values: v } = parseArgs({
-    options: {
-      help: { type: "boolean", default: false },
-      only: { type: "string", default: "switch,switch-syscall,bridge,ovs" },
-      rounds: { type: "string", default: "3" },
-      count: { type: "string", default: "1000" },
-      interval: { type: "string", default: "0.002" },
-      idle: { type: "string", default: "3" },
-      out: { type: "string", default: `${REPO}bench/results` },
-    },
-  });
-  if (v.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  const kinds = listOption(v.only) as Kind[];
-  for (const k of kinds) {
-    if (!["switch", "switch-syscall", "bridge", "ovs"].includes(k)) {
-      throw new Error(`--only: unknown ${k}`);
-    }
-  }
-  return {
-    kinds,
-    rounds: Math.round(numberOption("rounds", v.rounds, 1, 100)),
-    count: Math.round(numberOption("count", v.count, 10, 1_000_000)),
-    interval: numberOption("interval", v.interval, 0.0002, 10),
-    idle: numberOption("idle", v.idle, 0, 600),
-    out: v.out,
-  };
-}
+const KINDS: readonly Kind[] = ["switch", "switch-syscall", "bridge", "ovs"];
+const options = () => rttOptions(KINDS, USAGE, 0.0002);
 
 interface Running {
   stop(): Promise<void>;

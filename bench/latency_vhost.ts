@@ -11,9 +11,8 @@
 // idle), the switch busy polling a pinned CPU, OVS-DPDK (`dpdkvhostuser` ports, a busy PMD
 // thread) and testpmd's own vhost ports forwarding in io mode (the wire). Configurations alternate
 // in every round; each trial also reports the system's CPU use over a few idle seconds.
-import { parseArgs } from "node:util";
 import { VhostFrontend } from "../peers/vhost_frontend.ts";
-import { listOption, numberOption, optionsOrExit, REPO } from "./options.ts";
+import { optionsOrExit } from "./options.ts";
 import { ovsMissing } from "./pvp/ovs.ts";
 import {
   cleanupAll,
@@ -25,7 +24,7 @@ import {
   trapSignals,
 } from "./pvp/proc.ts";
 import { startTarget, type Target, type TargetSpec } from "./pvp/targets.ts";
-import { formatRtts, type RttTrial, summarizeRtts } from "./rtt.ts";
+import { formatRtts, rttOptions, type RttTrial, summarizeRtts } from "./rtt.ts";
 
 const USAGE = `Usage: deno task bench:latency-vhost [options]
   --only switch,switch-busy,ovs,wire
@@ -51,35 +50,7 @@ const ETHERTYPE = 0x88b5;
 /** A frame that has not come back after this long counts as lost. */
 const LOST_AFTER_MS = 500;
 
-function options() {
-  const { values: v } = parseArgs({
-    options: {
-      help: { type: "boolean", default: false },
-      only: { type: "string", default: KINDS.join(",") },
-      rounds: { type: "string", default: "3" },
-      count: { type: "string", default: "1000" },
-      interval: { type: "string", default: "0.002" },
-      idle: { type: "string", default: "3" },
-      out: { type: "string", default: `${REPO}bench/results` },
-    },
-  });
-  if (v.help) {
-    console.log(USAGE);
-    Deno.exit(0);
-  }
-  const kinds = listOption(v.only) as Kind[];
-  for (const k of kinds) {
-    if (!KINDS.includes(k)) throw new Error(`--only: unknown ${k} (one of ${KINDS.join(", ")})`);
-  }
-  return {
-    kinds,
-    rounds: Math.round(numberOption("rounds", v.rounds, 1, 100)),
-    count: Math.round(numberOption("count", v.count, 10, 1_000_000)),
-    interval: numberOption("interval", v.interval, 0.0005, 10),
-    idle: numberOption("idle", v.idle, 0, 600),
-    out: v.out,
-  };
-}
+const options = () => rttOptions(KINDS, USAGE, 0.0005);
 
 /** A 60-byte frame from `src` to `dst` carrying `seq`. */
 function frame(dst: number[], src: number[], seq: number): Uint8Array {

@@ -1,5 +1,7 @@
 // Round-trip time figures shared by the latency benchmarks: per-system percentiles of every round
 // trip of every round, the loss, and the system's idle CPU, as one table.
+import { parseArgs } from "node:util";
+import { listOption, numberOption, REPO } from "./options.ts";
 
 export interface RttRow {
   kind: string;
@@ -60,4 +62,43 @@ export function formatRtts(rows: RttRow[]): string[] {
       }  ${r.idleCpuPercent === null ? "-" : r.idleCpuPercent.toFixed(2)}`
     ),
   ];
+}
+
+/**
+ * The options both latency benchmarks take: `--only` (of `kinds`, all by default), `--rounds`,
+ * `--count`, `--interval` (seconds, at least `minInterval`), `--idle`, `--out`; `--help` prints
+ * `usage` and exits.
+ */
+export function rttOptions<K extends string>(
+  kinds: readonly K[],
+  usage: string,
+  minInterval: number,
+) {
+  const { values: v } = parseArgs({
+    options: {
+      help: { type: "boolean", default: false },
+      only: { type: "string", default: kinds.join(",") },
+      rounds: { type: "string", default: "3" },
+      count: { type: "string", default: "1000" },
+      interval: { type: "string", default: "0.002" },
+      idle: { type: "string", default: "3" },
+      out: { type: "string", default: `${REPO}bench/results` },
+    },
+  });
+  if (v.help) {
+    console.log(usage);
+    Deno.exit(0);
+  }
+  const only = listOption(v.only) as K[];
+  for (const k of only) {
+    if (!kinds.includes(k)) throw new Error(`--only: unknown ${k} (one of ${kinds.join(", ")})`);
+  }
+  return {
+    kinds: only,
+    rounds: Math.round(numberOption("rounds", v.rounds, 1, 100)),
+    count: Math.round(numberOption("count", v.count, 10, 1_000_000)),
+    interval: numberOption("interval", v.interval, minInterval, 10),
+    idle: numberOption("idle", v.idle, 0, 600),
+    out: v.out,
+  };
 }
