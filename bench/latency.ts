@@ -9,7 +9,7 @@ import { optionsOrExit, REPO } from "./options.ts";
 import { createVethNetns, netnsSkipReason, type VethNetns } from "../peers/netns.ts";
 import { cpuSeconds, exists, freePort, onCleanup, Proc, run, sleep, waitFor } from "./pvp/proc.ts";
 import { OVS_VSWITCHD, ovsMissing } from "./pvp/ovs.ts";
-import { formatRtts, rttOptions, summarizeRtts } from "./rtt.ts";
+import { reportRtts, rttOptions } from "./rtt.ts";
 
 const USAGE = `Usage: deno task bench:latency [options]   (as root)
   --only switch,switch-syscall,bridge,ovs
@@ -174,19 +174,14 @@ async function main() {
   } finally {
     await Deno.remove(root, { recursive: true }).catch(() => {});
   }
-  const rows = summarizeRtts(kinds, results);
-  const lines = [
+  await reportRtts(
     `ping -i ${o.interval} -c ${o.count}, ${o.rounds} rounds, load average at start ${loadavg}`,
-    ...formatRtts(rows),
-  ];
-  console.log(lines.join("\n"));
-  await Deno.mkdir(o.out, { recursive: true });
-  const json = JSON.stringify(
-    { date: new Date().toISOString(), options: { ...o, out: undefined }, loadavg, rows },
-    null,
-    1,
+    kinds,
+    results,
+    o,
+    loadavg,
+    "latency-latest.json",
   );
-  await Deno.writeTextFile(`${o.out}/latency-latest.json`, json + "\n");
 }
 
 if (import.meta.main) await main();

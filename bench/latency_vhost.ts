@@ -24,7 +24,7 @@ import {
   trapSignals,
 } from "./pvp/proc.ts";
 import { startTarget, type Target, type TargetSpec } from "./pvp/targets.ts";
-import { formatRtts, rttOptions, type RttTrial, summarizeRtts } from "./rtt.ts";
+import { reportRtts, rttOptions, type RttTrial } from "./rtt.ts";
 
 const USAGE = `Usage: deno task bench:latency-vhost [options]
   --only switch,switch-busy,ovs,wire
@@ -57,8 +57,9 @@ function frame(dst: number[], src: number[], seq: number): Uint8Array {
   const f = new Uint8Array(60);
   f.set(dst, 0);
   f.set(src, 6);
-  new DataView(f.buffer).setUint16(12, ETHERTYPE);
-  new DataView(f.buffer).setUint32(14, seq);
+  const view = new DataView(f.buffer);
+  view.setUint16(12, ETHERTYPE);
+  view.setUint32(14, seq);
   return f;
 }
 
@@ -177,20 +178,15 @@ async function main() {
     untrap();
   }
   if (isInterrupted()) Deno.exit(130);
-  const rows = summarizeRtts(kinds, trials);
-  const lines = [
+  await reportRtts(
     `vhost-user round trips, 60 B, one every ${o.interval} s, ${o.count} per trial, ` +
-    `${o.rounds} rounds, load average at start ${loadavg}`,
-    ...formatRtts(rows),
-  ];
-  console.log(lines.join("\n"));
-  await Deno.mkdir(o.out, { recursive: true });
-  const json = JSON.stringify(
-    { date: new Date().toISOString(), options: { ...o, out: undefined }, loadavg, rows },
-    null,
-    1,
+      `${o.rounds} rounds, load average at start ${loadavg}`,
+    kinds,
+    trials,
+    o,
+    loadavg,
+    "latency-vhost-latest.json",
   );
-  await Deno.writeTextFile(`${o.out}/latency-vhost-latest.json`, json + "\n");
 }
 
 if (import.meta.main) await main();

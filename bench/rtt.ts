@@ -102,3 +102,26 @@ export function rttOptions<K extends string>(
     out: v.out,
   };
 }
+
+/**
+ * Prints the table of every kind's round trips under `title` and writes it, with the options
+ * (less the output directory) and the load, to `<out>/<file>`.
+ */
+export async function reportRtts(
+  title: string,
+  kinds: string[],
+  trials: RttTrial[],
+  o: { out: string },
+  loadavg: string,
+  file: string,
+): Promise<void> {
+  const rows = summarizeRtts(kinds, trials);
+  console.log([title, ...formatRtts(rows)].join("\n"));
+  await Deno.mkdir(o.out, { recursive: true });
+  const json = JSON.stringify(
+    { date: new Date().toISOString(), options: { ...o, out: undefined }, loadavg, rows },
+    null,
+    1,
+  );
+  await Deno.writeTextFile(`${o.out}/${file}`, json + "\n");
+}
