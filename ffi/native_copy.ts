@@ -133,21 +133,39 @@ const copySymbols = {
 
 type NativeCopy = Deno.DynamicLibrary<typeof copySymbols>["symbols"]["vs_copy"];
 
+/**
+ * Writes `code` as a one-symbol shared object to a memfd named `library` and dlopens it as
+ * `${fdDir}/${fd}`; the loader keeps its own mapping. glibc hands back an already loaded object
+ * whose path matches, and fd numbers are reused once closed, so each helper opens through its
+ * own directory of fd links (/proc/self/fd, /proc/thread-self/fd): the same path then always
+ * means the same helper. Throws where it cannot be done (a policy refusing executable memfds).
+ */
+export function loadHelper<S extends Deno.ForeignLibraryInterface>(
+  library: string,
+  fdDir: string,
+  symbol: string,
+  code: number[],
+  symbols: S,
+): Deno.DynamicLibrary<S>["symbols"] {
+  const image = sharedObject(symbol, code);
+  const fd = memfdCreate(library, image.length);
+  try {
+    const m = mmap(image.length, { fd, flags: MAP_SHARED });
+    new Uint8Array(viewMapping(m.address, image.length)).set(image);
+    munmap(m);
+    return Deno.dlopen(`${fdDir}/${fd}`, symbols).symbols;
+  } finally {
+    closeFd(fd);
+  }
+}
+
 /** Builds and loads the helper; null where it cannot run (not x86-64 Linux, or no memmove). */
 function loadNativeCopy(): NativeCopy | null {
   if (Deno.build.arch !== "x86_64" || Deno.build.os !== "linux") return null;
   const memmove = libc.dlsym(null, cString("memmove"));
   if (memmove === null) return null;
-  const image = sharedObject(SYMBOL, copyCode(Deno.UnsafePointer.value(memmove)));
-  const fd = memfdCreate(LIBRARY_NAME, image.length);
-  try {
-    const m = mmap(image.length, { fd, flags: MAP_SHARED });
-    new Uint8Array(viewMapping(m.address, image.length)).set(image);
-    munmap(m);
-    return Deno.dlopen(`/proc/self/fd/${fd}`, copySymbols).symbols.vs_copy;
-  } finally {
-    closeFd(fd); // the loader keeps its own mapping
-  }
+  const code = copyCode(Deno.UnsafePointer.value(memmove));
+  return loadHelper(LIBRARY_NAME, "/proc/self/fd", SYMBOL, code, copySymbols).vs_copy;
 }
 
 function tryLoadNativeCopy(): NativeCopy | null {
@@ -178,14 +196,15 @@ export const nativeCopyLoaded = native !== null;
 // tests/native_copy_test.ts ("remembered pointers stay valid across compacting collections")
 // copies through remembered pointers between forced compacting collections and reads back.
 const pointers = new WeakMap<Uint8Array, Deno.PointerValue>();
-const SMALL = 64;
+/** Views this long or shorter may live on V8's heap, where they can move: never remembered. */
+export const SMALL = 64;
 let lastDst: Uint8Array | null = null;
 let lastDstPointer: Deno.PointerValue = null;
 let lastSrc: Uint8Array | null = null;
 let lastSrcPointer: Deno.PointerValue = null;
 
 /** The start of `view`, looked up once per view: valid for good under the ASSUMPTION above. */
-function pointerOf(view: Uint8Array): Deno.PointerValue {
+export function pointerOf(view: Uint8Array): Deno.PointerValue {
   let p = pointers.get(view);
   if (p === undefined) {
     p = Deno.UnsafePointer.of(view);

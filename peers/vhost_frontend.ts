@@ -5,6 +5,7 @@
 // rings 2N and 2N+1 of further queue pairs when asked (queuePairs, setupPair).
 // Raw accessors let hostile tests write anything anywhere.
 import { LIBRARY_NAME } from "../ffi/native_copy.ts";
+import { SUM_LIBRARY_NAME } from "../ffi/native_sum.ts";
 import { libc } from "../ffi/libc.ts";
 import { SysError } from "../ffi/errno.ts";
 import { closeFd, eventfdCreate, eventfdRead, eventfdWrite } from "../ffi/fd.ts";
@@ -759,9 +760,10 @@ export class FrontendListener {
 }
 
 /**
- * A /proc/PID/maps line of guest memory (a memfd mapping), not the switch's own copy helper
- * (ffi/native_copy.ts), which every thread maps once.
+ * A /proc/PID/maps line of guest memory (a memfd mapping), not one of the switch's own helper
+ * libraries (ffi/native_copy.ts, ffi/native_sum.ts), which every thread maps once.
  */
 export function isGuestMemfdMap(line: string): boolean {
-  return line.includes("/memfd:") && !line.includes(`/memfd:${LIBRARY_NAME}`);
+  return line.includes("/memfd:") && !line.includes(`/memfd:${LIBRARY_NAME}`) &&
+    !line.includes(`/memfd:${SUM_LIBRARY_NAME}`);
 }

@@ -1,7 +1,9 @@
 // The Internet checksum's word-at-a-time path against the byte-at-a-time definition, at every
-// alignment of the frame in its buffer and of the range in the frame, short and long ranges.
+// alignment of the frame in its buffer and of the range in the frame, short and long ranges
+// (long ones go through the native helper on x86-64 Linux).
 import assert from "node:assert/strict";
 import { fold, onesSum } from "../../ports/offload/checksum.ts";
+import { nativeSumLE, nativeSumLoaded } from "../../ffi/native_sum.ts";
 
 /** RFC 1071 as written: big-endian 16-bit words, an odd last byte the high half of a word. */
 function reference(b: Uint8Array, start: number, end: number, sum: number): number {
@@ -31,4 +33,21 @@ Deno.test("onesSum: 32-bit word sums equal the byte-wise sum at any alignment an
   assert.equal(fold(onesSum(ones, 0, 4096, 0)), fold(reference(ones, 0, 4096, 0)));
   const zeros = new Uint8Array(4096);
   assert.equal(fold(onesSum(zeros, 2, 4000, 0)), 0);
+});
+
+Deno.test("long sums go through the native helper on x86-64 Linux, which checks its ranges", () => {
+  assert.equal(nativeSumLoaded, Deno.build.arch === "x86_64" && Deno.build.os === "linux");
+  const b = new Uint8Array(1 << 17).fill(0xff);
+  // Every 64-bit add carries: the end-around carries must all come back in.
+  assert.equal(fold(onesSum(b, 0, b.length, 0)), 0xffff);
+  assert.equal(fold(onesSum(b, 4, 4 + 65536, 0)), 0xffff);
+  b.fill(0x80, 1000, 1004); // two 0x8080 words among 0xffff ones
+  assert.equal(
+    fold(onesSum(b, 0, 4096, 0)),
+    fold(reference(b, 0, 4096, 0)),
+  );
+  for (const [from, n] of [[-4, 8], [0, 6], [0.5, 8], [b.length - 4, 8], [0, -4]]) {
+    assert.throws(() => nativeSumLE(b, from, n), RangeError, `${from}+${n}`);
+  }
+  if (nativeSumLoaded) assert.equal(nativeSumLE(b, 0, 0), 0);
 });
