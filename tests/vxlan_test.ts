@@ -26,6 +26,7 @@ import { completePartialChecksum } from "../ports/vxlan/inner_checksum.ts";
 import { VxlanPort, type VxlanPortConfig } from "../ports/vxlan/vxlan_port.ts";
 import { Fdb } from "../switch/fdb.ts";
 import { macHiAt, macLoAt } from "../ports/ethernet.ts";
+import { FrameHeaders, parseHeaders, segment } from "../ports/offload/gso.ts";
 
 const VNI = 42;
 const A = "02:00:00:00:00:0a";
@@ -394,6 +395,37 @@ Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many d
   assert.ok(r.transmit(frame(A, B)));
   await peer.waitFor(count + 1);
   assert.equal(peer.got[count].port, r.udpPort);
+});
+
+Deno.test("vxlan: segments cut straight into datagram slots equal the software segmenter's, past a full set of slots", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  await peer.send(vxlan(VNI, frame(A, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+  // Two super-frames of 46 segments before one flush: 92 segments for 64 slots, so the second
+  // is cut partly before and partly after the send that empties them.
+  const supers = [7, 11].map((k) => {
+    const big = tcpFrame(null, 64000);
+    for (let i = 54; i < big.length; i++) big[i] = (i * k) & 0xff;
+    return big;
+  });
+  const expected: Uint8Array[] = [];
+  for (const big of supers) {
+    const h = new FrameHeaders();
+    assert.equal(parseHeaders(big, big.length, h), 0);
+    const sink = { segment: (seg: Uint8Array, len: number) => !!expected.push(seg.slice(0, len)) };
+    segment(big, big.length, h, 1400, new Uint8Array(2000), sink);
+    const g = new EgressFrame().setWhole(big, 0, big.length);
+    g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
+    g.csumStart = 34;
+    g.csumOffset = 16;
+    g.gsoSize = 1400;
+    assert.ok(r.dp.transmit(big, g));
+  }
+  r.dp.flush();
+  await peer.waitFor(expected.length);
+  assert.equal(expected.length, 92);
+  peer.got.forEach((d, k) => assert.deepEqual(d.data.subarray(8), expected[k], `segment ${k}`));
 });
 
 Deno.test("vxlan: a TCP super-frame received whole (tunnel GSO) is handed on as GSO for the inner MTU", async () => {

@@ -21,13 +21,31 @@ import {
 /** The port's transmit for a frame that needs nothing done to it. */
 export interface PlainTransmit {
   transmitPlain(src: Uint8Array, f: EgressFrame): boolean;
+  /**
+   * Where to build the next segment of a super-frame being cut so that transmitPlain() takes it
+   * without copying (a VXLAN port's datagram slot), or null.
+   */
+  segmentBuffer?(): Uint8Array | null;
 }
 
-/** Copies the egress frame f (head ++ tail) to dst[0, f.length). */
-export function materialize(dst: Uint8Array, src: Uint8Array, f: EgressFrame): void {
-  for (let k = 0; k < f.headLength; k++) dst[k] = f.head[k];
-  copyMemory(dst, f.headLength, src, f.tailStart, f.tailEnd - f.tailStart);
+/** Copies the egress frame f (head ++ tail), or its first `upTo` bytes, to dst[0, ...). */
+export function materialize(
+  dst: Uint8Array,
+  src: Uint8Array,
+  f: EgressFrame,
+  upTo = f.length,
+): void {
+  const head = Math.min(f.headLength, upTo);
+  for (let k = 0; k < head; k++) dst[k] = f.head[k];
+  const tail = Math.min(f.tailEnd - f.tailStart, upTo - head);
+  if (tail > 0) copyMemory(dst, head, src, f.tailStart, tail);
 }
+
+/**
+ * Bytes of a super-frame gathered to find its headers (Ethernet, two tags, IPv6 with a few
+ * extension headers, TCP with options); longer headers make the whole frame gathered.
+ */
+const HEADER_ROOM = 512;
 
 export class OffloadFallback implements SegmentSink {
   readonly #whole = new Uint8Array(MAX_GSO_FRAME);
@@ -52,9 +70,18 @@ export class OffloadFallback implements SegmentSink {
       return false;
     }
     const b = this.#whole;
-    materialize(b, src, f);
     const bits = f.offload;
-    if ((bits & (OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM)) === 0) {
+    const gso = (bits & (OFFLOAD_GSO | OFFLOAD_GSO_NO_CSUM)) !== 0;
+    // A super-frame's payload is read where it is (segment() copies it once, into each segment),
+    // so only its headers are gathered here; the whole frame when they are longer than that.
+    const h = this.#h;
+    let whole = !gso || len <= HEADER_ROOM;
+    if (!whole) {
+      materialize(b, src, f, HEADER_ROOM);
+      whole = parseHeaders(b, HEADER_ROOM, h) !== 0 || h.end < f.headLength;
+    }
+    if (whole) materialize(b, src, f);
+    if (!gso) {
       // Checksum only (the caller checked csumStart + csumOffset + 2 <= length on receive).
       if ((bits & OFFLOAD_CSUM) !== 0) {
         completeChecksum(b, len, f.csumStart, f.csumOffset);
@@ -62,8 +89,7 @@ export class OffloadFallback implements SegmentSink {
       }
       return port.transmitPlain(b, this.#plain.setWhole(b, 0, len));
     }
-    const h = this.#h;
-    if (parseHeaders(b, len, h) !== 0 || !matchesGsoType(bits, h)) {
+    if ((whole && parseHeaders(b, len, h) !== 0) || !matchesGsoType(bits, h)) {
       c[DROP_BAD_OFFLOAD]++;
       return false;
     }
@@ -76,10 +102,16 @@ export class OffloadFallback implements SegmentSink {
     }
     this.#port = port;
     this.#sent = 0;
-    segment(b, len, h, mss, this.#seg, this);
+    // Payload byte x of the frame: b[x] when whole, else in the tail (h.end >= headLength).
+    if (whole) segment(b, len, h, mss, this.#seg, this);
+    else segment(b, len, h, mss, this.#seg, this, src, f.tailStart - f.headLength);
     this.#port = null;
     c[GSO_SEGMENTED]++;
     return this.#sent > 0;
+  }
+
+  buffer(): Uint8Array | null {
+    return this.#port!.segmentBuffer?.() ?? null;
   }
 
   segment(seg: Uint8Array, len: number): boolean {

@@ -113,24 +113,34 @@ export function pseudoSum(b: Uint8Array, h: FrameHeaders, l4Len: number): number
 /** Where the segments go: called once per segment, seg[0, len) complete and checksummed. */
 export interface SegmentSink {
   segment(seg: Uint8Array, len: number): boolean;
+  /**
+   * Where to build the next segment (room for MAX_FRAME_LEN bytes), when the sink can take it
+   * where it lies; null: in the caller's `seg`.
+   */
+  buffer?(): Uint8Array | null;
 }
 
 /**
  * Cuts the super-frame b[0, len) with headers `h` into segments of at most `mss` payload bytes,
- * built one at a time in `seg` (room for h.end + mss bytes) and handed to `sink`. Returns the
- * segments handed over (those the sink refused included), or GSO_BAD_MSS.
+ * built one at a time in `into` (room for h.end + mss bytes) or where the sink asks, and handed
+ * to `sink`. The headers
+ * are read from b[0, h.end); payload byte x (x >= h.end) from src[srcBase + x], which is b
+ * itself unless the caller gathered only the headers. Returns the segments handed over (those
+ * the sink refused included), or GSO_BAD_MSS.
  */
 export function segment(
   b: Uint8Array,
   len: number,
   h: FrameHeaders,
   mss: number,
-  seg: Uint8Array,
+  into: Uint8Array,
   sink: SegmentSink,
+  src: Uint8Array = b,
+  srcBase = 0,
 ): number {
   const end = h.end;
   const payload = len - end;
-  if (mss <= 0 || end + Math.min(mss, payload) > seg.length) return GSO_BAD_MSS;
+  if (mss <= 0 || end + Math.min(mss, payload) > into.length) return GSO_BAD_MSS;
   const count = payload <= 0 ? 1 : Math.ceil(payload / mss);
   const l3 = h.l3;
   const l4 = h.l4;
@@ -140,8 +150,9 @@ export function segment(
   for (let k = 0; k < count; k++) {
     const from = end + k * mss;
     const n = Math.max(0, Math.min(mss, len - from));
+    const seg = sink.buffer?.() ?? into;
     for (let i = 0; i < end; i++) seg[i] = b[i];
-    if (n > 0) copyMemory(seg, end, b, from, n);
+    if (n > 0) copyMemory(seg, end, src, srcBase + from, n);
     const segLen = end + n;
     if (h.ipv6) {
       writeU16(seg, l3 + 4, segLen - l3 - IPV6_HLEN);

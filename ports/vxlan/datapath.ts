@@ -232,6 +232,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
    * whether a shorter datagram (the last of a super-frame) already ended it.
    */
   #cutting = false;
+  /** Each transmit slot's frame area (behind its VXLAN header), where segments are cut into. */
+  readonly #slotFrames: Uint8Array[] = [];
   #runFirst = -1;
   #runSize = 0;
   #runRemote = 0;
@@ -255,6 +257,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     this.#remotes = new Int32Array(spec.remotes);
     this.#rx = null;
     this.#tx = new MessageArea(TX_MSGS, TX_SLOTS, SLOT);
+    for (let k = 0; k < TX_SLOTS; k++) {
+      const at = this.#tx.slots + k * SLOT + VXLAN_HLEN;
+      this.#slotFrames.push(this.#tx.bytes.subarray(at, at + SLOT - VXLAN_HLEN));
+    }
     this.#fallback = new OffloadFallback(counters);
     try {
       const tx = this.#tx;
@@ -554,8 +560,12 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       this.#send();
     }
     const tx = this.#tx;
+    // A segment cut into the slot segmentBuffer() handed out is already in place, unless a send
+    // above emptied the slots (then it is copied from where it was built to the first one).
+    if (src !== this.#slotFrames[this.#txSlots]) {
+      copyEgress(tx.bytes, tx.slots + this.#txSlots * SLOT + VXLAN_HLEN, src, f);
+    }
     const s = this.#txSlots++;
-    copyEgress(tx.bytes, tx.slots + s * SLOT + VXLAN_HLEN, src, f);
     tx.words[(tx.slotIovs + s * IOVEC_SIZE + IOV_LEN) >> 2] = size;
     if (this.#runFirst < 0) {
       this.#runFirst = s;
@@ -569,6 +579,16 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       this.#runShort = true;
     }
     this.#runBytes += f.length;
+  }
+
+  /** The next transmit slot's frame area while a super-frame is being cut (see #segment). */
+  segmentBuffer(): Uint8Array | null {
+    if (!this.#cutting) return null;
+    if (this.#txSlots === TX_SLOTS) {
+      this.#closeRun();
+      this.#send();
+    }
+    return this.#slotFrames[this.#txSlots];
   }
 
   /** Queues the open run as one message per VTEP (UDP_SEGMENT when it holds several datagrams). */
