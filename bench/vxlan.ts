@@ -1,6 +1,8 @@
 // Cross-host TCP over VXLAN: station 1 -> station 2 (iperf3, one stream) through this switch's
 // VXLAN ports on both hosts, and through the kernel's VXLAN + Linux bridge on the same path
-// (same namespaces, veths, MTU and underlay), alternating within one run.
+// (same namespaces, veths, MTU and underlay), alternating within one run. Each transfer also
+// reports the whole machine's CPU time per GB received (/proc/stat: stations, kernel and
+// switches together) and, for the switch, its datapath workers' own.
 //
 //   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--threads 1] [--offloads on|off]
 //
@@ -53,6 +55,40 @@ interface Trial {
   retransmits: number;
   /** Median ping round trip station to station before the transfer, ms. */
   rttMs: number;
+  /** CPU time of the whole machine (every CPU, /proc/stat) per GB received, s. */
+  cpuSecondsPerGB: number;
+  /** Share of the machine's CPU time busy during the transfer. */
+  busy: number;
+  /** CPU time of the switches' datapath workers per GB received, s (0 for the kernel). */
+  workerSecondsPerGB: number;
+}
+
+const TICK = 100; // USER_HZ: /proc's clock ticks per second
+
+/** Busy and total ticks of the whole machine so far (the "cpu" line of /proc/stat). */
+function machineTicks(): { busy: number; total: number } {
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1, 9)
+    .map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3] - f[4], total }; // less idle and iowait
+}
+
+/** User + system ticks of the datapath worker threads of the lab's switches so far. */
+function workerTicks(lab: VxlanLab): number {
+  let sum = 0;
+  for (const v of lab.vteps) {
+    if (!v.process) continue;
+    const dir = `/proc/${v.process.pid}/task`;
+    for (const t of Deno.readDirSync(dir)) {
+      try {
+        if (!Deno.readTextFileSync(`${dir}/${t.name}/comm`).startsWith("worker-")) continue;
+        const stat = Deno.readTextFileSync(`${dir}/${t.name}/stat`);
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        sum += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+      } catch { /* the thread ended */ }
+    }
+  }
+  return sum;
 }
 
 /** Median round trip of `count` pings from station 1 to station 2, in ms. */
@@ -73,7 +109,15 @@ async function pingRtt(lab: VxlanLab, count: number): Promise<number> {
 async function iperf(
   lab: VxlanLab,
   seconds: number,
-): Promise<{ gbps: number; retransmits: number }> {
+): Promise<
+  {
+    gbps: number;
+    retransmits: number;
+    cpuSecondsPerGB: number;
+    busy: number;
+    workerSecondsPerGB: number;
+  }
+> {
   const server = new Deno.Command("ip", {
     args: ["netns", "exec", lab.vtep(2).station, "iperf3", "-s", "-1", "-p", "5201"],
     stdout: "null",
@@ -81,6 +125,8 @@ async function iperf(
   }).spawn();
   try {
     await new Promise((r) => setTimeout(r, 500));
+    const m0 = machineTicks();
+    const w0 = workerTicks(lab);
     const out = await lab.exec(lab.vtep(1).station, [
       "iperf3",
       "-c",
@@ -91,10 +137,16 @@ async function iperf(
       String(seconds),
       "-J",
     ]);
+    const m1 = machineTicks();
+    const w1 = workerTicks(lab);
     const j = JSON.parse(out);
+    const gb = j.end.sum_received.bytes / 1e9;
     return {
       gbps: j.end.sum_received.bits_per_second / 1e9,
       retransmits: j.end.sum_sent.retransmits ?? 0,
+      cpuSecondsPerGB: (m1.busy - m0.busy) / TICK / gb,
+      busy: (m1.busy - m0.busy) / (m1.total - m0.total),
+      workerSecondsPerGB: (w1 - w0) / TICK / gb,
     };
   } finally {
     try {
@@ -124,7 +176,11 @@ for (let round = 1; round <= opts.rounds; round++) {
       const rttMs = await pingRtt(lab, 10);
       const r = await iperf(lab, opts.seconds);
       trials.push({ kind, round, ...r, rttMs });
-      const line = `${r.gbps.toFixed(3)} Gbit/s, ${r.retransmits} retransmits`;
+      const line = `${r.gbps.toFixed(3)} Gbit/s, ${r.retransmits} retransmits, CPU ${
+        r.cpuSecondsPerGB.toFixed(2)
+      } s/GB (${(r.busy * 100).toFixed(0)}% busy${
+        kind === "switch" ? `, workers ${r.workerSecondsPerGB.toFixed(2)} s/GB` : ""
+      })`;
       console.log(`round ${round} ${kind.padEnd(6)} ${line}, ping ${rttMs.toFixed(2)} ms`);
     } finally {
       await lab.close();
@@ -135,6 +191,8 @@ const of = (kind: VtepKind) => trials.filter((t) => t.kind === kind).map((t) => 
 const sw = median(of("switch"));
 const rtt = (kind: VtepKind) => median(trials.filter((t) => t.kind === kind).map((t) => t.rttMs));
 const kernel = median(of("kernel"));
+const cpu = (kind: VtepKind) =>
+  median(trials.filter((t) => t.kind === kind).map((t) => t.cpuSecondsPerGB));
 const perRound = Array.from(
   { length: opts.rounds },
   (_, i) => trials[2 * i].gbps / trials[2 * i + 1].gbps,
@@ -147,6 +205,7 @@ const summary = {
   trials,
   medianGbps: { switch: sw, kernel },
   medianPingMs: { switch: rtt("switch"), kernel: rtt("kernel") },
+  medianCpuSecondsPerGB: { switch: cpu("switch"), kernel: cpu("kernel") },
   ratio: sw / kernel,
   ratioPerRound: perRound,
 };
@@ -156,6 +215,7 @@ console.log(
       perRound.map((r) => r.toFixed(2)).join(", ")
     }); ` +
     `ping ${rtt("switch").toFixed(2)} vs ${rtt("kernel").toFixed(2)} ms; ` +
+    `CPU ${cpu("switch").toFixed(2)} vs ${cpu("kernel").toFixed(2)} s/GB; ` +
     `load ${loadBefore} -> ${summary.loadAverage.after}`,
 );
 await Deno.writeTextFile(opts.out, JSON.stringify(summary, null, 2) + "\n");
