@@ -415,12 +415,7 @@ Deno.test("vxlan: segments cut straight into datagram slots equal the software s
     assert.equal(parseHeaders(big, big.length, h), 0);
     const sink = { segment: (seg: Uint8Array, len: number) => !!expected.push(seg.slice(0, len)) };
     segment(big, big.length, h, 1400, new Uint8Array(2000), sink);
-    const g = new EgressFrame().setWhole(big, 0, big.length);
-    g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
-    g.csumStart = 34;
-    g.csumOffset = 16;
-    g.gsoSize = 1400;
-    assert.ok(r.dp.transmit(big, g));
+    assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
   }
   r.dp.flush();
   await peer.waitFor(expected.length);
@@ -554,13 +549,18 @@ function receiver(r: Rig) {
 
 /** Sends a GSO super-frame from the rig to the VTEP that learned `dst`. */
 function sendSuperFrame(r: Rig, big: Uint8Array, offload: number, csumOffset: number) {
+  assert.ok(r.dp.transmit(big, superFrame(big, offload, csumOffset)));
+  r.dp.flush();
+}
+
+/** `big` (IPv4 at 14) as a GSO super-frame with segments of 1400 payload bytes. */
+function superFrame(big: Uint8Array, offload: number, csumOffset: number): EgressFrame {
   const g = new EgressFrame().setWhole(big, 0, big.length);
   g.offload = offload | OFFLOAD_CSUM;
   g.csumStart = 34;
   g.csumOffset = csumOffset;
   g.gsoSize = 1400;
-  assert.ok(r.dp.transmit(big, g));
-  r.dp.flush();
+  return g;
 }
 
 Deno.test("vxlan: a UDP_SEGMENT run arrives as one message (UDP_GRO) and its segments merge into one frame", async () => {
