@@ -187,12 +187,13 @@ for (let round = 1; round <= opts.rounds; round++) {
     }
   }
 }
-const of = (kind: VtepKind) => trials.filter((t) => t.kind === kind).map((t) => t.gbps);
-const sw = median(of("switch"));
-const rtt = (kind: VtepKind) => median(trials.filter((t) => t.kind === kind).map((t) => t.rttMs));
-const kernel = median(of("kernel"));
-const cpu = (kind: VtepKind) =>
-  median(trials.filter((t) => t.kind === kind).map((t) => t.cpuSecondsPerGB));
+/** The median of one figure over a kind's trials. */
+const medianOf = (kind: VtepKind, key: "gbps" | "rttMs" | "cpuSecondsPerGB") =>
+  median(trials.filter((t) => t.kind === kind).map((t) => t[key]));
+const sw = medianOf("switch", "gbps");
+const kernel = medianOf("kernel", "gbps");
+const rtt = (kind: VtepKind) => medianOf(kind, "rttMs");
+const cpu = (kind: VtepKind) => medianOf(kind, "cpuSecondsPerGB");
 const perRound = Array.from(
   { length: opts.rounds },
   (_, i) => trials[2 * i].gbps / trials[2 * i + 1].gbps,

@@ -123,10 +123,9 @@ export interface SegmentSink {
 /**
  * Cuts the super-frame b[0, len) with headers `h` into segments of at most `mss` payload bytes,
  * built one at a time in `into` (room for h.end + mss bytes) or where the sink asks, and handed
- * to `sink`. The headers
- * are read from b[0, h.end); payload byte x (x >= h.end) from src[srcBase + x], which is b
- * itself unless the caller gathered only the headers. Returns the segments handed over (those
- * the sink refused included), or GSO_BAD_MSS.
+ * to `sink`. The headers are read from b[0, h.end); payload byte x (x >= h.end) from
+ * src[srcBase + x], which is b itself unless the caller gathered only the headers. Returns the
+ * segments handed over (those the sink refused included), or GSO_BAD_MSS.
  */
 export function segment(
   b: Uint8Array,
