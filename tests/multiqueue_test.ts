@@ -279,13 +279,24 @@ Deno.test({
       assert.deepEqual([fe1.receive(0).length, fe1.receive(1).length], [0, 0], "no extra frame");
 
       // Worker 1 received exactly the frames of TX ring 3, worker 0 those of ring 1, and the
-      // switch returned every one of them to the front-end on the ring it came from.
-      const moved = (await ts.sw.stats()).workers.map((w) => w.frames);
+      // switch returned every one of them to the front-end on the ring it came from. A worker
+      // adds a poll round's frames to its counter after the round, so the receiver can hold the
+      // last frames a moment before the counters show them: wait for the total, then compare.
+      const all = [...first, ...fresh, ...more, ...late1, ...late0];
       const pair0 = first.length + more.length + late0.length;
+      let moved: number[] = [];
+      await waitFor(
+        "the workers' frame counters",
+        async () => {
+          moved = (await ts.sw.stats()).workers.map((w) => w.frames);
+          return moved[0] + moved[1] >= all.length;
+        },
+        5_000,
+        () => `counters ${JSON.stringify(moved)}`,
+      );
       assert.deepEqual(moved, [pair0, fresh.length + late1.length], log());
       assert.equal(fe0.usedIdx(1), pair0, "used index of TX ring 1");
       assert.equal(fe0.usedIdx(3), fresh.length + late1.length, "used index of TX ring 3");
-      const all = [...first, ...fresh, ...more, ...late1, ...late0];
       const c0 = ts.sw.port("p0")!.counters, c1 = ts.sw.port("p1")!.counters;
       assert.equal(c0.rx_packets, all.length, "p0 rx_packets");
       assert.equal(c0.rx_bytes, sum(all), "p0 rx_bytes");
