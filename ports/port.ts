@@ -1,5 +1,5 @@
 // The one small interface every kind of port offers the datapath (Snabb's pull/push, in
-// bursts): receive a burst, release it once forwarded, transmit frames, flush once per burst.
+// bursts): receive a burst, transmit frames, flush once per burst, then release the burst.
 import { ETH_ADDRS_LEN, ETH_HLEN, VLAN_HLEN } from "./ethernet.ts";
 
 /** Largest frame (without virtio header) any port accepts: 9000 MTU + Ethernet + 2 VLAN tags. */
@@ -97,7 +97,10 @@ export interface DatapathPort {
   receive(batch: FrameBatch): number;
   /** Hands the buffers of the last receive back to the peer. */
   release(): void;
-  /** Copies one frame out; false if it was dropped (and counted). */
+  /**
+   * Sends one frame out (copied, or read where it lies until flush(): the forwarder flushes
+   * every port it sent to before it releases the burst); false if it was dropped (and counted).
+   */
   transmit(src: Uint8Array, frame: EgressFrame): boolean;
   /** Makes what was transmitted visible to the peer and notifies it, once per burst. */
   flush(): void;

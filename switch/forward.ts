@@ -180,7 +180,8 @@ export class Forwarder {
       }
       moved += n;
       if (flows !== null) flows.end();
-      port.release();
+      // Flushed before the burst goes back: a port may send from the received bytes where they
+      // lie until its flush (a VXLAN port, a cut super-frame's payload).
       for (let t = 0; t < nTouched; t++) {
         const dst = touchedList[t];
         touched[dst] = 0;
@@ -189,6 +190,7 @@ export class Forwarder {
         this.sending = -1;
       }
       nTouched = 0;
+      port.release();
     }
     return moved;
   }

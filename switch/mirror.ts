@@ -68,10 +68,12 @@ export class MirrorIngress implements DatapathPort {
   }
 
   release(): void {
+    // The outputs first: they may send from the received bytes until they flush.
+    if (this.#sent) {
+      this.#sent = false;
+      for (let m = 0; m < this.outputs.length; m++) this.targets[this.outputs[m]]?.flush();
+    }
     this.inner.release();
-    if (!this.#sent) return;
-    this.#sent = false;
-    for (let m = 0; m < this.outputs.length; m++) this.targets[this.outputs[m]]?.flush();
   }
 
   transmit(src: Uint8Array, frame: EgressFrame): boolean {

@@ -2,7 +2,8 @@
 // that did not negotiate it, an AF_PACKET socket without PACKET_VNET_HDR) or that is too long
 // for it (a GSO frame larger than the port's slots, or with segments longer than its MTU):
 // the checksum is completed, or the super-frame is segmented, and the result goes out through
-// the port's own plain transmit. Always correct, never the fast path: one extra copy per frame.
+// the port's own plain transmit. Always correct, never the fast path: one extra copy per frame
+// (none of a super-frame's payload for a port that sends it from where it lies).
 import { CSUM_FILLED, DROP_BAD_OFFLOAD, DROP_TOO_BIG, GSO_SEGMENTED } from "../counters.ts";
 import { EgressFrame, MAX_FRAME_LEN, MAX_GSO_FRAME } from "../port.ts";
 import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
@@ -26,6 +27,18 @@ export interface PlainTransmit {
    * without copying (a VXLAN port's datagram slot), or null.
    */
   segmentBuffer?(): Uint8Array | null;
+  /**
+   * Sends a segment of a super-frame being cut whose payload stays where it lies, src[at, at +
+   * n), behind the headers seg[0, headerLen) (see SegmentSink.segmentInPlace): the port reads
+   * the payload when it flushes, and the forwarder flushes before it releases the burst.
+   */
+  transmitSegment?(
+    seg: Uint8Array,
+    headerLen: number,
+    src: Uint8Array,
+    at: number,
+    n: number,
+  ): boolean;
 }
 
 /** Copies the egress frame f (head ++ tail), or its first `upTo` bytes, to dst[0, ...). */
@@ -54,6 +67,16 @@ export class OffloadFallback implements SegmentSink {
   readonly #h = new FrameHeaders();
   #port: PlainTransmit | null = null;
   #sent = 0;
+  /** The sink for a port that sends a segment's payload from where it lies. */
+  readonly #inPlace: SegmentSink = {
+    segment: (seg, len) => this.segment(seg, len),
+    buffer: () => this.buffer(),
+    segmentInPlace: (seg, headerLen, src, at, n) => {
+      const ok = this.#port!.transmitSegment!(seg, headerLen, src, at, n);
+      if (ok) this.#sent++;
+      return ok;
+    },
+  };
 
   constructor(readonly counters: Float64Array) {}
 
@@ -104,7 +127,10 @@ export class OffloadFallback implements SegmentSink {
     this.#sent = 0;
     // Payload byte x of the frame: b[x] when whole, else in the tail (h.end >= headLength).
     if (whole) segment(b, len, h, mss, this.#seg, this);
-    else segment(b, len, h, mss, this.#seg, this, src, f.tailStart - f.headLength);
+    else {
+      const sink = port.transmitSegment !== undefined ? this.#inPlace : this;
+      segment(b, len, h, mss, this.#seg, sink, src, f.tailStart - f.headLength);
+    }
     this.#port = null;
     c[GSO_SEGMENTED]++;
     return this.#sent > 0;

@@ -118,13 +118,28 @@ export interface SegmentSink {
    * where it lies; null: in the caller's `seg`.
    */
   buffer?(): Uint8Array | null;
+  /**
+   * Takes a segment whose headers, checksums written, are seg[0, headerLen) and whose payload
+   * is src[at, at + n), left where it lies: the sink sends it from there before the burst's
+   * buffers go back to their owner. Only offered a payload read from a `src` of the caller's,
+   * never one gathered into `b`.
+   */
+  segmentInPlace?(
+    seg: Uint8Array,
+    headerLen: number,
+    src: Uint8Array,
+    at: number,
+    n: number,
+  ): boolean;
 }
 
 /**
  * Cuts the super-frame b[0, len) with headers `h` into segments of at most `mss` payload bytes,
  * built one at a time in `into` (room for h.end + mss bytes) or where the sink asks, and handed
  * to `sink`. The headers are read from b[0, h.end); payload byte x (x >= h.end) from
- * src[srcBase + x], which is b itself unless the caller gathered only the headers. Returns the
+ * src[srcBase + x], which is b itself unless the caller gathered only the headers. A payload
+ * in a `src` of its own goes to a sink's segmentInPlace() where it lies, unless it starts at
+ * an odd address (its sum would go a byte at a time): only the headers are built. Returns the
  * segments handed over (those the sink refused included), or GSO_BAD_MSS.
  */
 export function segment(
@@ -146,12 +161,14 @@ export function segment(
   const seq0 = h.tcp ? readU32(b, l4 + 4) : 0;
   const id0 = h.ipv6 ? 0 : readU16(b, l3 + 4);
   const flags = h.tcp ? b[l4 + 13] : 0;
+  const inPlace = src !== b && sink.segmentInPlace !== undefined &&
+    ((src.byteOffset + srcBase + end) & 1) === 0 && (mss & 1) === 0;
   for (let k = 0; k < count; k++) {
     const from = end + k * mss;
     const n = Math.max(0, Math.min(mss, len - from));
     const seg = sink.buffer?.() ?? into;
     for (let i = 0; i < end; i++) seg[i] = b[i];
-    if (n > 0) copyMemory(seg, end, src, srcBase + from, n);
+    if (n > 0 && !inPlace) copyMemory(seg, end, src, srcBase + from, n);
     const segLen = end + n;
     if (h.ipv6) {
       writeU16(seg, l3 + 4, segLen - l3 - IPV6_HLEN);
@@ -174,10 +191,16 @@ export function segment(
       check = l4 + UDP_CHECK;
     }
     writeU16(seg, check, 0);
-    let c = checksumOf(onesSum(seg, l4, segLen, pseudoSum(seg, h, segLen - l4)));
+    const pseudo = pseudoSum(seg, h, segLen - l4);
+    let c = checksumOf(
+      inPlace
+        ? onesSum(src, srcBase + from, srcBase + from + n, onesSum(seg, l4, end, pseudo))
+        : onesSum(seg, l4, segLen, pseudo),
+    );
     if (c === 0 && !h.tcp) c = 0xffff;
     writeU16(seg, check, c);
-    sink.segment(seg, segLen);
+    if (inPlace) sink.segmentInPlace!(seg, end, src, srcBase + from, n);
+    else sink.segment(seg, segLen);
   }
   return count;
 }

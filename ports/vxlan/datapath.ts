@@ -38,6 +38,7 @@ import {
   MAX_GSO_FRAME,
 } from "../port.ts";
 import { type Mapping, mmap, munmap, viewMapping } from "../../ffi/mem.ts";
+import { copyMemory, pointerOf } from "../../ffi/native_copy.ts";
 import {
   IOV_BASE,
   IOV_LEN,
@@ -113,6 +114,8 @@ const ENOBUFS = 105;
 const ENETUNREACH = 101;
 const EHOSTUNREACH = 113;
 const TWO_32 = 4294967296;
+/** iovecs per transmit slot: its bytes, and a payload sent from where it lies (see MessageArea). */
+const SLOT_IOVS = 2;
 
 /**
  * Message vectors, their iovecs and addresses, then the data slots, in one private mapping:
@@ -126,7 +129,10 @@ class MessageArea {
   readonly names: number;
   readonly iovs: number;
   readonly slots: number;
-  /** One iovec per data slot, in slot order: a run of slots is one message's iovec array. */
+  /**
+   * Two iovecs per data slot, in slot order: the slot's bytes, then a segment's payload where
+   * it lies (empty when the slot holds the whole frame); a run of slots is one message's array.
+   */
   readonly slotIovs: number;
   /** One UDP_SEGMENT control message per message. */
   readonly controls: number;
@@ -136,7 +142,7 @@ class MessageArea {
 
   constructor(messages: number, slots: number, readonly slotSize: number) {
     const headers = messages * (MMSGHDR_SIZE + IOVEC_SIZE + SOCKADDR_IN_SIZE) +
-      slots * IOVEC_SIZE + messages * UDP_SEGMENT_CMSG_SIZE;
+      slots * SLOT_IOVS * IOVEC_SIZE + messages * UDP_SEGMENT_CMSG_SIZE;
     const start = Math.ceil(headers / 4096) * 4096;
     this.mapping = mmap(start + slots * slotSize);
     const buf = viewMapping(this.mapping.address, this.mapping.length);
@@ -146,7 +152,7 @@ class MessageArea {
     this.iovs = messages * MMSGHDR_SIZE;
     this.names = this.iovs + messages * IOVEC_SIZE;
     this.slotIovs = this.names + messages * SOCKADDR_IN_SIZE;
-    this.controls = this.slotIovs + slots * IOVEC_SIZE;
+    this.controls = this.slotIovs + slots * SLOT_IOVS * IOVEC_SIZE;
     this.slots = start;
     this.msgPointers = [];
     for (let i = 0; i < messages; i++) {
@@ -234,6 +240,9 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   #cutting = false;
   /** Each transmit slot's frame area (behind its VXLAN header), where segments are cut into. */
   readonly #slotFrames: Uint8Array[] = [];
+  /** The buffer segments' payloads were last sent from in place, and its address. */
+  #payloadView: Uint8Array | null = null;
+  #payloadAddress = 0;
   #runFirst = -1;
   #runSize = 0;
   #runRemote = 0;
@@ -270,7 +279,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       // Every datagram carries the same header: written once per slot, never per frame.
       for (let s = 0; s < TX_SLOTS; s++) {
         writeVxlanHeader(tx.bytes, tx.slots + s * SLOT, spec.vni);
-        tx.setPointer(tx.slotIovs + s * IOVEC_SIZE + IOV_BASE, tx.slots + s * SLOT);
+        tx.setPointer(tx.slotIovs + s * SLOT_IOVS * IOVEC_SIZE + IOV_BASE, tx.slots + s * SLOT);
       }
       if (receives) {
         const rx = this.#rx = new MessageArea(BURST, BURST, RX_SLOT);
@@ -467,9 +476,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
    */
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     if ((f.offload & ~OFFLOAD_DATA_VALID) === 0) return this.transmitPlain(src, f);
-    if (this.#gsoFd < 0 || (f.offload & OFFLOAD_GSO) === 0) {
+    if ((f.offload & OFFLOAD_GSO) === 0) {
       return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
     }
+    // Cut into runs of slots (one datagram per message without the UDP_SEGMENT socket).
     this.#cutting = true;
     try {
       return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
@@ -494,22 +504,22 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       return false;
     }
     const r = this.#remotes;
-    const h = f.head; // the destination as decided on, not guest memory read again
-    let first = 0;
-    let count = r[REMOTES_FLOOD];
-    if ((h[0] & 1) === 0) {
-      const k = this.#table.lookup(macHiAt(h, 0), macLoAt(h, 0), 0);
-      if (k >= 0) {
-        first = k;
-        count = 1;
-      }
-    }
+    // The destination as decided on, not guest memory read again.
+    const k = this.#remoteFor(f.head);
+    const first = k < 0 ? 0 : k;
+    const count = k < 0 ? r[REMOTES_FLOOD] : 1;
     if (count === 0) {
       c[DROP_VTEP_UNREACHABLE]++;
       return false;
     }
     if (this.#cutting) {
-      this.#segment(src, f, first, count);
+      const s = this.#runSlot(VXLAN_HLEN + len, first, count);
+      // A segment cut into the slot segmentBuffer() handed out is already in place, unless a
+      // send emptied the slots (then it is copied from where it was built to the first one).
+      if (src !== this.#slotFrames[s]) {
+        copyEgress(this.#tx.bytes, this.#tx.slots + s * SLOT + VXLAN_HLEN, src, f);
+      }
+      this.#setSlotIovs(s, VXLAN_HLEN + len, 0, 0);
       return true;
     }
     if (this.#txSlots === TX_SLOTS || this.#txMsgs + count > TX_MSGS) this.#send();
@@ -541,13 +551,71 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     b[at + 3] = a & 0xff;
   }
 
+  /** The remote list index of the VTEP the destination MAC at h[0] was learned on; -1: flood. */
+  #remoteFor(h: Uint8Array): number {
+    if ((h[0] & 1) !== 0) return -1;
+    return this.#table.lookup(macHiAt(h, 0), macLoAt(h, 0), 0);
+  }
+
   /**
-   * One segment of the super-frame being cut: into the next slot, as part of the open run. A run
-   * holds datagrams of one size for the same VTEPs, the last one possibly shorter, as many as
-   * one UDP_SEGMENT message may carry; anything else closes it and opens another.
+   * A segment of the super-frame being cut whose payload is sent from where it lies, src[at,
+   * at + n): only its headers, seg[0, headerLen), go into a slot (see SegmentSink).
    */
-  #segment(src: Uint8Array, f: EgressFrame, first: number, count: number): void {
-    const size = VXLAN_HLEN + f.length;
+  transmitSegment(
+    seg: Uint8Array,
+    headerLen: number,
+    src: Uint8Array,
+    at: number,
+    n: number,
+  ): boolean {
+    const c = this.counters;
+    const len = headerLen + n;
+    if (!(at >= 0 && n >= 0 && at + n <= src.length) || headerLen < ETH_HLEN) {
+      throw new RangeError(`transmitSegment: ${n} bytes at ${at} of ${src.length}`);
+    }
+    const tagged = ((seg[12] << 8) | seg[13]) === ETH_P_8021Q;
+    if (len > this.#mtu + ETH_HLEN + (tagged ? VLAN_HLEN : 0)) {
+      c[DROP_TOO_BIG]++;
+      return false;
+    }
+    const k = this.#remoteFor(seg);
+    const first = k < 0 ? 0 : k;
+    const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
+    if (count === 0) {
+      c[DROP_VTEP_UNREACHABLE]++;
+      return false;
+    }
+    const s = this.#runSlot(VXLAN_HLEN + len, first, count);
+    const tx = this.#tx;
+    if (seg !== this.#slotFrames[s]) {
+      copyMemory(tx.bytes, tx.slots + s * SLOT + VXLAN_HLEN, seg, 0, headerLen);
+    }
+    if (src !== this.#payloadView) {
+      this.#payloadView = src;
+      this.#payloadAddress = Number(Deno.UnsafePointer.value(pointerOf(src)));
+    }
+    this.#setSlotIovs(s, VXLAN_HLEN + headerLen, this.#payloadAddress + at, n);
+    return true;
+  }
+
+  /** Slot s's iovecs: `slotBytes` of its own, then `n` payload bytes at address `payload`. */
+  #setSlotIovs(s: number, slotBytes: number, payload: number, n: number): void {
+    const w = this.#tx.words;
+    const iov = this.#tx.slotIovs + s * SLOT_IOVS * IOVEC_SIZE;
+    w[(iov + IOV_LEN) >> 2] = slotBytes;
+    const p = iov + IOVEC_SIZE;
+    w[(p + IOV_BASE) >> 2] = payload % TWO_32;
+    w[((p + IOV_BASE) >> 2) + 1] = Math.floor(payload / TWO_32);
+    w[(p + IOV_LEN) >> 2] = n;
+  }
+
+  /**
+   * The slot for the next segment (a `size`-byte datagram) of the super-frame being cut, as
+   * part of the open run. A run holds datagrams of one size for the same VTEPs, the last one
+   * possibly shorter, as many as one UDP_SEGMENT message may carry; anything else closes it and
+   * opens another, after a send when the slots or messages are used up.
+   */
+  #runSlot(size: number, first: number, count: number): number {
     if (
       this.#runFirst >= 0 &&
       (this.#runShort || size > this.#runSize || first !== this.#runRemote ||
@@ -559,29 +627,26 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       this.#closeRun();
       this.#send();
     }
-    const tx = this.#tx;
-    // A segment cut into the slot segmentBuffer() handed out is already in place, unless a send
-    // above emptied the slots (then it is copied from where it was built to the first one).
-    if (src !== this.#slotFrames[this.#txSlots]) {
-      copyEgress(tx.bytes, tx.slots + this.#txSlots * SLOT + VXLAN_HLEN, src, f);
-    }
     const s = this.#txSlots++;
-    tx.words[(tx.slotIovs + s * IOVEC_SIZE + IOV_LEN) >> 2] = size;
     if (this.#runFirst < 0) {
       this.#runFirst = s;
       this.#runSize = size;
       this.#runRemote = first;
       this.#runCount = count;
-      this.#runMax = Math.min(UDP_SEGMENT_MAX, Math.floor(UDP_SEGMENT_BYTES / size));
+      // Without the UDP_SEGMENT socket, each datagram is a message of its own.
+      this.#runMax = this.#gsoFd < 0
+        ? 1
+        : Math.min(UDP_SEGMENT_MAX, Math.floor(UDP_SEGMENT_BYTES / size));
       this.#runBytes = 0;
       this.#runShort = false;
     } else if (size < this.#runSize) {
       this.#runShort = true;
     }
-    this.#runBytes += f.length;
+    this.#runBytes += size - VXLAN_HLEN;
+    return s;
   }
 
-  /** The next transmit slot's frame area while a super-frame is being cut (see #segment). */
+  /** The next transmit slot's frame area while a super-frame is being cut (see #runSlot). */
   segmentBuffer(): Uint8Array | null {
     if (!this.#cutting) return null;
     if (this.#txSlots === TX_SLOTS) {
@@ -603,7 +668,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       const i = this.#txMsgs++;
       const control = n > 1 ? tx.controls + i * UDP_SEGMENT_CMSG_SIZE : null;
       if (control !== null) writeUdpSegmentCmsg(tx.bytes, control, this.#runSize);
-      tx.setMessage(i, tx.slotIovs + s * IOVEC_SIZE, n, control);
+      tx.setMessage(i, tx.slotIovs + s * SLOT_IOVS * IOVEC_SIZE, SLOT_IOVS * n, control);
       this.#address(i, r[REMOTES_BASE + k]);
       this.#msgGso[i] = n > 1 ? 1 : 0;
       this.#msgDatagrams[i] = n;
