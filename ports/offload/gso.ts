@@ -163,6 +163,17 @@ export function segment(
   const flags = h.tcp ? b[l4 + 13] : 0;
   const inPlace = src !== b && sink.segmentInPlace !== undefined &&
     ((src.byteOffset + srcBase + end) & 1) === 0 && (mss & 1) === 0;
+  // What every segment's checksums share is summed once: the IPv4 header, and the pseudo-header
+  // and L4 header, without the fields that change from segment to segment (lengths, id, sequence
+  // number, flags, the checksums themselves). Each segment adds its own values and its payload.
+  const ipShared = h.ipv6
+    ? 0
+    : onesSum(b, l3, l4, 0) - readU16(b, l3 + 2) - readU16(b, l3 + 4) - readU16(b, l3 + 10);
+  const l4Shared = pseudoSum(b, h, 0) + onesSum(b, l4, end, 0) -
+    (h.tcp
+      ? readU16(b, l4 + 4) + readU16(b, l4 + 6) + readU16(b, l4 + 12) + readU16(b, l4 + TCP_CHECK)
+      : readU16(b, l4 + 4) + readU16(b, l4 + UDP_CHECK));
+  const offsetWord = h.tcp ? b[l4 + 12] << 8 : 0; // data offset, the high half of word 12
   for (let k = 0; k < count; k++) {
     const from = end + k * mss;
     const n = Math.max(0, Math.min(mss, len - from));
@@ -170,32 +181,35 @@ export function segment(
     for (let i = 0; i < end; i++) seg[i] = b[i];
     if (n > 0 && !inPlace) copyMemory(seg, end, src, srcBase + from, n);
     const segLen = end + n;
+    const l4Len = segLen - l4;
     if (h.ipv6) {
       writeU16(seg, l3 + 4, segLen - l3 - IPV6_HLEN);
     } else {
+      const id = (id0 + k) & 0xffff;
       writeU16(seg, l3 + 2, segLen - l3);
-      writeU16(seg, l3 + 4, (id0 + k) & 0xffff);
-      writeU16(seg, l3 + 10, 0);
-      writeU16(seg, l3 + 10, checksumOf(onesSum(seg, l3, l4, 0)));
+      writeU16(seg, l3 + 4, id);
+      writeU16(seg, l3 + 10, checksumOf(ipShared + (segLen - l3) + id));
     }
     let check: number;
+    let sum: number;
     if (h.tcp) {
-      writeU32(seg, l4 + 4, (seq0 + k * mss) >>> 0);
+      const seq = (seq0 + k * mss) >>> 0;
+      writeU32(seg, l4 + 4, seq);
       let f = flags;
       if (k !== count - 1) f &= ~(TCP_FLAG_FIN | TCP_FLAG_PSH);
       if (k !== 0) f &= ~TCP_FLAG_CWR;
       seg[l4 + 13] = f;
       check = l4 + TCP_CHECK;
+      sum = l4Shared + l4Len + (seq >>> 16) + (seq & 0xffff) + (offsetWord | f);
     } else {
-      writeU16(seg, l4 + 4, segLen - l4);
+      writeU16(seg, l4 + 4, l4Len);
       check = l4 + UDP_CHECK;
+      sum = l4Shared + 2 * l4Len; // in the pseudo-header and the UDP header
     }
-    writeU16(seg, check, 0);
-    const pseudo = pseudoSum(seg, h, segLen - l4);
     let c = checksumOf(
       inPlace
-        ? onesSum(src, srcBase + from, srcBase + from + n, onesSum(seg, l4, end, pseudo))
-        : onesSum(seg, l4, segLen, pseudo),
+        ? onesSum(src, srcBase + from, srcBase + from + n, sum)
+        : onesSum(seg, end, segLen, sum),
     );
     if (c === 0 && !h.tcp) c = 0xffff;
     writeU16(seg, check, c);
