@@ -238,6 +238,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
    * whether a shorter datagram (the last of a super-frame) already ended it.
    */
   #cutting = false;
+  /** Where the super-frame being cut goes (see #remoteFor), looked up once for its segments. */
+  #cutRemote = -1;
   /** Each transmit slot's frame area (behind its VXLAN header), where segments are cut into. */
   readonly #slotFrames: Uint8Array[] = [];
   /** The buffer segments' payloads were last sent from in place, and its address. */
@@ -481,6 +483,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     }
     // Cut into runs of slots (one datagram per message without the UDP_SEGMENT socket).
     this.#cutting = true;
+    this.#cutRemote = this.#remoteFor(f.head);
     try {
       return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
     } finally {
@@ -505,7 +508,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     }
     const r = this.#remotes;
     // The destination as decided on, not guest memory read again.
-    const k = this.#remoteFor(f.head);
+    const k = this.#cutting ? this.#cutRemote : this.#remoteFor(f.head);
     const first = k < 0 ? 0 : k;
     const count = k < 0 ? r[REMOTES_FLOOD] : 1;
     if (count === 0) {
@@ -578,7 +581,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       c[DROP_TOO_BIG]++;
       return false;
     }
-    const k = this.#remoteFor(seg);
+    const k = this.#cutting ? this.#cutRemote : this.#remoteFor(seg);
     const first = k < 0 ? 0 : k;
     const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
     if (count === 0) {
