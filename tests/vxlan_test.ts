@@ -423,6 +423,39 @@ Deno.test("vxlan: segments cut straight into datagram slots equal the software s
   peer.got.forEach((d, k) => assert.deepEqual(d.data.subarray(8), expected[k], `segment ${k}`));
 });
 
+// Flooded to 200 VTEPs, a super-frame's first run fills 200 of the 256 messages a send takes:
+// the next run must send first, and the segment whose headers were already built in the slot
+// segmentBuffer() handed out moves to the first slot; its payload still comes from the frame.
+Deno.test("vxlan: a super-frame flooded to 200 VTEPs reaches each whole, across a send mid-cut", async () => {
+  const remotes = Array.from({ length: 200 }, (_, k) => `127.0.1.${k + 2}`);
+  await using r = await rig({ mtu: 1450, remotes }, remotes);
+  const big = tcpFrame(null, 64000); // to B, not learned anywhere: flooded
+  for (let i = 54; i < big.length; i++) big[i] = (i * 13) & 0xff;
+  const expected: Uint8Array[] = [];
+  const h = new FrameHeaders();
+  assert.equal(parseHeaders(big, big.length, h), 0);
+  const sink = { segment: (seg: Uint8Array, len: number) => !!expected.push(seg.slice(0, len)) };
+  segment(big, big.length, h, 1400, new Uint8Array(2000), sink);
+  assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
+  r.dp.flush();
+  assert.equal(expected.length, 46);
+  for (const [k, peer] of r.peers.entries()) {
+    await peer.waitFor(expected.length);
+    peer.got.forEach((d, i) => {
+      if (!sameBytes(d.data.subarray(8), expected[i])) {
+        assert.fail(`VTEP ${remotes[k]}: segment ${i} differs`);
+      }
+    });
+  }
+  assert.equal(r.c[TX_PACKETS], 200 * expected.length);
+});
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 Deno.test("vxlan: a TCP super-frame received whole (tunnel GSO) is handed on as GSO for the inner MTU", async () => {
   await using r = await rig({ mtu: 1450 });
   const big = tcpFrame(null, 6000);
