@@ -60,6 +60,8 @@ export class Forwarder {
    * (the switch has room for 64 ports, most bursts go to one or two).
    */
   readonly #touchedList: Int32Array;
+  /** How many of #touchedList the burst being forwarded has reached (see abandonBurst). */
+  #nTouched = 0;
 
   /** Counts what the datapath does per flow (flows.ts); null: not counted. */
   flows: FlowCounter | null = null;
@@ -96,6 +98,24 @@ export class Forwarder {
     if (sw !== null) copyBytes(copies, this.#privateWords, at, src, sw, off, len);
     else copyMemory(copies, at, src, off, len);
     return at;
+  }
+
+  /**
+   * After a throw in the middle of a burst (the worker's recovery, before it releases the port
+   * being received from): flushes the ports the burst reached, which may still read the
+   * received bytes until then, and forgets them, so that the next bursts flush them again. A
+   * port whose flush throws too is left to its next use.
+   */
+  abandonBurst(): void {
+    const n = this.#nTouched;
+    this.#nTouched = 0;
+    for (let t = 0; t < n; t++) {
+      const dst = this.#touchedList[t];
+      this.#touched[dst] = 0;
+      try {
+        this.targets[dst]?.flush();
+      } catch { /* reported when it fails again, in the loop */ }
+    }
   }
 
   /** One pass over every polled port; returns the frames moved. */
@@ -169,6 +189,7 @@ export class Forwarder {
           if (touched[dst] === 0) {
             touched[dst] = 1;
             touchedList[nTouched++] = dst;
+            this.#nTouched = nTouched;
           }
           this.sending = dst;
           const sent = target.transmit(bytes, frame);
@@ -189,7 +210,7 @@ export class Forwarder {
         targets[dst]?.flush();
         this.sending = -1;
       }
-      nTouched = 0;
+      nTouched = this.#nTouched = 0;
       port.release();
     }
     return moved;

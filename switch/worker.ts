@@ -117,6 +117,7 @@ class DatapathWorker {
       this.#raw[port] = null;
       this.#refresh();
     }
+    f.abandonBurst(); // the ports it reached are flushed before the burst goes back
     if (receiving && receiving.index !== port) {
       try {
         receiving.port.release();
@@ -211,6 +212,9 @@ class DatapathWorker {
     this.forwarder.polled = [{ index: msg.port, port: new OneFrame(msg.frame) }];
     try {
       this.forwarder.poll(nowSeconds());
+    } catch (err) {
+      this.forwarder.abandonBurst();
+      throw err;
     } finally {
       this.forwarder.polled = polled;
     }

@@ -30,7 +30,12 @@ class MemoryPort implements DatapathPort {
     return n;
   }
 
-  release(): void {}
+  /** What the forwarder did to this port, in order (shared between ports when given). */
+  constructor(readonly log: string[] = [], readonly name = "") {}
+
+  release(): void {
+    this.log.push(`release ${this.name}`);
+  }
 
   transmit(src: Uint8Array, f: EgressFrame): boolean {
     this.sent.push([...f.head.subarray(0, f.headLength), ...src.subarray(f.tailStart, f.tailEnd)]);
@@ -38,7 +43,9 @@ class MemoryPort implements DatapathPort {
     return true;
   }
 
-  flush(): void {}
+  flush(): void {
+    this.log.push(`flush ${this.name}`);
+  }
 }
 
 Deno.test("a sender rewriting its frame while it is copied out cannot change what leaves", () => {
@@ -198,4 +205,54 @@ Deno.test("frames that repeat a decision leave with their own tails and the righ
   assert.equal(fwd.poll(0), burst.length);
   assert.deepEqual(ports[1].sent, expected[1]);
   assert.deepEqual(ports[2].sent, expected[2]);
+});
+
+/** Three trunk ports on one bridge, port 0 polled, broadcast frames pending on it. */
+function floodRig(log: string[]) {
+  const bridge = new Bridge({ vlans: [undefined, undefined, undefined] });
+  const ports = [0, 1, 2].map((i) => new MemoryPort(log, String(i)));
+  const fwd = new Forwarder(bridge, 3, ports.map(() => new Float64Array(64)));
+  ports.forEach((p, i) => {
+    bridge.setLinkUp(i, true);
+    fwd.targets[i] = p;
+  });
+  fwd.polled = [{ index: 0, port: ports[0] }];
+  const send = () => {
+    const frame = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 0x0a, 0x08, 0x00];
+    ports[0].memory.set(frame, 0);
+    ports[0].pending = [{ offset: 0, length: 60 }];
+  };
+  return { fwd, ports, send };
+}
+
+// A port may send from the received bytes where they lie until its flush (a VXLAN port sends a
+// cut super-frame's payload from the guest's memory or the packet ring): the burst goes back to
+// its owner only once every port it reached is flushed.
+Deno.test("every port a burst reached is flushed before the burst is released", () => {
+  const log: string[] = [];
+  const { fwd, send } = floodRig(log);
+  send();
+  assert.equal(fwd.poll(0), 1);
+  assert.deepEqual(log, ["flush 1", "flush 2", "release 0"]);
+});
+
+// A transmit that throws leaves the burst half forwarded: the worker's recovery has the ports
+// already reached flushed (they may still read the received bytes), and they are flushed after
+// the next bursts too (a port left marked as reached would never be flushed again).
+Deno.test("after a transmit throws mid-burst, the ports reached are flushed, then and later", () => {
+  const log: string[] = [];
+  const { fwd, ports, send } = floodRig(log);
+  ports[2].onTransmit = () => {
+    throw new Error("port 2 fails");
+  };
+  send();
+  assert.throws(() => fwd.poll(0), /port 2 fails/);
+  assert.deepEqual(log, []);
+  fwd.targets[2] = null; // what the worker does with the failed port
+  fwd.abandonBurst();
+  assert.deepEqual(log, ["flush 1"]);
+  log.length = 0;
+  send();
+  assert.equal(fwd.poll(0), 1);
+  assert.deepEqual(log, ["flush 1", "release 0"]);
 });
