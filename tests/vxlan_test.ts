@@ -184,6 +184,26 @@ Deno.test("vxlan: a datagram's inner frame is received in place, its source lear
   assert.equal(r.port.remoteOf(macHiAt(a, 0), macLoAt(a, 0)), "127.0.0.2");
 });
 
+// Learning runs once per second for the datagrams that repeat a station and its VTEP (a super-
+// frame's segments), which must not hide a change: a station heard from another VTEP moves at
+// once, and one whose entry went (aged out, flushed) is learned again by its next datagram.
+Deno.test("vxlan: a station that moves to another VTEP, or whose entry went, is learned again at once", async () => {
+  await using r = await rig();
+  const a = new Uint8Array(mac(A));
+  const where = () => r.table.lookup(macHiAt(a, 0), macLoAt(a, 0), 0);
+  for (const [k, peer] of [0, 0, 1, 1, 0].map((k) => [k, r.peers[k]] as const)) {
+    await peer.send(vxlan(VNI, frame(BCAST, A)), r.udpPort);
+    assert.equal((await r.receive(1)).length, 1);
+    assert.equal(where(), k, `heard from VTEP ${k}`);
+  }
+  for (let i = 0; i < 2; i++) {
+    assert.ok(r.table.delete(macHiAt(a, 0), macLoAt(a, 0), 0));
+    await r.peers[0].send(vxlan(VNI, frame(BCAST, A)), r.udpPort);
+    assert.equal((await r.receive(1)).length, 1);
+    assert.equal(where(), 0, `learned again after the entry went (${i + 1})`);
+  }
+});
+
 Deno.test("vxlan: wrong VNI, I flag clear, truncated headers, runts and unknown VTEPs (strict) are dropped and counted", async () => {
   await using r = await rig({ strict: true }, ["127.0.0.2", "127.0.0.9"]);
   const [known, stranger] = r.peers;

@@ -223,6 +223,12 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   #rxAt = 0;
   #rxStride = 0;
   #rxRemote = -1;
+  /** The last station learned (#learn): its MAC, VTEP, second and the table's version before. */
+  #learnedHi = -1;
+  #learnedLo = -1;
+  #learnedRemote = -1;
+  #learnedAt = -1;
+  #learnedVersion = -1;
   #txSlots = 0;
   #txMsgs = 0;
   /** Per queued message: sent through the UDP_SEGMENT socket; its datagrams; inner bytes. */
@@ -354,7 +360,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       const f = h + VXLAN_HLEN;
       // A multicast source is no station (the bridge drops the frame); a full list learns nothing.
       if ((b[f + 6] & 1) === 0 && remote >= 0) {
-        this.#table.learn(macHiAt(b, f + 6), macLoAt(b, f + 6), 0, remote, now);
+        this.#learn(macHiAt(b, f + 6), macLoAt(b, f + 6), remote, now);
       }
       const inner = dlen - VXLAN_HLEN;
       c[RX_BYTES] += inner;
@@ -378,6 +384,28 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     c[RX_PACKETS] += datagrams;
     batch.count = n;
     return n;
+  }
+
+  /**
+   * Learns that the station `hi:lo` is behind VTEP `remote`, once per second for the datagrams
+   * of a run that repeat it (a super-frame's ~45 segments): while the table's version is the
+   * one read before the last learn, that learn's entry stands, stamped this second.
+   */
+  #learn(hi: number, lo: number, remote: number, now: number): void {
+    const t = this.#table;
+    const version = t.version;
+    if (
+      hi === this.#learnedHi && lo === this.#learnedLo && remote === this.#learnedRemote &&
+      now === this.#learnedAt && version === this.#learnedVersion
+    ) {
+      return;
+    }
+    t.learn(hi, lo, 0, remote, now);
+    this.#learnedHi = hi;
+    this.#learnedLo = lo;
+    this.#learnedRemote = remote;
+    this.#learnedAt = now;
+    this.#learnedVersion = version;
   }
 
   /**

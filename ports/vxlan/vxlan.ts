@@ -35,6 +35,8 @@ export function numberToIpv4(n: number): string {
 export interface RemoteMacTable {
   learn(macHi: number, macLo: number, vlan: number, port: number, now: number): number;
   lookup(macHi: number, macLo: number, vlan: number): number;
+  /** Changes whenever an entry may have been added, moved or removed (a plain load). */
+  readonly version: number;
 }
 
 // The shared remote list, an Int32Array over a SharedArrayBuffer: [count, floodCount, addr...].
