@@ -3,7 +3,12 @@
 // (long ones go through the native helper on x86-64 Linux).
 import assert from "node:assert/strict";
 import { fold, onesSum } from "../../ports/offload/checksum.ts";
-import { nativeSumLE, nativeSumLoaded } from "../../ffi/native_sum.ts";
+import {
+  nativeSumKind,
+  nativeSumLE,
+  nativeSumLoaded,
+  nativeSumWith,
+} from "../../ffi/native_sum.ts";
 
 /** RFC 1071 as written: big-endian 16-bit words, an odd last byte the high half of a word. */
 function reference(b: Uint8Array, start: number, end: number, sum: number): number {
@@ -50,4 +55,34 @@ Deno.test("long sums go through the native helper on x86-64 Linux, which checks 
     assert.throws(() => nativeSumLE(b, from, n), RangeError, `${from}+${n}`);
   }
   if (nativeSumLoaded) assert.equal(nativeSumLE(b, 0, 0), 0);
+});
+
+// Both native loops against the definition: the adc loop everywhere the helper loads, the AVX2
+// loop where the CPU has it (the one nativeSumLE then takes). Lengths around the loops' steps
+// (4, 8, 32, 64 bytes), a segment's, 64 KiB (the most one AVX2 call sums) and past it (summed in
+// pieces), at every 4-byte alignment; all-ones, where every lane and carry is at its largest.
+Deno.test("the adc and AVX2 sum loops equal the definition, to 64 KiB and past it", () => {
+  if (!nativeSumLoaded) return;
+  const loops = nativeSumKind === "avx2" ? [0, 1] : [0];
+  const b = new Uint8Array(200_000);
+  let x = 99;
+  for (let i = 0; i < b.length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    b[i] = x >>> 24;
+  }
+  const ones = new Uint8Array(200_000).fill(0xff);
+  const lengths = [0, 4, 8, 28, 32, 36, 60, 64, 68, 96, 124, 128, 1396, 1400, 65532, 65536, 65540];
+  for (const avx2 of loops) {
+    for (const buf of [b, ones]) {
+      for (const from of [0, 4, 8, 12, 1000]) {
+        for (const n of [...lengths, 131072 + 12]) {
+          // The loops read little-endian words: swapped, that is the big-endian definition.
+          const le = nativeSumWith(avx2, buf, from, n);
+          const want = fold(reference(buf, from, from + n, 0));
+          assert.equal(((le & 0xff) << 8) | (le >>> 8), want, `${avx2}/${from}/${n}`);
+        }
+      }
+    }
+  }
+  assert.equal(nativeSumWith(0, ones, 0, 65536), 0xffff, "all ones: every carry comes back in");
 });
