@@ -4,9 +4,12 @@
 // reports the whole machine's CPU time per GB received (/proc/stat: stations, kernel and
 // switches together) and, for the switch, its datapath workers' own.
 //
-//   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--threads 1] [--offloads on|off]
+//   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--warmup 2] [--threads 1]
+//                                        [--offloads on|off]
 //
-// --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
+// --warmup runs an unmeasured transfer of that many seconds first on each fresh lab, for both
+// paths, so that the figure is the switch's steady state, not its JIT compiling the datapath
+// (0: none). --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
 // only); on (the default) leaves the kernel's defaults.
 import { relative } from "node:path";
 import { parseArgs } from "node:util";
@@ -15,13 +18,14 @@ import { type VtepKind, VxlanLab } from "../peers/vxlan_lab.ts";
 import { numberOption, optionsOrExit, REPO } from "./options.ts";
 
 const USAGE =
-  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--threads T] [--offloads on|off]";
+  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off]";
 
 const opts = optionsOrExit(() => {
   const { values } = parseArgs({
     options: {
       rounds: { type: "string", default: "3" },
       seconds: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
       threads: { type: "string", default: "1" },
       offloads: { type: "string", default: "on" },
       out: { type: "string", default: `${REPO}bench/results/vxlan-latest.json` },
@@ -36,6 +40,7 @@ const opts = optionsOrExit(() => {
   return {
     rounds: numberOption("rounds", values.rounds, 1, 50),
     seconds: numberOption("seconds", values.seconds, 1, 60),
+    warmup: numberOption("warmup", values.warmup, 0, 60),
     threads: numberOption("threads", values.threads, 1, 2),
     offloads: values.offloads === "on",
     out: values.out,
@@ -174,6 +179,7 @@ for (let round = 1; round <= opts.rounds; round++) {
       // Learn both stations first: ARP and the first frames are not part of the figure.
       if (await lab.ping(1, 2, 2) === 0) throw new Error(`${kind}: ping failed\n${lab.logs()}`);
       const rttMs = await pingRtt(lab, 10);
+      if (opts.warmup > 0) await iperf(lab, opts.warmup);
       const r = await iperf(lab, opts.seconds);
       trials.push({ kind, round, ...r, rttMs });
       const line = `${r.gbps.toFixed(3)} Gbit/s, ${r.retransmits} retransmits, CPU ${
