@@ -431,10 +431,7 @@ Deno.test("vxlan: segments cut straight into datagram slots equal the software s
   });
   const expected: Uint8Array[] = [];
   for (const big of supers) {
-    const h = new FrameHeaders();
-    assert.equal(parseHeaders(big, big.length, h), 0);
-    const sink = { segment: (seg: Uint8Array, len: number) => !!expected.push(seg.slice(0, len)) };
-    segment(big, big.length, h, 1400, new Uint8Array(2000), sink);
+    expected.push(...softwareSegments(big, 1400));
     assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
   }
   r.dp.flush();
@@ -451,11 +448,7 @@ Deno.test("vxlan: a super-frame flooded to 200 VTEPs reaches each whole, across 
   await using r = await rig({ mtu: 1450, remotes }, remotes);
   const big = tcpFrame(null, 64000); // to B, not learned anywhere: flooded
   for (let i = 54; i < big.length; i++) big[i] = (i * 13) & 0xff;
-  const expected: Uint8Array[] = [];
-  const h = new FrameHeaders();
-  assert.equal(parseHeaders(big, big.length, h), 0);
-  const sink = { segment: (seg: Uint8Array, len: number) => !!expected.push(seg.slice(0, len)) };
-  segment(big, big.length, h, 1400, new Uint8Array(2000), sink);
+  const expected = softwareSegments(big, 1400);
   assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
   r.dp.flush();
   assert.equal(expected.length, 46);
@@ -469,6 +462,16 @@ Deno.test("vxlan: a super-frame flooded to 200 VTEPs reaches each whole, across 
   }
   assert.equal(r.c[TX_PACKETS], 200 * expected.length);
 });
+
+/** The super-frame's segments as the software segmenter cuts them, `mss` payload bytes each. */
+function softwareSegments(big: Uint8Array, mss: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  const h = new FrameHeaders();
+  assert.equal(parseHeaders(big, big.length, h), 0);
+  const sink = { segment: (seg: Uint8Array, len: number) => !!out.push(seg.slice(0, len)) };
+  segment(big, big.length, h, mss, new Uint8Array(2000), sink);
+  return out;
+}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;

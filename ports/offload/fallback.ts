@@ -9,7 +9,13 @@ import { EgressFrame, MAX_FRAME_LEN, MAX_GSO_FRAME } from "../port.ts";
 import { ETH_HLEN, VLAN_HLEN } from "../ethernet.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
 import { completeChecksum } from "./checksum.ts";
-import { FrameHeaders, parseHeaders, segment, type SegmentSink } from "./gso.ts";
+import {
+  FrameHeaders,
+  parseHeaders,
+  segment,
+  type SegmentInPlace,
+  type SegmentSink,
+} from "./gso.ts";
 import {
   OFFLOAD_CSUM,
   OFFLOAD_GSO,
@@ -28,17 +34,10 @@ export interface PlainTransmit {
    */
   segmentBuffer?(): Uint8Array | null;
   /**
-   * Sends a segment of a super-frame being cut whose payload stays where it lies, src[at, at +
-   * n), behind the headers seg[0, headerLen) (see SegmentSink.segmentInPlace): the port reads
-   * the payload when it flushes, and the forwarder flushes before it releases the burst.
+   * Sends a segment of a super-frame being cut whose payload stays where it lies: the port reads
+   * it when it flushes, and the forwarder flushes before it releases the burst.
    */
-  transmitSegment?(
-    seg: Uint8Array,
-    headerLen: number,
-    src: Uint8Array,
-    at: number,
-    n: number,
-  ): boolean;
+  transmitSegment?: SegmentInPlace;
 }
 
 /** Copies the egress frame f (head ++ tail), or its first `upTo` bytes, to dst[0, ...). */

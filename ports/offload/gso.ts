@@ -119,19 +119,24 @@ export interface SegmentSink {
    */
   buffer?(): Uint8Array | null;
   /**
-   * Takes a segment whose headers, checksums written, are seg[0, headerLen) and whose payload
-   * is src[at, at + n), left where it lies: the sink sends it from there before the burst's
-   * buffers go back to their owner. Only offered a payload read from a `src` of the caller's,
-   * never one gathered into `b`.
+   * Takes a segment whose payload stays where it lies (see SegmentInPlace). Only offered a
+   * payload read from a `src` of the caller's, never one gathered into `b`.
    */
-  segmentInPlace?(
-    seg: Uint8Array,
-    headerLen: number,
-    src: Uint8Array,
-    at: number,
-    n: number,
-  ): boolean;
+  segmentInPlace?: SegmentInPlace;
 }
+
+/**
+ * A segment whose headers, checksums written, are seg[0, headerLen) and whose payload is
+ * src[at, at + n), left where it lies: the taker sends it from there before the burst's buffers
+ * go back to their owner. Returns whether it was taken.
+ */
+export type SegmentInPlace = (
+  seg: Uint8Array,
+  headerLen: number,
+  src: Uint8Array,
+  at: number,
+  n: number,
+) => boolean;
 
 /**
  * Cuts the super-frame b[0, len) with headers `h` into segments of at most `mss` payload bytes,
