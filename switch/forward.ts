@@ -60,8 +60,6 @@ export class Forwarder {
    * (the switch has room for 64 ports, most bursts go to one or two).
    */
   readonly #touchedList: Int32Array;
-  /** How many of #touchedList the burst being forwarded has reached (see abandonBurst). */
-  #nTouched = 0;
 
   /** Counts what the datapath does per flow (flows.ts); null: not counted. */
   flows: FlowCounter | null = null;
@@ -107,11 +105,11 @@ export class Forwarder {
    * port whose flush throws too is left to its next use.
    */
   abandonBurst(): void {
-    const n = this.#nTouched;
-    this.#nTouched = 0;
-    for (let t = 0; t < n; t++) {
-      const dst = this.#touchedList[t];
-      this.#touched[dst] = 0;
+    // Rare: the flags are walked rather than the list, whose length poll() keeps in a local.
+    const touched = this.#touched;
+    for (let dst = 0; dst < touched.length; dst++) {
+      if (touched[dst] === 0) continue;
+      touched[dst] = 0;
       try {
         this.targets[dst]?.flush();
       } catch { /* reported when it fails again, in the loop */ }
@@ -189,7 +187,6 @@ export class Forwarder {
           if (touched[dst] === 0) {
             touched[dst] = 1;
             touchedList[nTouched++] = dst;
-            this.#nTouched = nTouched;
           }
           this.sending = dst;
           const sent = target.transmit(bytes, frame);
@@ -210,7 +207,7 @@ export class Forwarder {
         targets[dst]?.flush();
         this.sending = -1;
       }
-      nTouched = this.#nTouched = 0;
+      nTouched = 0;
       port.release();
     }
     return moved;
