@@ -590,7 +590,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
 
   /**
    * A segment of the super-frame being cut whose payload is sent from where it lies, src[at,
-   * at + n): only its headers, seg[0, headerLen), go into a slot (see SegmentSink).
+   * at + n): only its headers, seg[0, headerLen), go into a slot (see SegmentSink). Called only
+   * by the fallback while transmit() cuts, so the super-frame's VTEPs are looked up already.
    */
   transmitSegment(
     seg: Uint8Array,
@@ -609,7 +610,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       c[DROP_TOO_BIG]++;
       return false;
     }
-    const k = this.#cutting ? this.#cutRemote : this.#remoteFor(seg);
+    const k = this.#cutRemote;
     const first = k < 0 ? 0 : k;
     const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
     if (count === 0) {
