@@ -9,13 +9,14 @@
 //
 // --warmup runs an unmeasured transfer of that many seconds first on each fresh lab, for both
 // paths, so that the figure is the switch's steady state, not its JIT compiling the datapath
-// (0: none). --offloads off turns checksum offload, TSO and GSO off on the stations' veths (plain frames
-// only); on (the default) leaves the kernel's defaults.
+// (0: none). --offloads off turns checksum offload, TSO and GSO off on the stations' veths
+// (plain frames only); on (the default) leaves the kernel's defaults.
 import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { netnsSkipReason } from "../peers/netns.ts";
 import { type VtepKind, VxlanLab } from "../peers/vxlan_lab.ts";
 import { numberOption, optionsOrExit, REPO } from "./options.ts";
+import { cpuSeconds, systemSeconds } from "./pvp/proc.ts";
 
 const USAGE =
   "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off]";
@@ -68,29 +69,20 @@ interface Trial {
   workerSecondsPerGB: number;
 }
 
-const TICK = 100; // USER_HZ: /proc's clock ticks per second
-
-/** Busy and total ticks of the whole machine so far (the "cpu" line of /proc/stat). */
-function machineTicks(): { busy: number; total: number } {
-  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1, 9)
-    .map(Number);
-  const total = f.reduce((a, b) => a + b, 0);
-  return { busy: total - f[3] - f[4], total }; // less idle and iowait
-}
-
-/** User + system ticks of the datapath worker threads of the lab's switches so far. */
-function workerTicks(lab: VxlanLab): number {
+/** CPU seconds of the datapath worker threads of the lab's switches so far. */
+function workerSeconds(lab: VxlanLab): number {
   let sum = 0;
   for (const v of lab.vteps) {
     if (!v.process) continue;
     const dir = `/proc/${v.process.pid}/task`;
     for (const t of Deno.readDirSync(dir)) {
+      let comm = "";
       try {
-        if (!Deno.readTextFileSync(`${dir}/${t.name}/comm`).startsWith("worker-")) continue;
-        const stat = Deno.readTextFileSync(`${dir}/${t.name}/stat`);
-        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        sum += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+        comm = Deno.readTextFileSync(`${dir}/${t.name}/comm`);
       } catch { /* the thread ended */ }
+      // /proc/TID/stat is the thread's own; NaN once it ended.
+      const s = comm.startsWith("worker-") ? cpuSeconds(Number(t.name)) : NaN;
+      if (s >= 0) sum += s;
     }
   }
   return sum;
@@ -130,8 +122,8 @@ async function iperf(
   }).spawn();
   try {
     await new Promise((r) => setTimeout(r, 500));
-    const m0 = machineTicks();
-    const w0 = workerTicks(lab);
+    const m0 = systemSeconds();
+    const w0 = workerSeconds(lab);
     const out = await lab.exec(lab.vtep(1).station, [
       "iperf3",
       "-c",
@@ -142,16 +134,16 @@ async function iperf(
       String(seconds),
       "-J",
     ]);
-    const m1 = machineTicks();
-    const w1 = workerTicks(lab);
+    const m1 = systemSeconds();
+    const w1 = workerSeconds(lab);
     const j = JSON.parse(out);
     const gb = j.end.sum_received.bytes / 1e9;
     return {
       gbps: j.end.sum_received.bits_per_second / 1e9,
       retransmits: j.end.sum_sent.retransmits ?? 0,
-      cpuSecondsPerGB: (m1.busy - m0.busy) / TICK / gb,
+      cpuSecondsPerGB: (m1.busy - m0.busy) / gb,
       busy: (m1.busy - m0.busy) / (m1.total - m0.total),
-      workerSecondsPerGB: (w1 - w0) / TICK / gb,
+      workerSecondsPerGB: (w1 - w0) / gb,
     };
   } finally {
     try {

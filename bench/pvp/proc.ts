@@ -24,15 +24,24 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** Busy CPU seconds of the whole machine so far (all CPUs, everything but idle and iowait). */
-export function systemBusySeconds(): number {
+/**
+ * CPU seconds of the whole machine so far (all CPUs): busy (everything but idle and iowait) and
+ * in all; NaN where /proc/stat cannot be read.
+ */
+export function systemSeconds(): { busy: number; total: number } {
   try {
     const line = Deno.readTextFileSync("/proc/stat").split("\n")[0]; // "cpu  user nice system idle ..."
-    const f = line.trim().split(/\s+/).slice(1).map(Number);
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / clkTck;
+    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: (total - f[3] - f[4]) / clkTck, total: total / clkTck };
   } catch {
-    return NaN;
+    return { busy: NaN, total: NaN };
   }
+}
+
+/** Busy CPU seconds of the whole machine so far (all CPUs, everything but idle and iowait). */
+export function systemBusySeconds(): number {
+  return systemSeconds().busy;
 }
 
 /**
