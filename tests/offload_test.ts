@@ -5,7 +5,7 @@
 // frames with their checksum left partial), segs4/segs6.pcap what the kernel's own software
 // GSO and checksum made of them. The switch's routines must produce the same bytes.
 import assert from "node:assert/strict";
-import { readPcapFrames } from "../peers/pcap.ts";
+import { firstDifference, readPcapFrames } from "../peers/pcap.ts";
 import { checksumOf, completeChecksum, onesSum } from "../ports/offload/checksum.ts";
 import {
   FrameHeaders,
@@ -120,7 +120,10 @@ Deno.test("segments whose payload stays where it lies are the kernel's segments"
     const sink = {
       segment(b: Uint8Array, len: number) {
         copied++;
-        assert.ok(bytesEqual(b.subarray(0, len), kernel[k++]), `shift ${shift}: frame ${k - 1}`);
+        assert.ok(
+          firstDifference(b.subarray(0, len), kernel[k++]) < 0,
+          `shift ${shift}: frame ${k - 1}`,
+        );
         return true;
       },
       segmentInPlace(b: Uint8Array, headerLen: number, src: Uint8Array, at: number, n: number) {
@@ -128,7 +131,7 @@ Deno.test("segments whose payload stays where it lies are the kernel's segments"
         const out = new Uint8Array(headerLen + n);
         out.set(b.subarray(0, headerLen));
         out.set(src.subarray(at, at + n), headerLen);
-        assert.ok(bytesEqual(out, kernel[k++]), `shift ${shift}: frame ${k - 1}`);
+        assert.ok(firstDifference(out, kernel[k++]) < 0, `shift ${shift}: frame ${k - 1}`);
         return true;
       },
     };
@@ -147,12 +150,6 @@ Deno.test("segments whose payload stays where it lies are the kernel's segments"
     assert.ok(shift === 0 ? inPlace > 40 && copied === 0 : inPlace === 0 && copied > 40);
   }
 });
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
 
 /** A TCP/IPv4 super-frame with IP options and the given flags, checksum partial. */
 function tcp4(payload: number, flags: number, options = 4): Uint8Array {
