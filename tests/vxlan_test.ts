@@ -441,6 +441,37 @@ Deno.test("vxlan: segments cut straight into datagram slots equal the software s
   peer.got.forEach((d, k) => assert.deepEqual(d.data.subarray(8), expected[k], `segment ${k}`));
 });
 
+// A guest may rewrite a buffer it has not had back yet: a cut super-frame's payload is read by
+// the kernel at the flush, after its checksum was summed. The rewrite spoils only the segments
+// whose bytes it touched (their checksums fail at the far station, which drops them); every
+// segment still leaves, headers as cut, and the port goes on sending.
+Deno.test("vxlan: a payload rewritten between the cut and the flush spoils only its own segments", async () => {
+  await using r = await rig({ mtu: 1450 });
+  const peer = r.peers[0];
+  await peer.send(vxlan(VNI, frame(A, B)), r.udpPort);
+  assert.equal((await r.receive(1)).length, 1);
+  const big = tcpFrame(null, 64000);
+  for (let i = 54; i < big.length; i++) big[i] = (i * 5) & 0xff;
+  const expected = softwareSegments(big, 1400);
+  assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
+  // The sender writes over the payload of segments 3 and 4 before the burst is flushed.
+  const from = 54 + 3 * 1400 + 100;
+  big.fill(0xee, from, from + 1400);
+  r.dp.flush();
+  await peer.waitFor(expected.length);
+  let spoiled = 0;
+  peer.got.forEach((d, k) => {
+    const got = d.data.subarray(8);
+    assert.equal(firstDifference(got.subarray(0, 54), expected[k].subarray(0, 54)), -1);
+    if (k === 3 || k === 4) spoiled += tcpChecksumOk(got) ? 0 : 1;
+    else assert.equal(firstDifference(got, expected[k]), -1, `segment ${k} as cut`);
+  });
+  // Sent from where it lies, the rewritten segments' checksums no longer match their bytes.
+  assert.equal(spoiled, 2);
+  assert.ok(r.transmit(frame(A, B)), "the port goes on sending");
+  await peer.waitFor(expected.length + 1);
+});
+
 // Flooded to 200 VTEPs, a super-frame's first run fills 200 of the 256 messages a send takes:
 // the next run must send first, and the segment whose headers were already built in the slot
 // segmentBuffer() handed out moves to the first slot; its payload still comes from the frame.
