@@ -5,12 +5,14 @@
 // switches together) and, for the switch, its datapath workers' own.
 //
 //   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--warmup 2] [--threads 1]
-//                                        [--offloads on|off]
+//                                        [--offloads on|off] [--tunnel-gso on|off]
 //
 // --warmup runs an unmeasured transfer of that many seconds first on each fresh lab, for both
 // paths, so that the figure is the switch's steady state, not its JIT compiling the datapath
 // (0: none). --offloads off turns checksum offload, TSO and GSO off on the stations' veths
-// (plain frames only); on (the default) leaves the kernel's defaults.
+// (plain frames only); on (the default) leaves the kernel's defaults. --tunnel-gso on (the
+// default) sets the switches' vxlan ports' `tunnelGso` (super-frames leave whole through a tap);
+// off cuts them into UDP_SEGMENT runs.
 import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { netnsSkipReason } from "../peers/netns.ts";
@@ -19,7 +21,7 @@ import { numberOption, optionsOrExit, REPO } from "./options.ts";
 import { cpuSeconds, systemSeconds } from "./pvp/proc.ts";
 
 const USAGE =
-  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off]";
+  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off] [--tunnel-gso on|off]";
 
 const opts = optionsOrExit(() => {
   const { values } = parseArgs({
@@ -29,6 +31,7 @@ const opts = optionsOrExit(() => {
       warmup: { type: "string", default: "2" },
       threads: { type: "string", default: "1" },
       offloads: { type: "string", default: "on" },
+      "tunnel-gso": { type: "string", default: "on" },
       out: { type: "string", default: `${REPO}bench/results/vxlan-latest.json` },
       help: { type: "boolean", short: "h" },
     },
@@ -38,12 +41,14 @@ const opts = optionsOrExit(() => {
     Deno.exit(0);
   }
   if (!["on", "off"].includes(values.offloads)) throw new Error("--offloads: on or off");
+  if (!["on", "off"].includes(values["tunnel-gso"])) throw new Error("--tunnel-gso: on or off");
   return {
     rounds: numberOption("rounds", values.rounds, 1, 50),
     seconds: numberOption("seconds", values.seconds, 1, 60),
     warmup: numberOption("warmup", values.warmup, 0, 60),
     threads: numberOption("threads", values.threads, 1, 2),
     offloads: values.offloads === "on",
+    tunnelGso: values["tunnel-gso"] === "on",
     out: values.out,
   };
 }, USAGE);
@@ -164,8 +169,8 @@ const loadBefore = load();
 for (let round = 1; round <= opts.rounds; round++) {
   for (const kind of ["switch", "kernel"] as const) {
     const lab = await VxlanLab.up([
-      { kind, flood: [2], threads: opts.threads },
-      { kind, flood: [1], threads: opts.threads },
+      { kind, flood: [2], threads: opts.threads, vxlan: { tunnelGso: opts.tunnelGso } },
+      { kind, flood: [1], threads: opts.threads, vxlan: { tunnelGso: opts.tunnelGso } },
     ], { offloads: opts.offloads });
     try {
       // Learn both stations first: ARP and the first frames are not part of the figure.

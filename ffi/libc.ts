@@ -34,6 +34,8 @@ const symbols = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  // An ioctl whose argument is a value, not a pointer (TUNSETOFFLOAD).
+  ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   epoll_create1: { parameters: ["i32"], result: "i32" },
   epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
@@ -64,6 +66,8 @@ const symbols = {
   // VXLAN ports: a burst of UDP datagrams per call (fd, struct mmsghdr *, vlen, flags[, timeout]).
   recvmmsg: { parameters: ["i32", "pointer", "u32", "i32", "pointer"], result: "i32" },
   sendmmsg: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
+  // VXLAN tunnel GSO: one encapsulated super-frame per call into a tap device (fd, iov, iovcnt).
+  writev: { parameters: ["i32", "pointer", "i32"], result: "isize" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 export const libc: Deno.DynamicLibrary<typeof symbols>["symbols"] =

@@ -67,6 +67,10 @@ const PORT_COUNTERS: Record<string, [string, string]> = {
   gso_segmented: ["gso_segmented", "GSO super-frames the switch segmented for this port."],
   tx_udp_gso: ["tx_udp_gso", "VXLAN: UDP_SEGMENT sends, each a super-frame's datagrams."],
   rx_coalesced: ["rx_coalesced", "VXLAN: TCP segments received and merged into the one before."],
+  tx_tunnel_gso: [
+    "tx_tunnel_gso",
+    "VXLAN: TCP super-frames sent whole through the tunnel GSO tap.",
+  ],
   connections: ["connections", "vhost-user connections the port accepted or made."],
   protocol_errors: ["protocol_errors", "Malformed vhost-user messages on the current connection."],
   mac_moved: [

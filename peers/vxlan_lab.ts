@@ -351,7 +351,8 @@ export class VxlanLab {
       "busybox",
       "sh",
       "-c",
-      `busybox nc ${this.vtep(b).stationIp} ${port} < ${file}`,
+      // A tunnel that stalls fails the transfer in a minute rather than TCP's quarter hour.
+      `busybox timeout 60 busybox nc ${this.vtep(b).stationIp} ${port} < ${file}`,
     ]);
     const timer = setTimeout(() => server.kill("SIGKILL"), 20_000);
     await server.status;

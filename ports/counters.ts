@@ -57,7 +57,12 @@ export const DIRTY_PAGES = 21;
 export const TX_UDP_GSO = 22;
 /** VXLAN: received TCP segments appended to the one before them (receive coalescing, GRO). */
 export const RX_COALESCED = 23;
-export const COUNTER_FIELDS = 24;
+/**
+ * VXLAN: TCP super-frames sent whole through the port's tap (tunnel GSO), one per VTEP; the
+ * kernel cuts each into datagrams where a device needs it (tx_packets counts the datagrams).
+ */
+export const TX_TUNNEL_GSO = 24;
+export const COUNTER_FIELDS = 25;
 
 export const COUNTER_NAMES: Record<number, string> = {
   [RX_PACKETS]: "rx_packets",
@@ -84,6 +89,7 @@ export const COUNTER_NAMES: Record<number, string> = {
   [DIRTY_PAGES]: "dirty_pages",
   [TX_UDP_GSO]: "tx_udp_gso",
   [RX_COALESCED]: "rx_coalesced",
+  [TX_TUNNEL_GSO]: "tx_tunnel_gso",
 };
 
 export class CounterTable {

@@ -64,6 +64,8 @@ export interface VxlanPortConfig extends PortCommon {
   remoteMacs: { mac: string; remote: string }[];
   /** Drop datagrams from VTEPs not named in `remotes` or `remoteMacs` (counted). */
   strict: boolean;
+  /** Send TCP super-frames whole through a tap device (tunnel GSO, Linux 6.17), not cut. */
+  tunnelGso: boolean;
 }
 export type PortConfig = VhostUserPortConfig | AfPacketPortConfig | VxlanPortConfig;
 
@@ -145,7 +147,16 @@ const ROOT_KEYS = ["name", "http", "threads", "poll", "fdb", "ports", "mirrors"]
 const COMMON_KEYS = ["name", "type", "mtu", "vlan", "rxqAffinity", ...PORT_SAFETY_KEYS];
 const VHOST_KEYS = [...COMMON_KEYS, "socket", "mode", "queues", "packedRing", "offloads"];
 const AF_PACKET_KEYS = [...COMMON_KEYS, "interface", "io"];
-const VXLAN_KEYS = [...COMMON_KEYS, "vni", "local", "remotes", "udpPort", "remoteMacs", "strict"];
+const VXLAN_KEYS = [
+  ...COMMON_KEYS,
+  "vni",
+  "local",
+  "remotes",
+  "udpPort",
+  "remoteMacs",
+  "strict",
+  "tunnelGso",
+];
 const ANY_PORT_KEYS = [...new Set([...VHOST_KEYS, ...AF_PACKET_KEYS, ...VXLAN_KEYS])];
 /** VXLAN's default UDP port (IANA, RFC 7348 section 5). */
 export const VXLAN_UDP_PORT = 4789;
@@ -343,7 +354,8 @@ function parseVxlan(c: Checker, item: Obj, path: string) {
     else if (mac && remote) remoteMacs.push({ mac, remote });
   }
   const strict = c.bool(item.strict, `${path}.strict`, false);
-  return { vni, local, remotes, udpPort, remoteMacs, strict };
+  const tunnelGso = c.bool(item.tunnelGso, `${path}.tunnelGso`, false);
+  return { vni, local, remotes, udpPort, remoteMacs, strict, tunnelGso };
 }
 
 /** A unicast IPv4 address in dotted quad form (no IPv6 outer header yet). */

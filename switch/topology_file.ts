@@ -63,6 +63,7 @@ export function portToFile(p: PortConfig): PortFile {
     udpPort: p.udpPort,
     remoteMacs: Object.fromEntries(p.remoteMacs.map((m) => [m.mac, m.remote])),
     strict: p.strict,
+    tunnelGso: p.tunnelGso,
     ...common,
   };
 }

@@ -517,7 +517,7 @@ const vx = (extra: object = {}) => ({
   ...extra,
 });
 
-Deno.test("vxlan ports: defaults (UDP 4789, inner MTU 1450, not strict, no static MACs)", async () => {
+Deno.test("vxlan ports: defaults (UDP 4789, inner MTU 1450, not strict, no static MACs, no tap)", async () => {
   await using dir = await tempDir();
   const file = await writeTopology(
     dir.path,
@@ -537,6 +537,7 @@ Deno.test("vxlan ports: defaults (UDP 4789, inner MTU 1450, not strict, no stati
     udpPort: 4789,
     remoteMacs: [{ mac: "52:54:00:aa:00:02", remote: "192.0.2.9" }],
     strict: false,
+    tunnelGso: false,
     safety: NO_SAFETY,
   });
 });
@@ -552,6 +553,7 @@ Deno.test("vxlan ports: every problem named by its path", async () => {
         mtu: 8951,
         remoteMacs: { "01:00:5e:00:00:01": "192.0.2.2", "nope": "x" },
         strict: "yes",
+        tunnelGso: 1,
         socket: "x.sock",
       }),
       vx({ name: "vx43", vni: 43, local: "192.0.2.1", remotes: "192.0.2.2" }),
@@ -570,6 +572,7 @@ Deno.test("vxlan ports: every problem named by its path", async () => {
       'F: ports[0].remoteMacs["nope"]: "nope" is not a MAC address like 52:54:00:00:00:01',
       'F: ports[0].remoteMacs["nope"]: "x" is not an IPv4 address like 192.0.2.1',
       'F: ports[0].strict: expected true or false, got "yes"',
+      "F: ports[0].tunnelGso: expected true or false, got 1",
       'F: ports[1].remotes: expected an array of IPv4 addresses, got "192.0.2.2"',
       "F: ports[2].vni: required key is missing",
       "F: ports[2].remotes: required key is missing",

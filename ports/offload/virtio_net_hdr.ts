@@ -25,6 +25,16 @@ export const HDR_CSUM_START = 6;
 export const HDR_CSUM_OFFSET = 8;
 /** sizeof(struct virtio_net_hdr), without num_buffers. */
 export const VNET_HDR_LEN = 10;
+/**
+ * UDP tunnel GSO (virtio 1.4, Linux 6.17): a GSO frame inside an IPv4 UDP tunnel, whose inner
+ * type is the GSO type's other bits; csum_start is then the inner L4 header's. The header is a
+ * struct virtio_net_hdr_v1_hash_tunnel: the v1 header (12 bytes), the hash report (8), and the
+ * offsets of the outer UDP header and the inner network header (16 bits each).
+ */
+export const VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 = 0x20;
+export const HDR_OUTER_TH_OFFSET = 20;
+export const HDR_INNER_NH_OFFSET = 22;
+export const VNET_HDR_TUNNEL_LEN = 24;
 
 /**
  * What a frame needs from whoever sends it on (bits of FrameBatch.offload, EgressFrame.offload)

@@ -27,6 +27,7 @@ import {
   RX_PACKETS,
   TX_BYTES,
   TX_PACKETS,
+  TX_TUNNEL_GSO,
   TX_UDP_GSO,
 } from "../counters.ts";
 import {
@@ -65,17 +66,28 @@ import {
   writeUdpSegmentCmsg,
 } from "../../ffi/udp.ts";
 import { copyEgress } from "../af_packet/tpacket.ts";
+import { libc } from "../../ffi/libc.ts";
+import { errno } from "../../ffi/errno.ts";
+import { checksumOf, onesSum } from "../offload/checksum.ts";
+
 import { completePartialChecksum } from "./inner_checksum.ts";
 import { TcpCoalescer } from "./coalesce.ts";
 import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
 import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
 import { TCP_CHECK } from "../offload/checksum.ts";
 import {
+  HDR_GSO_TYPE,
+  HDR_INNER_NH_OFFSET,
+  HDR_OUTER_TH_OFFSET,
   OFFLOAD_CSUM,
   OFFLOAD_DATA_VALID,
+  OFFLOAD_ECN,
   OFFLOAD_GSO,
   OFFLOAD_TSO4,
   OFFLOAD_TSO6,
+  VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4,
+  VNET_HDR_TUNNEL_LEN,
+  writeVirtioNetHdr,
 } from "../offload/virtio_net_hdr.ts";
 import { ETH_HLEN, ETH_P_8021Q, macHiAt, macLoAt, VLAN_HLEN } from "../ethernet.ts";
 import {
@@ -116,6 +128,17 @@ const EHOSTUNREACH = 113;
 const TWO_32 = 4294967296;
 /** iovecs per transmit slot: its bytes, and a payload sent from where it lies (see MessageArea). */
 const SLOT_IOVS = 2;
+/**
+ * A super-frame written to the tunnel GSO tap (#tunnelSend): the virtio-net header, the outer
+ * Ethernet (to the tap), IPv4, UDP and VXLAN headers, then the frame's head; the iovecs after.
+ */
+const OUTER_IP = VNET_HDR_TUNNEL_LEN + ETH_HLEN;
+const OUTER_UDP = OUTER_IP + 20;
+const TUNNEL_INNER = OUTER_UDP + 8 + VXLAN_HLEN;
+/** Outer headers a datagram adds in front of its inner frame, as counted on the wire. */
+const OUTER_LEN = TUNNEL_INNER - VNET_HDR_TUNNEL_LEN;
+const TUNNEL_AREA = 4096;
+const TUNNEL_IOVS = TUNNEL_AREA - 2 * IOVEC_SIZE;
 
 /**
  * Message vectors, their iovecs and addresses, then the data slots, in one private mapping:
@@ -244,6 +267,12 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
    * whether a shorter datagram (the last of a super-frame) already ended it.
    */
   #cutting = false;
+  /** The tunnel GSO tap (see #tunnelSend), -1: none; its headers and iovecs, written once. */
+  #tapFd: number;
+  readonly #tunnel: Mapping | null = null;
+  readonly #tunnelBytes: Uint8Array = new Uint8Array(0);
+  readonly #tunnelWords: Uint32Array = new Uint32Array(0);
+  readonly #tunnelIovs: Deno.PointerValue = null;
   /** Where the super-frame being cut goes (see #remoteFor), looked up once for its segments. */
   #cutRemote = -1;
   /** Each transmit slot's frame area (behind its VXLAN header), where segments are cut into. */
@@ -273,6 +302,16 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     this.#table = table;
     this.#remotes = new Int32Array(spec.remotes);
     this.#rx = null;
+    this.#tapFd = spec.tapFd;
+    if (spec.tapFd >= 0) {
+      this.#tunnel = mmap(TUNNEL_AREA);
+      const buf = viewMapping(this.#tunnel.address, TUNNEL_AREA);
+      this.#tunnelBytes = new Uint8Array(buf);
+      this.#tunnelWords = new Uint32Array(buf);
+      this.#tunnelIovs = Deno.UnsafePointer.offset(this.#tunnel.pointer, TUNNEL_IOVS);
+      writeTunnelHeaders(this.#tunnelBytes, spec);
+      setIovec(this.#tunnelWords, TUNNEL_IOVS, Number(this.#tunnel.address), 0);
+    }
     this.#tx = new MessageArea(TX_MSGS, TX_SLOTS, SLOT);
     for (let k = 0; k < TX_SLOTS; k++) {
       const at = this.#tx.slots + k * SLOT + VXLAN_HLEN;
@@ -509,6 +548,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     if ((f.offload & OFFLOAD_GSO) === 0) {
       return this.#fallback.send(src, f, this, this.#mtu + ETH_HLEN);
     }
+    if (this.#tapFd >= 0 && this.#tunnelSend(src, f)) return true;
     // Cut into runs of slots (one datagram per message without the UDP_SEGMENT socket).
     this.#cutting = true;
     this.#cutRemote = this.#remoteFor(f.head);
@@ -708,6 +748,86 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     }
   }
 
+  /**
+   * A TCP super-frame sent whole, encapsulated once, through the tap (tunnel GSO): the kernel
+   * forwards it to each VTEP and cuts it into datagrams only where a device needs it. Its head
+   * is copied behind the outer headers, its tail written from where it lies. False when it
+   * cannot go this way and is to be cut: not TCP with a partial checksum, longer than one outer
+   * IPv4 packet, or the tap refused it (then no later frame tries: the kernel cannot).
+   */
+  #tunnelSend(src: Uint8Array, f: EgressFrame): boolean {
+    const tso = f.offload & (OFFLOAD_TSO4 | OFFLOAD_TSO6);
+    const len = f.length;
+    if (tso === 0 || (f.offload & OFFLOAD_CSUM) === 0 || len + OUTER_LEN - ETH_HLEN > 0xffff) {
+      return false;
+    }
+    const l3 = ETH_HLEN + (this.#tagged(src, f) ? VLAN_HLEN : 0);
+    const l4 = f.csumStart;
+    const end = l4 + ((f.byteAt(src, l4 + 12) >>> 4) << 2);
+    // Segments the inner MTU carries (the kernel cuts at gso_size: it may be lowered).
+    const mss = Math.min(f.gsoSize, this.#mtu + l3 - end);
+    if (l4 < l3 + 20 || end >= len || mss <= 0) return false;
+    const k = this.#remoteFor(f.head);
+    const first = k < 0 ? 0 : k;
+    const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
+    const c = this.counters;
+    if (count === 0) {
+      c[DROP_VTEP_UNREACHABLE]++;
+      return true;
+    }
+    const b = this.#tunnelBytes;
+    writeVirtioNetHdr(
+      b,
+      0,
+      f.offload & (OFFLOAD_CSUM | tso | OFFLOAD_ECN),
+      OUTER_LEN + l4,
+      f.csumOffset,
+      mss,
+      OUTER_LEN + end,
+    );
+    b[HDR_GSO_TYPE] |= VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4;
+    writeU16LE(b, HDR_INNER_NH_OFFSET, OUTER_LEN + l3);
+    writeU16BE(b, OUTER_IP + 2, len + OUTER_LEN - ETH_HLEN);
+    writeU16BE(b, OUTER_UDP + 4, len + 8 + VXLAN_HLEN);
+    b.set(f.head.subarray(0, f.headLength), TUNNEL_INNER);
+    if (src !== this.#payloadView) {
+      this.#payloadView = src;
+      this.#payloadAddress = Number(Deno.UnsafePointer.value(pointerOf(src)));
+    }
+    const w = this.#tunnelWords;
+    w[(TUNNEL_IOVS + IOV_LEN) >> 2] = TUNNEL_INNER + f.headLength;
+    setIovec(w, TUNNEL_IOVS + IOVEC_SIZE, this.#payloadAddress + f.tailStart, len - f.headLength);
+    const segments = Math.ceil((len - end) / mss);
+    const r = this.#remotes;
+    for (let x = first; x < first + count; x++) {
+      const d = r[REMOTES_BASE + x];
+      const ip = OUTER_IP;
+      b[ip + 16] = d >>> 24;
+      b[ip + 17] = (d >>> 16) & 0xff;
+      b[ip + 18] = (d >>> 8) & 0xff;
+      b[ip + 19] = d & 0xff;
+      writeU16BE(b, ip + 10, 0);
+      writeU16BE(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
+      if (Number(libc.writev(this.#tapFd, this.#tunnelIovs, 2)) >= 0) {
+        c[TX_PACKETS] += segments;
+        c[TX_BYTES] += len + (segments - 1) * end;
+        c[TX_TUNNEL_GSO]++;
+        continue;
+      }
+      const e = errno();
+      if (e === EAGAIN || e === ENOBUFS) {
+        c[DROP_NO_BUFFER] += segments;
+      } else if (x === first) {
+        // The tap is gone or the kernel refuses the header: cut this frame and the rest.
+        this.#tapFd = -1;
+        return false;
+      } else {
+        c[DROP_LINK_DOWN] += segments;
+      }
+    }
+    return true;
+  }
+
   /** Whether the egress frame's outer ethertype is 802.1Q (its 4 bytes do not count in the MTU). */
   #tagged(src: Uint8Array, f: EgressFrame): boolean {
     return ((f.byteAt(src, 12) << 8) | f.byteAt(src, 13)) === ETH_P_8021Q;
@@ -762,6 +882,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
 
   /** Unmaps the message areas (the socket belongs to the control side). */
   close(): void {
+    if (this.#tunnel !== null) munmap(this.#tunnel);
     this.#rx?.close();
     this.#tx?.close();
   }
@@ -783,4 +904,53 @@ function wholeFrame(b: Uint8Array, f: number, len: number): boolean {
   if (type === 0x0800) return l3 + ((b[ip + 2] << 8) | b[ip + 3]) === len;
   if (type === 0x86dd) return l3 + 40 + ((b[ip + 4] << 8) | b[ip + 5]) === len;
   return false;
+}
+
+/**
+ * What every frame written to the tunnel GSO tap shares: the virtio-net header's tunnel offset,
+ * an outer Ethernet header addressed to the tap (the kernel takes it as received, and forwards
+ * it), IPv4 from the VTEP address with DF set, UDP from and to the port's UDP port (checksum 0,
+ * RFC 7348 section 5) and the VXLAN header.
+ */
+function writeTunnelHeaders(b: Uint8Array, spec: VxlanSpec): void {
+  b.fill(0, 0, TUNNEL_INNER);
+  writeU16LE(b, HDR_OUTER_TH_OFFSET, OUTER_UDP - VNET_HDR_TUNNEL_LEN);
+  const e = VNET_HDR_TUNNEL_LEN;
+  for (let i = 0; i < 6; i++) b[e + i] = spec.tapMac[i];
+  // The source: the tap's MAC, its last bit flipped (locally administered, like the tap's).
+  for (let i = 0; i < 6; i++) b[e + 6 + i] = spec.tapMac[i];
+  b[e + 6] |= 0x02;
+  b[e + 11] ^= 0x01;
+  writeU16BE(b, e + 12, 0x0800);
+  const ip = OUTER_IP;
+  b[ip] = 0x45;
+  writeU16BE(b, ip + 6, 0x4000); // DF: VTEPs must not fragment (RFC 7348 section 4.3)
+  b[ip + 8] = 64;
+  b[ip + 9] = 17;
+  const a = spec.local;
+  b[ip + 12] = a >>> 24;
+  b[ip + 13] = (a >>> 16) & 0xff;
+  b[ip + 14] = (a >>> 8) & 0xff;
+  b[ip + 15] = a & 0xff;
+  writeU16BE(b, OUTER_UDP, spec.udpPort);
+  writeU16BE(b, OUTER_UDP + 2, spec.udpPort);
+  writeVxlanHeader(b, OUTER_UDP + 8, spec.vni);
+}
+
+/** An iovec at byte `at` of `w`'s buffer: `n` bytes at address `address`. */
+function setIovec(w: Uint32Array, at: number, address: number, n: number): void {
+  w[(at + IOV_BASE) >> 2] = address % TWO_32;
+  w[((at + IOV_BASE) >> 2) + 1] = Math.floor(address / TWO_32);
+  w[(at + IOV_LEN) >> 2] = n;
+  w[((at + IOV_LEN) >> 2) + 1] = 0;
+}
+
+function writeU16BE(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 8;
+  b[at + 1] = v & 0xff;
+}
+
+function writeU16LE(b: Uint8Array, at: number, v: number): void {
+  b[at] = v & 0xff;
+  b[at + 1] = v >>> 8;
 }

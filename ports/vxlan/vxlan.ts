@@ -70,6 +70,13 @@ export interface VxlanSpec {
    * super-frame's segments as one UDP_SEGMENT message; -1 where the kernel lacks it.
    */
   gsoFd: number;
+  /**
+   * A tap device taking encapsulated TCP super-frames whole (tunnel GSO, ffi/tap.ts), -1: none;
+   * its MAC (frames written to it are addressed to it) and the VTEP address (outer source).
+   */
+  tapFd: number;
+  tapMac: number[];
+  local: number;
   vni: number;
   udpPort: number;
   /** Inner MTU: frames longer than mtu + 14 (+ 4 when tagged) are dropped, counted too_big. */

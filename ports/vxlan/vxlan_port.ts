@@ -2,8 +2,10 @@
 // fills the remote list (flood list, then static remoteMacs targets) and the static MAC
 // entries, and answers which VTEP a MAC was learned behind. The Workers get a VxlanSpec.
 import { closeFd } from "../../ffi/fd.ts";
+import { openTunnelTap } from "../../ffi/tap.ts";
 import { enableUdpGro, supportsUdpSegment, udpSocket } from "../../ffi/udp.ts";
 import { parseMac } from "../ethernet.ts";
+import { VNET_HDR_TUNNEL_LEN } from "../offload/virtio_net_hdr.ts";
 import {
   createRemoteList,
   ipv4ToNumber,
@@ -23,6 +25,17 @@ export interface VxlanPortConfig {
   remoteMacs: { mac: string; remote: string }[];
   strict: boolean;
   mtu: number;
+  /** Send TCP super-frames whole through a tap (tunnel GSO) where the kernel can. */
+  tunnelGso?: boolean;
+}
+
+/**
+ * The tap's name: "vxg" and the port's name, cut to an interface name's 15 bytes, so a user
+ * can tell whose it is in `ip link` (a second switch with the same port name in one namespace
+ * cannot have it: that port then cuts super-frames, and says why).
+ */
+function tunnelTapName(port: string): string {
+  return `vxg${port.replace(/[^A-Za-z0-9_.-]/g, "_")}`.slice(0, 15);
 }
 
 /** What the port needs of its MAC table beyond the datapath's learn/lookup. */
@@ -89,10 +102,33 @@ export class VxlanPort {
       closeFd(fd);
       throw new Error(`${where}: ${err instanceof Error ? err.message : err}`, { cause: err });
     }
+    // Tunnel GSO: super-frames go whole, encapsulated once, into a tap of the port's own that
+    // the kernel forwards from (ffi/tap.ts); without it (an older kernel, no CAP_NET_ADMIN)
+    // they are cut into UDP_SEGMENT runs as before.
+    let tapFd = -1;
+    let tapMac: number[] = [];
+    if (config.tunnelGso) {
+      const name = tunnelTapName(config.name);
+      try {
+        const tap = openTunnelTap(name, VNET_HDR_TUNNEL_LEN, ipv4ToNumber(config.local));
+        tapFd = tap.fd;
+        tapMac = [...tap.mac];
+        log(`${where}: TCP super-frames leave whole through tap ${name} (tunnel GSO)`);
+      } catch (err) {
+        log(
+          `${where}: no tunnel GSO (${
+            err instanceof Error ? err.message : err
+          }): super-frames are cut into UDP_SEGMENT runs`,
+        );
+      }
+    }
     const spec: VxlanSpec = {
       name: config.name,
       fd,
       gsoFd,
+      tapFd,
+      tapMac,
+      local: ipv4ToNumber(config.local),
       vni: config.vni,
       udpPort: config.udpPort,
       mtu: config.mtu,
@@ -126,5 +162,6 @@ export class VxlanPort {
     this.#closed = true;
     closeFd(this.spec.fd);
     if (this.spec.gsoFd >= 0) closeFd(this.spec.gsoFd);
+    if (this.spec.tapFd >= 0) closeFd(this.spec.tapFd);
   }
 }
