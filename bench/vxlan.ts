@@ -6,13 +6,15 @@
 //
 //   deno run --allow-all bench/vxlan.ts [--rounds 3] [--seconds 5] [--warmup 2] [--threads 1]
 //                                        [--offloads on|off] [--tunnel-gso on|off]
+//                                        [--far switch|kernel]
 //
 // --warmup runs an unmeasured transfer of that many seconds first on each fresh lab, for both
 // paths, so that the figure is the switch's steady state, not its JIT compiling the datapath
 // (0: none). --offloads off turns checksum offload, TSO and GSO off on the stations' veths
 // (plain frames only); on (the default) leaves the kernel's defaults. --tunnel-gso on (the
 // default) sets the switches' vxlan ports' `tunnelGso` (super-frames leave whole through a tap);
-// off cuts them into UDP_SEGMENT runs.
+// off cuts them into UDP_SEGMENT runs. --far kernel puts the kernel's VXLAN + bridge on the
+// receiving host of the switch's trials (this switch sends to a Linux VTEP; default: switch).
 import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { netnsSkipReason } from "../peers/netns.ts";
@@ -21,7 +23,7 @@ import { numberOption, optionsOrExit, REPO } from "./options.ts";
 import { cpuSeconds, systemSeconds } from "./pvp/proc.ts";
 
 const USAGE =
-  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off] [--tunnel-gso on|off]";
+  "Usage: deno run --allow-all bench/vxlan.ts [--rounds N] [--seconds S] [--warmup S] [--threads T] [--offloads on|off] [--tunnel-gso on|off] [--far switch|kernel]";
 
 const opts = optionsOrExit(() => {
   const { values } = parseArgs({
@@ -32,6 +34,7 @@ const opts = optionsOrExit(() => {
       threads: { type: "string", default: "1" },
       offloads: { type: "string", default: "on" },
       "tunnel-gso": { type: "string", default: "on" },
+      far: { type: "string", default: "switch" },
       out: { type: "string", default: `${REPO}bench/results/vxlan-latest.json` },
       help: { type: "boolean", short: "h" },
     },
@@ -42,6 +45,7 @@ const opts = optionsOrExit(() => {
   }
   if (!["on", "off"].includes(values.offloads)) throw new Error("--offloads: on or off");
   if (!["on", "off"].includes(values["tunnel-gso"])) throw new Error("--tunnel-gso: on or off");
+  if (!["switch", "kernel"].includes(values.far)) throw new Error("--far: switch or kernel");
   return {
     rounds: numberOption("rounds", values.rounds, 1, 50),
     seconds: numberOption("seconds", values.seconds, 1, 60),
@@ -49,6 +53,7 @@ const opts = optionsOrExit(() => {
     threads: numberOption("threads", values.threads, 1, 2),
     offloads: values.offloads === "on",
     tunnelGso: values["tunnel-gso"] === "on",
+    far: values.far as "switch" | "kernel",
     out: values.out,
   };
 }, USAGE);
@@ -168,9 +173,11 @@ const trials: Trial[] = [];
 const loadBefore = load();
 for (let round = 1; round <= opts.rounds; round++) {
   for (const kind of ["switch", "kernel"] as const) {
+    const vxlan = { tunnelGso: opts.tunnelGso };
+    const far = kind === "switch" ? opts.far : kind;
     const lab = await VxlanLab.up([
-      { kind, flood: [2], threads: opts.threads, vxlan: { tunnelGso: opts.tunnelGso } },
-      { kind, flood: [1], threads: opts.threads, vxlan: { tunnelGso: opts.tunnelGso } },
+      { kind, flood: [2], threads: opts.threads, vxlan },
+      { kind: far, flood: [1], threads: opts.threads, vxlan },
     ], { offloads: opts.offloads });
     try {
       // Learn both stations first: ARP and the first frames are not part of the figure.

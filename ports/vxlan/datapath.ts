@@ -68,13 +68,11 @@ import {
 import { copyEgress } from "../af_packet/tpacket.ts";
 import { libc } from "../../ffi/libc.ts";
 import { errno } from "../../ffi/errno.ts";
-import { checksumOf, onesSum } from "../offload/checksum.ts";
-
 import { completePartialChecksum } from "./inner_checksum.ts";
 import { TcpCoalescer } from "./coalesce.ts";
 import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
 import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
-import { TCP_CHECK } from "../offload/checksum.ts";
+import { checksumOf, onesSum, TCP_CHECK } from "../offload/checksum.ts";
 import {
   HDR_GSO_TYPE,
   HDR_INNER_NH_OFFSET,
@@ -775,6 +773,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       c[DROP_VTEP_UNREACHABLE]++;
       return true;
     }
+    // Frames queued for sendmmsg before this one leave first: a flow's order is kept.
+    if (this.#txMsgs > 0) this.#send();
     const b = this.#tunnelBytes;
     writeVirtioNetHdr(
       b,
