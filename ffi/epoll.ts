@@ -55,6 +55,12 @@ export function epollWait(epfd: number, events: Uint8Array, timeoutMs: number): 
   return n < 0 ? 0 : n; // EINTR: treat as a timeout, callers loop anyway
 }
 
+/** The events (EPOLLIN, EPOLLERR, ...) that fired for event `i`. */
+export function eventMask(events: Uint8Array, i: number): number {
+  return (events[i * 12] | (events[i * 12 + 1] << 8) | (events[i * 12 + 2] << 16) |
+    (events[i * 12 + 3] << 24)) >>> 0;
+}
+
 /** The fd stored in the data field of event `i`. */
 export function eventFd(events: Uint8Array, i: number): number {
   return events[i * 12 + 4] | (events[i * 12 + 5] << 8) | (events[i * 12 + 6] << 16) |

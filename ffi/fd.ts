@@ -115,3 +115,18 @@ export function eventfdRead(fd: number): bigint {
   }
   return counter[0];
 }
+
+const SOL_SOCKET = 1;
+const SO_ERROR = 4;
+const soError = new Uint8Array(4);
+const soErrorLen = new Uint8Array(4);
+
+/**
+ * Takes a socket's pending error (SO_ERROR, which clears it; 0: none). A packet socket whose
+ * interface went away holds ENETDOWN until read, and polls as in error all the while.
+ */
+export function takeSocketError(fd: number): number {
+  soErrorLen[0] = 4;
+  if (libc.getsockopt(fd, SOL_SOCKET, SO_ERROR, soError, soErrorLen) < 0) return -1;
+  return soError[0] | (soError[1] << 8) | (soError[2] << 16) | (soError[3] << 24);
+}

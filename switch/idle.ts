@@ -3,16 +3,22 @@
 // kick eventfds and on its own wake eventfd, which the control plane writes with every message.
 // The kick eventfds are the guests': they are watched edge-triggered and never read, since a
 // front-end can make its fd blocking and drain it between our wake-up and our read, which would
-// then block the worker. Sockets are ours and stay readable while frames wait (level-triggered).
-import { closeFd, eventfdCreate, eventfdRead } from "../ffi/fd.ts";
+// then block the worker. Sockets are ours and stay readable while frames wait (level-triggered);
+// one in error (its interface went away) is reported until its error is taken, and one hung up
+// for good is dropped from the set, so that neither keeps the worker from sleeping.
+import { closeFd, eventfdCreate, eventfdRead, takeSocketError } from "../ffi/fd.ts";
 import {
   EPOLL_EVENT_SIZE,
   epollAdd,
   epollCreate,
+  epollDelete,
+  EPOLLERR,
   EPOLLET,
+  EPOLLHUP,
   EPOLLIN,
   epollWait,
   eventFd,
+  eventMask,
 } from "../ffi/epoll.ts";
 
 export class IdleSleeper {
@@ -46,7 +52,16 @@ export class IdleSleeper {
     if (this.#epfd < 0) this.watch([]);
     const n = epollWait(this.#epfd, this.#events, timeoutMs);
     for (let i = 0; i < n; i++) {
-      if (eventFd(this.#events, i) === this.#wakeFd) eventfdRead(this.#wakeFd);
+      const fd = eventFd(this.#events, i);
+      const mask = eventMask(this.#events, i);
+      if (fd === this.#wakeFd) {
+        eventfdRead(this.#wakeFd);
+      } else if (this.#sockets.has(fd) && (mask & EPOLLHUP) !== 0) {
+        epollDelete(this.#epfd, fd);
+        this.#sockets.delete(fd);
+      } else if (this.#sockets.has(fd) && (mask & EPOLLERR) !== 0) {
+        takeSocketError(fd);
+      }
     }
     return n;
   }

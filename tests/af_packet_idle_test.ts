@@ -4,7 +4,7 @@
 // 1 ms naps while frames are recent nor polling between them. The veth has IPv6 off and no peer
 // that talks: nothing arrives unasked.
 import assert from "node:assert/strict";
-import { createVethNetns, netnsSkipReason } from "../peers/netns.ts";
+import { createVethNetns, netnsSkipReason, run } from "../peers/netns.ts";
 import { startSwitch } from "./helpers/switch.ts";
 
 const missing = netnsSkipReason();
@@ -53,5 +53,33 @@ Deno.test({
     assert.ok(frames >= 40, `the worker moved ${frames} frames of the 40 sent`);
     assert.ok(sleeps >= 20, `${sleeps} sleeps during 40 frames 50 ms apart: the worker polled`);
     assert.ok(sleeps < 300, `${sleeps} sleeps during 40 frames 50 ms apart: the worker napped`);
+  },
+});
+
+Deno.test({
+  name:
+    "af-packet: a worker whose interface is deleted goes on sleeping (its socket's error taken)",
+  ignore: missing !== null,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await using ns = await createVethNetns({ nsAddr: "10.32.0.2/24" });
+    await ns.waitOperUp();
+    await using ts = await startSwitch({
+      name: "gone",
+      threads: 1,
+      http: { listen: "127.0.0.1:0" },
+      ports: [{ name: "up", type: "af-packet", interface: ns.hostIf }],
+    });
+    const worker = () => ts.sw.stats().workers[0];
+    await new Promise((r) => setTimeout(r, 500));
+    // The ring's socket now holds ENETDOWN and polls as in error until it is read: a worker
+    // that only slept on it would wake at once, thousands of times a second, for good.
+    await run("ip", ["link", "del", ns.hostIf]);
+    await new Promise((r) => setTimeout(r, 500));
+    const before = worker().sleeps;
+    await new Promise((r) => setTimeout(r, 2000));
+    const sleeps = worker().sleeps - before;
+    assert.ok(sleeps < 200, `${sleeps} sleeps in 2 s after the interface went away: it spun`);
   },
 });
