@@ -35,6 +35,7 @@ const EPERM = 1;
 const EACCES = 13;
 const ENODEV = 19;
 const SIOCGIFFLAGS = 0x8913;
+const SIOCSIFFLAGS = 0x8914;
 const SIOCGIFMTU = 0x8921;
 const SIOCGIFHWADDR = 0x8927;
 export const IFF_UP = 0x1;
@@ -232,6 +233,16 @@ export function interfaceInfo(fd: number, name: string): InterfaceInfo {
   const mac = Array.from(ifr.subarray(18, 24), (b) => b.toString(16).padStart(2, "0")).join(":");
   const up = (flags & IFF_UP) !== 0 && (flags & IFF_RUNNING) !== 0;
   return { flags, up, mtu, mac };
+}
+
+/** Sets interface `name` administratively up (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP). */
+export function setInterfaceUp(fd: number, name: string): void {
+  const ifr = new Uint8Array(40);
+  const v = new DataView(ifr.buffer);
+  ifr.set(cString(name));
+  if (libc.ioctl(fd, BigInt(SIOCGIFFLAGS), ifr) < 0) fail("ioctl", `SIOCGIFFLAGS "${name}"`);
+  v.setUint16(16, v.getUint16(16, true) | IFF_UP, true);
+  if (libc.ioctl(fd, BigInt(SIOCSIFFLAGS), ifr) < 0) fail("ioctl", `SIOCSIFFLAGS "${name}" up`);
 }
 
 /**

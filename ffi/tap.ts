@@ -10,7 +10,7 @@ import { libc } from "./libc.ts";
 import { errno, SysError } from "./errno.ts";
 import { closeFd } from "./fd.ts";
 import { cString } from "./mem.ts";
-import { ifNameToIndex, interfaceInfo } from "./packet.ts";
+import { ifNameToIndex, interfaceInfo, packetSocket, setInterfaceUp } from "./packet.ts";
 
 const O_RDWR = 2;
 const O_NONBLOCK = 0o4000;
@@ -25,9 +25,6 @@ const TUN_F_CSUM = 0x01;
 const TUN_F_TSO4 = 0x02;
 const TUN_F_TSO6 = 0x04;
 const TUN_F_UDP_TUNNEL_GSO = 0x080;
-const SIOCSIFFLAGS = 0x8914;
-const SIOCGIFFLAGS = 0x8913;
-const IFF_UP = 0x1;
 
 export interface TunnelTap {
   fd: number;
@@ -71,18 +68,10 @@ export function openTunnelTap(name: string, vnetHdrLen: number, source: number):
     if (libc.ioctl_value(fd, BigInt(TUNSETOFFLOAD), BigInt(flags)) < 0) {
       throw new SysError("ioctl", errno(), "TUNSETOFFLOAD (tunnel GSO needs Linux 6.17)");
     }
-    const s = libc.socket(2, 2 | 0o2000000, 0);
-    if (s < 0) throw new SysError("socket", errno(), "AF_INET");
+    // Any socket takes the interface ioctls; this one (protocol 0) receives nothing.
+    const s = packetSocket(0);
     try {
-      ifr.fill(0);
-      ifr.set(cString(name));
-      if (libc.ioctl(s, BigInt(SIOCGIFFLAGS), ifr) < 0) {
-        throw new SysError("ioctl", errno(), `SIOCGIFFLAGS "${name}"`);
-      }
-      v.setUint16(16, v.getUint16(16, true) | IFF_UP, true);
-      if (libc.ioctl(s, BigInt(SIOCSIFFLAGS), ifr) < 0) {
-        throw new SysError("ioctl", errno(), `SIOCSIFFLAGS "${name}" up`);
-      }
+      setInterfaceUp(s, name);
       for (const [key, value] of [["forwarding", "1"], ["accept_local", "1"], ["rp_filter", "0"]]) {
         writeSysctl(`net/ipv4/conf/${name}/${key}`, value);
       }
