@@ -17,8 +17,11 @@ import {
   RX_GSO,
   RX_PACKETS,
   TX_PACKETS,
+  TX_TUNNEL_GSO,
   TX_UDP_GSO,
 } from "../ports/counters.ts";
+import { closeFd, pipe } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
 import { EgressFrame, FrameBatch } from "../ports/port.ts";
 import { OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_USO } from "../ports/offload/virtio_net_hdr.ts";
 import { VxlanDatapath } from "../ports/vxlan/datapath.ts";
@@ -416,6 +419,86 @@ Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many d
   assert.ok(r.transmit(frame(A, B)));
   await peer.waitFor(count + 1);
   assert.equal(peer.got[count].port, r.udpPort);
+});
+
+Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind its outer headers", async () => {
+  // A pipe stands in for the tap: what is written to it is what the kernel would parse.
+  await using r = await rig({ mtu: 1450 });
+  const [readFd, writeFd] = pipe();
+  const tapMac = [0x02, 0, 0, 0, 0x7a, 0x01];
+  const spec = { ...r.port.spec, tapFd: writeFd, tapMac };
+  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  try {
+    const payload = 20000; // two writes fit the pipe's 64 KiB
+    const big = tcpFrame(null, payload);
+    assert.ok(dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
+    dp.flush();
+    const wrote = 24 + 50 + big.length;
+    const got = new Uint8Array(2 * wrote + 1);
+    assert.equal(Number(libc.read(readFd, got, BigInt(got.length))), 2 * wrote);
+    const segments = Math.ceil(payload / 1400);
+    assert.equal(r.c[TX_TUNNEL_GSO], 2); // flooded: one per VTEP
+    assert.equal(r.c[TX_PACKETS], 2 * segments);
+    assert.equal(r.c[GSO_SEGMENTED], 0);
+    for (const [k, dst] of [[0, [127, 0, 0, 2]], [1, [127, 0, 0, 3]]] as const) {
+      const w = got.subarray(k * wrote, (k + 1) * wrote);
+      const le16 = (at: number) => w[at] | (w[at + 1] << 8);
+      const be16 = (at: number) => (w[at] << 8) | w[at + 1];
+      // virtio_net_hdr_v1_hash_tunnel: NEEDS_CSUM, TCPV4 | UDP_TUNNEL_IPV4, the headers' end,
+      // segments for the inner MTU, the inner TCP checksum, the outer UDP and inner IP offsets.
+      assert.deepEqual(
+        [w[0], w[1], le16(2), le16(4), le16(6), le16(8), le16(20), le16(22)],
+        [1, 0x21, 50 + 54, 1400, 50 + 34, 16, 34, 50 + 14],
+      );
+      const e = 24;
+      assert.deepEqual([...w.subarray(e, e + 6)], tapMac, "to the tap");
+      assert.equal(be16(e + 12), 0x0800);
+      const ip = e + 14;
+      assert.deepEqual(
+        [w[ip], be16(ip + 2), be16(ip + 6), w[ip + 8], w[ip + 9]],
+        [0x45, 36 + big.length, 0x4000, 64, 17],
+      );
+      assert.deepEqual([...w.subarray(ip + 12, ip + 16)], [127, 0, 0, 1]);
+      assert.deepEqual([...w.subarray(ip + 16, ip + 20)], dst);
+      let sum = 0;
+      for (let i = ip; i < ip + 20; i += 2) sum += be16(i);
+      while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+      assert.equal(sum, 0xffff, "outer IPv4 header checksum");
+      const u = ip + 20;
+      assert.deepEqual(
+        [be16(u), be16(u + 2), be16(u + 4), be16(u + 6)],
+        [r.udpPort, r.udpPort, 16 + big.length, 0],
+      );
+      assert.deepEqual([...w.subarray(u + 8, u + 16)], [0x08, 0, 0, 0, 0, 0, VNI, 0]);
+      assert.equal(firstDifference(w.subarray(u + 16), big), -1, "the inner frame as it came");
+    }
+  } finally {
+    dp.close();
+    closeFd(readFd);
+    closeFd(writeFd);
+  }
+});
+
+Deno.test("vxlan: a tap that refuses a write cuts that super-frame and every later one", async () => {
+  await using r = await rig({ mtu: 1450 }, ["127.0.0.2"]);
+  // No such fd: writes fail (EBADF), as they do once a tap is gone (EBADFD).
+  const spec = { ...r.port.spec, tapFd: 0x7fffffff };
+  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  try {
+    const payload = 14000;
+    const count = Math.ceil(payload / 1400);
+    for (let n = 1; n <= 2; n++) {
+      const big = tcpFrame(null, payload);
+      assert.ok(dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
+      dp.flush();
+      await r.peers[0].waitFor(n * count);
+    }
+    assert.equal(r.c[TX_TUNNEL_GSO], 0);
+    assert.equal(r.c[GSO_SEGMENTED], 2);
+    assert.ok(r.peers[0].got.every((d) => tcpChecksumOk(d.data.subarray(8))));
+  } finally {
+    dp.close();
+  }
 });
 
 Deno.test("vxlan: segments cut straight into datagram slots equal the software segmenter's, past a full set of slots", async () => {

@@ -759,6 +759,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     if (tso === 0 || (f.offload & OFFLOAD_CSUM) === 0 || len + OUTER_LEN - ETH_HLEN > 0xffff) {
       return false;
     }
+    // The kernel reads the tail by address: it must lie within src (as transmitSegment checks).
+    if (!(f.tailStart >= 0 && f.tailStart <= f.tailEnd && f.tailEnd <= src.length)) {
+      throw new RangeError(`tunnel GSO: tail ${f.tailStart}..${f.tailEnd} of ${src.length}`);
+    }
     const l3 = ETH_HLEN + (this.#tagged(src, f) ? VLAN_HLEN : 0);
     const l4 = f.csumStart;
     const end = l4 + ((f.byteAt(src, l4 + 12) >>> 4) << 2);
@@ -796,7 +800,12 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     }
     const w = this.#tunnelWords;
     w[(TUNNEL_IOVS + IOV_LEN) >> 2] = TUNNEL_INNER + f.headLength;
-    setIovec(w, TUNNEL_IOVS + IOVEC_SIZE, this.#payloadAddress + f.tailStart, len - f.headLength);
+    setIovec(
+      w,
+      TUNNEL_IOVS + IOVEC_SIZE,
+      this.#payloadAddress + f.tailStart,
+      f.tailEnd - f.tailStart,
+    );
     const segments = Math.ceil((len - end) / mss);
     const r = this.#remotes;
     for (let x = first; x < first + count; x++) {
