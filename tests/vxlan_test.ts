@@ -479,6 +479,41 @@ Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind i
   }
 });
 
+Deno.test("vxlan: tunnel GSO of an 802.1Q-tagged super-frame: offsets past the tag", async () => {
+  await using r = await rig({ mtu: 1450, remotes: ["127.0.0.2"] }, ["127.0.0.2"]);
+  const [readFd, writeFd] = pipe();
+  const spec = { ...r.port.spec, tapFd: writeFd, tapMac: [2, 0, 0, 0, 0x7a, 1] };
+  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  try {
+    const plain = tcpFrame(null, 20000);
+    const big = new Uint8Array(plain.length + 4);
+    big.set(plain.subarray(0, 12));
+    big.set([0x81, 0x00, 0x00, 0x0a], 12); // VLAN 10
+    big.set(plain.subarray(12), 16);
+    const g = new EgressFrame().setWhole(big, 0, big.length);
+    g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
+    g.csumStart = 38;
+    g.csumOffset = 16;
+    g.gsoSize = 1400;
+    assert.ok(dp.transmit(big, g));
+    dp.flush();
+    const w = new Uint8Array(24 + 50 + big.length + 1);
+    assert.equal(Number(libc.read(readFd, w, BigInt(w.length))), w.length - 1);
+    const le16 = (at: number) => w[at] | (w[at + 1] << 8);
+    // Headers end after TCP (58 bytes in), the checksum and inner IP header sit 4 bytes later,
+    // and a segment may carry 1400 bytes: 1450 + 14 + 4 - 58 = 1410 would fit.
+    assert.deepEqual(
+      [le16(2), le16(4), le16(6), le16(22)],
+      [50 + 58, 1400, 50 + 38, 50 + 18],
+    );
+    assert.equal(firstDifference(w.subarray(24 + 50, w.length - 1), big), -1);
+  } finally {
+    dp.close();
+    closeFd(readFd);
+    closeFd(writeFd);
+  }
+});
+
 Deno.test("vxlan: a tap that refuses a write cuts that super-frame and every later one", async () => {
   await using r = await rig({ mtu: 1450 }, ["127.0.0.2"]);
   // No such fd: writes fail (EBADF), as they do once a tap is gone (EBADFD).
