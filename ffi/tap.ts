@@ -28,7 +28,6 @@ const TUN_F_UDP_TUNNEL_GSO = 0x080;
 
 export interface TunnelTap {
   fd: number;
-  name: string;
   mac: Uint8Array;
 }
 
@@ -78,7 +77,7 @@ export function openTunnelTap(name: string, vnetHdrLen: number, source: number):
       addHostAddress(ifNameToIndex(name), source);
       const info = interfaceInfo(s, name);
       const mac = new Uint8Array(info.mac.split(":").map((h) => parseInt(h, 16)));
-      return { fd, name, mac };
+      return { fd, mac };
     } finally {
       closeFd(s);
     }

@@ -84,16 +84,21 @@ export function udpGroSize(b: Uint8Array, at: number, used: number): number {
 export const SIN_PORT = 2;
 export const SIN_ADDR = 4;
 
+/** Writes IPv4 address `addr` (a host-order number) at b[at, at + 4) in network order. */
+export function writeIpv4Address(b: Uint8Array, at: number, addr: number): void {
+  b[at] = addr >>> 24;
+  b[at + 1] = (addr >>> 16) & 0xff;
+  b[at + 2] = (addr >>> 8) & 0xff;
+  b[at + 3] = addr & 0xff;
+}
+
 /** Writes struct sockaddr_in for `addr` (the four address bytes in order) and `port`. */
 export function writeSockaddrIn(b: Uint8Array, at: number, addr: number, port: number): void {
   b.fill(0, at, at + SOCKADDR_IN_SIZE);
   b[at] = AF_INET; // sa_family, little-endian u16
   b[at + SIN_PORT] = port >>> 8;
   b[at + SIN_PORT + 1] = port & 0xff;
-  b[at + SIN_ADDR] = addr >>> 24;
-  b[at + SIN_ADDR + 1] = (addr >>> 16) & 0xff;
-  b[at + SIN_ADDR + 2] = (addr >>> 8) & 0xff;
-  b[at + SIN_ADDR + 3] = addr & 0xff;
+  writeIpv4Address(b, at + SIN_ADDR, addr);
 }
 
 /**

@@ -13,7 +13,7 @@
 // partial by the sending kernel, which vouches for it). Its header is dropped and its payload
 // appended to the first one in place: a receive slot holds a whole super-frame.
 import { OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6 } from "../offload/virtio_net_hdr.ts";
-import { checksumOf, fold, onesSum, TCP_CHECK } from "../offload/checksum.ts";
+import { checksumOf, fold, onesSum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
 import { ETH_HLEN, ETH_P_8021Q, VLAN_HLEN } from "../ethernet.ts";
 import type { FrameBatch } from "../port.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
@@ -274,9 +274,4 @@ function same(a: DataView, af: number, b: DataView, bf: number, from: number, to
   for (; i + 4 <= to; i += 4) if (a.getUint32(af + i) !== b.getUint32(bf + i)) return false;
   for (; i < to; i++) if (a.getUint8(af + i) !== b.getUint8(bf + i)) return false;
   return true;
-}
-
-function writeU16(b: Uint8Array, at: number, v: number): void {
-  b[at] = v >>> 8;
-  b[at + 1] = v & 0xff;
 }

@@ -62,6 +62,7 @@ import {
   UDP_SEGMENT_CMSG_SIZE,
   UDP_SEGMENT_MAX,
   udpGroSize,
+  writeIpv4Address,
   writeSockaddrIn,
   writeUdpSegmentCmsg,
 } from "../../ffi/udp.ts";
@@ -72,7 +73,7 @@ import { completePartialChecksum } from "./inner_checksum.ts";
 import { TcpCoalescer } from "./coalesce.ts";
 import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
 import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
-import { checksumOf, onesSum, TCP_CHECK } from "../offload/checksum.ts";
+import { checksumOf, onesSum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
 import {
   HDR_GSO_TYPE,
   HDR_INNER_NH_OFFSET,
@@ -612,12 +613,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
 
   /** Writes the VTEP address `a` into message i's sockaddr_in. */
   #address(i: number, a: number): void {
-    const at = this.#tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR;
-    const b = this.#tx.bytes;
-    b[at] = a >>> 24;
-    b[at + 1] = (a >>> 16) & 0xff;
-    b[at + 2] = (a >>> 8) & 0xff;
-    b[at + 3] = a & 0xff;
+    writeIpv4Address(this.#tx.bytes, this.#tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR, a);
   }
 
   /** The remote list index of the VTEP the destination MAC at h[0] was learned on; -1: flood. */
@@ -673,10 +669,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     const w = this.#tx.words;
     const iov = this.#tx.slotIovs + s * SLOT_IOVS * IOVEC_SIZE;
     w[(iov + IOV_LEN) >> 2] = slotBytes;
-    const p = iov + IOVEC_SIZE;
-    w[(p + IOV_BASE) >> 2] = payload % TWO_32;
-    w[((p + IOV_BASE) >> 2) + 1] = Math.floor(payload / TWO_32);
-    w[(p + IOV_LEN) >> 2] = n;
+    setIovec(w, iov + IOVEC_SIZE, payload, n);
   }
 
   /**
@@ -791,8 +784,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     );
     b[HDR_GSO_TYPE] |= VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4;
     writeU16LE(b, HDR_INNER_NH_OFFSET, OUTER_LEN + l3);
-    writeU16BE(b, OUTER_IP + 2, len + OUTER_LEN - ETH_HLEN);
-    writeU16BE(b, OUTER_UDP + 4, len + 8 + VXLAN_HLEN);
+    writeU16(b, OUTER_IP + 2, len + OUTER_LEN - ETH_HLEN);
+    writeU16(b, OUTER_UDP + 4, len + 8 + VXLAN_HLEN);
     b.set(f.head.subarray(0, f.headLength), TUNNEL_INNER);
     if (src !== this.#payloadView) {
       this.#payloadView = src;
@@ -809,14 +802,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     const segments = Math.ceil((len - end) / mss);
     const r = this.#remotes;
     for (let x = first; x < first + count; x++) {
-      const d = r[REMOTES_BASE + x];
       const ip = OUTER_IP;
-      b[ip + 16] = d >>> 24;
-      b[ip + 17] = (d >>> 16) & 0xff;
-      b[ip + 18] = (d >>> 8) & 0xff;
-      b[ip + 19] = d & 0xff;
-      writeU16BE(b, ip + 10, 0);
-      writeU16BE(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
+      writeIpv4Address(b, ip + 16, r[REMOTES_BASE + x]);
+      writeU16(b, ip + 10, 0);
+      writeU16(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
       if (Number(libc.writev(this.#tapFd, this.#tunnelIovs, 2)) >= 0) {
         c[TX_PACKETS] += segments;
         c[TX_BYTES] += len + (segments - 1) * end;
@@ -930,19 +919,15 @@ function writeTunnelHeaders(b: Uint8Array, spec: VxlanSpec): void {
   for (let i = 0; i < 6; i++) b[e + 6 + i] = spec.tapMac[i];
   b[e + 6] |= 0x02;
   b[e + 11] ^= 0x01;
-  writeU16BE(b, e + 12, 0x0800);
+  writeU16(b, e + 12, 0x0800);
   const ip = OUTER_IP;
   b[ip] = 0x45;
-  writeU16BE(b, ip + 6, 0x4000); // DF: VTEPs must not fragment (RFC 7348 section 4.3)
+  writeU16(b, ip + 6, 0x4000); // DF: VTEPs must not fragment (RFC 7348 section 4.3)
   b[ip + 8] = 64;
   b[ip + 9] = 17;
-  const a = spec.local;
-  b[ip + 12] = a >>> 24;
-  b[ip + 13] = (a >>> 16) & 0xff;
-  b[ip + 14] = (a >>> 8) & 0xff;
-  b[ip + 15] = a & 0xff;
-  writeU16BE(b, OUTER_UDP, spec.udpPort);
-  writeU16BE(b, OUTER_UDP + 2, spec.udpPort);
+  writeIpv4Address(b, ip + 12, spec.local);
+  writeU16(b, OUTER_UDP, spec.udpPort);
+  writeU16(b, OUTER_UDP + 2, spec.udpPort);
   writeVxlanHeader(b, OUTER_UDP + 8, spec.vni);
 }
 
@@ -952,11 +937,6 @@ function setIovec(w: Uint32Array, at: number, address: number, n: number): void 
   w[((at + IOV_BASE) >> 2) + 1] = Math.floor(address / TWO_32);
   w[(at + IOV_LEN) >> 2] = n;
   w[((at + IOV_LEN) >> 2) + 1] = 0;
-}
-
-function writeU16BE(b: Uint8Array, at: number, v: number): void {
-  b[at] = v >>> 8;
-  b[at + 1] = v & 0xff;
 }
 
 function writeU16LE(b: Uint8Array, at: number, v: number): void {
