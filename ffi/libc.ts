@@ -56,6 +56,8 @@ const symbols = {
     nonblocking: true,
   },
   getpid: { parameters: [], result: "i32" },
+  // Tests: puts one fd in another's place (a device that refuses, then accepts, writes).
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
   // The address of a libc function (RTLD_DEFAULT = null), for ffi/native_copy.ts.
   dlsym: { parameters: ["pointer", "buffer"], result: "pointer" },
   sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },

@@ -20,7 +20,8 @@ import {
   TX_TUNNEL_GSO,
   TX_UDP_GSO,
 } from "../ports/counters.ts";
-import { closeFd, pipe } from "../ffi/fd.ts";
+import { closeFd, pipe, setNonblocking } from "../ffi/fd.ts";
+import { epollCreate } from "../ffi/epoll.ts";
 import { libc } from "../ffi/libc.ts";
 import { EgressFrame, FrameBatch } from "../ports/port.ts";
 import { OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_USO } from "../ports/offload/virtio_net_hdr.ts";
@@ -509,6 +510,45 @@ Deno.test("vxlan: tunnel GSO of an 802.1Q-tagged super-frame: offsets past the t
     assert.equal(firstDifference(w.subarray(24 + 50, w.length - 1), big), -1);
   } finally {
     dp.close();
+    closeFd(readFd);
+    closeFd(writeFd);
+  }
+});
+
+Deno.test("vxlan: a super-frame the tap's kernel refuses, or with a lying TCP header, is cut; the tap stays", async () => {
+  await using r = await rig({ mtu: 1450, remotes: ["127.0.0.2"] }, ["127.0.0.2"]);
+  // An epoll fd takes no writes (EINVAL), as a tap refuses a header it cannot parse; later the
+  // pipe takes its place under the same fd number, as a tap that accepts the next frame.
+  const fake = epollCreate();
+  const [readFd, writeFd] = pipe();
+  setNonblocking(readFd); // a frame that never came fails the test, not hangs it
+  const spec = { ...r.port.spec, tapFd: fake, tapMac: [2, 0, 0, 0, 0x7a, 1] };
+  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  try {
+    const payload = 14000;
+    const count = Math.ceil(payload / 1400);
+    const refused = tcpFrame(null, payload);
+    assert.ok(dp.transmit(refused, superFrame(refused, OFFLOAD_TSO4, 16)));
+    dp.flush();
+    await r.peers[0].waitFor(count);
+    assert.ok(r.peers[0].got.every((d) => tcpChecksumOk(d.data.subarray(8))));
+    assert.equal(libc.dup2(writeFd, fake), fake);
+    // TCP data offset 0: never handed to the tap (the software path drops it as bad).
+    const lying = tcpFrame(null, payload);
+    lying[34 + 12] = 0;
+    dp.transmit(lying, superFrame(lying, OFFLOAD_TSO4, 16));
+    dp.flush();
+    assert.equal(r.c[TX_TUNNEL_GSO], 0);
+    const good = tcpFrame(null, payload);
+    assert.ok(dp.transmit(good, superFrame(good, OFFLOAD_TSO4, 16)));
+    dp.flush();
+    const w = new Uint8Array(24 + 50 + good.length + 1);
+    assert.equal(Number(libc.read(readFd, w, BigInt(w.length))), w.length - 1, "through the tap");
+    assert.equal(r.c[TX_TUNNEL_GSO], 1);
+    assert.equal(r.peers[0].got.length, count, "nothing else reached the peer");
+  } finally {
+    dp.close();
+    closeFd(fake);
     closeFd(readFd);
     closeFd(writeFd);
   }

@@ -744,7 +744,9 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
    * forwards it to each VTEP and cuts it into datagrams only where a device needs it. Its head
    * is copied behind the outer headers, its tail written from where it lies. False when it
    * cannot go this way and is to be cut: not TCP with a partial checksum, longer than one outer
-   * IPv4 packet, or the tap refused it (then no later frame tries: the kernel cannot).
+   * IPv4 packet, a TCP header shorter than 20 bytes, or the kernel refused its header (EINVAL:
+   * this frame alone, whose bytes its sender controls); a tap that fails otherwise (gone) is
+   * not tried again.
    */
   #tunnelSend(src: Uint8Array, f: EgressFrame): boolean {
     const tso = f.offload & (OFFLOAD_TSO4 | OFFLOAD_TSO6);
@@ -761,7 +763,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     const end = l4 + ((f.byteAt(src, l4 + 12) >>> 4) << 2);
     // Segments the inner MTU carries (the kernel cuts at gso_size: it may be lowered).
     const mss = Math.min(f.gsoSize, this.#mtu + l3 - end);
-    if (l4 < l3 + 20 || end >= len || mss <= 0) return false;
+    if (l4 < l3 + 20 || end < l4 + 20 || end >= len || mss <= 0) return false;
     const k = this.#remoteFor(f.head);
     const first = k < 0 ? 0 : k;
     const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
@@ -816,8 +818,10 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
       if (e === EAGAIN || e === ENOBUFS) {
         c[DROP_NO_BUFFER] += segments;
       } else if (x === first) {
-        // The tap is gone or the kernel refuses the header: cut this frame and the rest.
-        this.#tapFd = -1;
+        // A header the kernel refuses is this frame's: cut it, and keep the tap for the next
+        // (one peer's odd frame must not take tunnel GSO from every flow). Anything else: the
+        // tap is gone; cut this frame and the rest.
+        if (e !== EINVAL) this.#tapFd = -1;
         return false;
       } else {
         c[DROP_LINK_DOWN] += segments;
