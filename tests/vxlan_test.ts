@@ -422,13 +422,19 @@ Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many d
   assert.equal(peer.got[count].port, r.udpPort);
 });
 
+const TAP_MAC = [0x02, 0, 0, 0, 0x7a, 0x01];
+
+/** A transmit-only datapath of the rig's port whose tunnel GSO tap is `fd` (a pipe, say). */
+function tunnelDatapath(r: Rig, fd: number): VxlanDatapath {
+  const spec = { ...r.port.spec, tapFd: fd, tapMac: TAP_MAC };
+  return new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+}
+
 Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind its outer headers", async () => {
   // A pipe stands in for the tap: what is written to it is what the kernel would parse.
   await using r = await rig({ mtu: 1450 });
   const [readFd, writeFd] = pipe();
-  const tapMac = [0x02, 0, 0, 0, 0x7a, 0x01];
-  const spec = { ...r.port.spec, tapFd: writeFd, tapMac };
-  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  const dp = tunnelDatapath(r, writeFd);
   try {
     const payload = 20000; // two writes fit the pipe's 64 KiB
     const big = tcpFrame(null, payload);
@@ -452,7 +458,7 @@ Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind i
         [1, 0x21, 50 + 54, 1400, 50 + 34, 16, 34, 50 + 14],
       );
       const e = 24;
-      assert.deepEqual([...w.subarray(e, e + 6)], tapMac, "to the tap");
+      assert.deepEqual([...w.subarray(e, e + 6)], TAP_MAC, "to the tap");
       assert.equal(be16(e + 12), 0x0800);
       const ip = e + 14;
       assert.deepEqual(
@@ -483,8 +489,7 @@ Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind i
 Deno.test("vxlan: tunnel GSO of an 802.1Q-tagged super-frame: offsets past the tag", async () => {
   await using r = await rig({ mtu: 1450, remotes: ["127.0.0.2"] }, ["127.0.0.2"]);
   const [readFd, writeFd] = pipe();
-  const spec = { ...r.port.spec, tapFd: writeFd, tapMac: [2, 0, 0, 0, 0x7a, 1] };
-  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  const dp = tunnelDatapath(r, writeFd);
   try {
     const plain = tcpFrame(null, 20000);
     const big = new Uint8Array(plain.length + 4);
@@ -522,8 +527,7 @@ Deno.test("vxlan: a super-frame the tap's kernel refuses, or with a lying TCP he
   const fake = epollCreate();
   const [readFd, writeFd] = pipe();
   setNonblocking(readFd); // a frame that never came fails the test, not hangs it
-  const spec = { ...r.port.spec, tapFd: fake, tapMac: [2, 0, 0, 0, 0x7a, 1] };
-  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  const dp = tunnelDatapath(r, fake);
   try {
     const payload = 14000;
     const count = Math.ceil(payload / 1400);
@@ -557,8 +561,7 @@ Deno.test("vxlan: a super-frame the tap's kernel refuses, or with a lying TCP he
 Deno.test("vxlan: a tap that refuses a write cuts that super-frame and every later one", async () => {
   await using r = await rig({ mtu: 1450 }, ["127.0.0.2"]);
   // No such fd: writes fail (EBADF), as they do once a tap is gone (EBADFD).
-  const spec = { ...r.port.spec, tapFd: 0x7fffffff };
-  const dp = new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
+  const dp = tunnelDatapath(r, 0x7fffffff);
   try {
     const payload = 14000;
     const count = Math.ceil(payload / 1400);
