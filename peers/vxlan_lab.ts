@@ -3,7 +3,7 @@
 // (a vxlan port and an af-packet port), the kernel's own (`type vxlan` + a Linux bridge) or
 // Open vSwitch's userspace datapath (a netdev bridge with `type=vxlan` ports) —
 // with one station namespace behind it (192.168.42.N/24, MTU 1450: the underlay's 1500 less
-// VXLAN's 50). Names carry a per-lab id; close() deletes every namespace (and with them the
+// VXLAN's 50; with the `ipv6` option also fd42::N/64). Names carry a per-lab id; close() deletes every namespace (and with them the
 // veths) and stops the switches.
 import { run } from "./netns.ts";
 import { SwitchProcess } from "./switch_process.ts";
@@ -34,6 +34,8 @@ export interface Vtep {
   station: string;
   address: string;
   stationIp: string;
+  /** The station's IPv6 address (the lab's `ipv6` option; its stations have none otherwise). */
+  stationIp6: string;
   process?: SwitchProcess;
 }
 
@@ -54,14 +56,17 @@ export class VxlanLab {
   }
 
   /** Builds the underlay and one host per plan (host n gets 10.20.0.n and 192.168.42.n). */
-  static async up(plans: VtepPlan[], opts: { offloads?: boolean } = {}): Promise<VxlanLab> {
+  static async up(
+    plans: VtepPlan[],
+    opts: { offloads?: boolean; ipv6?: boolean } = {},
+  ): Promise<VxlanLab> {
     const lab = new VxlanLab(await Deno.makeTempDir({ prefix: "vswitch-vxlan-" }));
     try {
       const ul = await lab.#netns("ul");
       await run("ip", ["-n", ul, "link", "add", "br0", "type", "bridge"]);
       await run("ip", ["-n", ul, "link", "set", "br0", "up"]);
       for (const [i, plan] of plans.entries()) {
-        await lab.#host(i + 1, plan, ul, opts.offloads ?? true);
+        await lab.#host(i + 1, plan, ul, opts.offloads ?? true, opts.ipv6 ?? false);
       }
       return lab;
     } catch (err) {
@@ -70,12 +75,14 @@ export class VxlanLab {
     }
   }
 
-  async #netns(tag: string): Promise<string> {
+  async #netns(tag: string, ipv6 = false): Promise<string> {
     const name = `vsvx${this.id}${tag}`;
     await run("ip", ["netns", "add", name]);
     this.#namespaces.push(name);
-    // IPv4 only: no router solicitations or MLD reports crossing the tunnels every second or
-    // two, which would keep a switch's worker from ever being idle (and add noise to figures).
+    // IPv4 only unless asked: no router solicitations or MLD reports crossing the tunnels every
+    // second or two, which would keep a switch's worker from ever being idle (and add noise to
+    // figures). The underlay and the VTEPs' hosts are IPv4 only in any case.
+    const disable = ipv6 ? "0" : "1";
     await run("ip", [
       "netns",
       "exec",
@@ -83,18 +90,25 @@ export class VxlanLab {
       "sysctl",
       "-q",
       "-w",
-      "net.ipv6.conf.all.disable_ipv6=1",
-      "net.ipv6.conf.default.disable_ipv6=1",
+      `net.ipv6.conf.all.disable_ipv6=${disable}`,
+      `net.ipv6.conf.default.disable_ipv6=${disable}`,
     ]);
     await run("ip", ["-n", name, "link", "set", "lo", "up"]);
     return name;
   }
 
-  async #host(n: number, plan: VtepPlan, ul: string, offloads: boolean): Promise<void> {
+  async #host(
+    n: number,
+    plan: VtepPlan,
+    ul: string,
+    offloads: boolean,
+    ipv6: boolean,
+  ): Promise<void> {
     const ns = await this.#netns(`h${n}`);
-    const station = await this.#netns(`s${n}`);
+    const station = await this.#netns(`s${n}`, ipv6);
     const address = `10.20.0.${n}`;
     const stationIp = `192.168.42.${n}`;
+    const stationIp6 = `fd42::${n}`;
     // Underlay: eth9 in the host, u<n> on the underlay bridge.
     await run("ip", [
       "link",
@@ -130,6 +144,10 @@ export class VxlanLab {
     ]);
     await run("ip", ["-n", station, "link", "set", "eth0", "mtu", String(INNER_MTU)]);
     await run("ip", ["-n", station, "addr", "add", `${stationIp}/24`, "dev", "eth0"]);
+    if (ipv6) {
+      // nodad: usable at once, not after duplicate address detection's second.
+      await run("ip", ["-n", station, "addr", "add", `${stationIp6}/64`, "dev", "eth0", "nodad"]);
+    }
     await run("ip", ["-n", station, "link", "set", "eth0", "up"]);
     if (!offloads) {
       await run("ip", [
@@ -147,7 +165,7 @@ export class VxlanLab {
         "off",
       ]);
     }
-    const vtep: Vtep = { n, kind: plan.kind, ns, station, address, stationIp };
+    const vtep: Vtep = { n, kind: plan.kind, ns, station, address, stationIp, stationIp6 };
     const remotes = plan.flood.map((r) => `10.20.0.${r}`);
     if (plan.kind === "kernel") {
       // The kernel's VTEP as the issue names it (`remote` is the first flood entry), plus
@@ -312,13 +330,15 @@ export class VxlanLab {
   }
 
   /**
-   * Sends `bytes` random bytes from station a to station b over TCP (busybox nc) and returns
-   * the sha256 of what was sent and of what arrived.
+   * Sends `bytes` random bytes from station a to station b over TCP (busybox nc; over IPv6 with
+   * `ipv6`, which the lab must have been built with) and returns the sha256 of what was sent and
+   * of what arrived.
    */
   async transfer(
     a: number,
     b: number,
     bytes: number,
+    opts: { ipv6?: boolean } = {},
   ): Promise<{ sent: string; received: string; seconds: number }> {
     const file = `${this.#dir}/payload-${a}-${b}`;
     const out = `${file}.received`;
@@ -352,7 +372,9 @@ export class VxlanLab {
       "sh",
       "-c",
       // A tunnel that stalls fails the transfer in a minute rather than TCP's quarter hour.
-      `busybox timeout 60 busybox nc ${this.vtep(b).stationIp} ${port} < ${file}`,
+      `busybox timeout 60 busybox nc ${
+        opts.ipv6 ? this.vtep(b).stationIp6 : this.vtep(b).stationIp
+      } ${port} < ${file}`,
     ]);
     const timer = setTimeout(() => server.kill("SIGKILL"), 20_000);
     await server.status;

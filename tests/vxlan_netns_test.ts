@@ -104,16 +104,18 @@ Deno.test({
 });
 
 Deno.test({
-  name: "vxlan: tunnel GSO: super-frames leave whole through the tap, to a switch and the kernel",
+  name:
+    "vxlan: tunnel GSO: IPv4 and IPv6 super-frames leave whole through the tap, to a switch and the kernel",
   ignore: skip !== null,
   async fn() {
-    // Hosts 1 and 2 run this switch with tunnelGso, host 3 the kernel's VXLAN.
+    // Hosts 1 and 2 run this switch with tunnelGso, host 3 the kernel's VXLAN; the stations
+    // have IPv6 too (the inner header the tap's virtio-net header then names is IPv6).
     const vxlan = { tunnelGso: true };
     await using lab = await VxlanLab.up([
       { kind: "switch", flood: [2, 3], vxlan },
       { kind: "switch", flood: [1, 3], vxlan },
       { kind: "kernel", flood: [1, 2] },
-    ]);
+    ], { ipv6: true });
     const fail = (what: string) => `${what}\n${lab.logs()}`;
     for (const [a, b] of [[1, 2], [1, 3]]) {
       assert.equal(await lab.ping(a, b), 3, fail(`ping ${a} -> ${b}`));
@@ -122,23 +124,31 @@ Deno.test({
     // tap's frames, from the VTEP's own address, still pass (the tap holds that address).
     await lab.exec(lab.vtep(1).ns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=2"]);
     const counters = async (n: number) => (await lab.get<PortStatus>(n, "/ports/vx42")).counters;
-    for (const [a, b] of [[1, 2], [2, 1], [1, 3], [3, 1]]) {
+    const runs = [[1, 2], [2, 1], [1, 3], [3, 1]].flatMap(([a, b]) =>
+      [false, true].map((ipv6) => ({ a, b, ipv6 }))
+    );
+    for (const { a, b, ipv6 } of runs) {
       const before = await counters(a === 3 ? b : a);
       const farBefore = b === 3 ? null : await counters(b);
-      const r = await lab.transfer(a, b, 4 * MIB);
-      assert.equal(r.received, r.sent, fail(`TCP ${a} -> ${b}: sha256 differs`));
+      const r = await lab.transfer(a, b, 4 * MIB, { ipv6 });
+      const what = `TCP ${a} -> ${b} over IPv${ipv6 ? 6 : 4}`;
+      assert.equal(r.received, r.sent, fail(`${what}: sha256 differs`));
       const after = await counters(a === 3 ? b : a);
       if (a !== 3) {
         // The station's TSO super-frames left whole (the kernel cut none of them for a veth),
         // none cut here.
-        assert.ok(after.tx_tunnel_gso - before.tx_tunnel_gso > 10, fail(JSON.stringify(after)));
-        assert.equal(after.gso_segmented, before.gso_segmented, fail(JSON.stringify(after)));
+        const sent = JSON.stringify(after);
+        assert.ok(after.tx_tunnel_gso - before.tx_tunnel_gso > 10, fail(`${what}: ${sent}`));
+        assert.equal(after.gso_segmented, before.gso_segmented, fail(`${what}: ${sent}`));
       }
       if (farBefore !== null) {
         // ... and arrived whole at the far switch, one datagram each (what the kernel's own
         // VTEP sends too), during this transfer.
         const far = await counters(b);
-        assert.ok(far.rx_gso - farBefore.rx_gso > 10, fail(`switch ${b}: ${JSON.stringify(far)}`));
+        assert.ok(
+          far.rx_gso - farBefore.rx_gso > 10,
+          fail(`${what}: switch ${b}: ${JSON.stringify(far)}`),
+        );
       }
     }
     // The tap is the port's own: up, forwarding what it is given, nothing else changed.
