@@ -121,7 +121,7 @@ export async function reportRtts(
   const json = JSON.stringify(
     { date: new Date().toISOString(), options: { ...o, out: undefined }, loadavg, rows },
     null,
-    1,
+    2, // as deno fmt keeps JSON: a committed result stays clean for `deno task check`
   );
   await Deno.writeTextFile(`${o.out}/${file}`, json + "\n");
 }
