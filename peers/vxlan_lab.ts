@@ -3,8 +3,8 @@
 // (a vxlan port and an af-packet port), the kernel's own (`type vxlan` + a Linux bridge) or
 // Open vSwitch's userspace datapath (a netdev bridge with `type=vxlan` ports) —
 // with one station namespace behind it (192.168.42.N/24, MTU 1450: the underlay's 1500 less
-// VXLAN's 50; with the `ipv6` option also fd42::N/64). Names carry a per-lab id; close() deletes every namespace (and with them the
-// veths) and stops the switches.
+// VXLAN's 50; with the `ipv6` option also fd42::N/64). Names carry a per-lab id; close() deletes
+// every namespace (and with them the veths) and stops the switches.
 import { run } from "./netns.ts";
 import { SwitchProcess } from "./switch_process.ts";
 

@@ -104,8 +104,7 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    "vxlan: tunnel GSO: IPv4 and IPv6 super-frames leave whole through the tap, to a switch and the kernel",
+  name: "vxlan: tunnel GSO: IPv4 and IPv6 super-frames leave whole, to a switch and the kernel",
   ignore: skip !== null,
   async fn() {
     // Hosts 1 and 2 run this switch with tunnelGso, host 3 the kernel's VXLAN; the stations
