@@ -4,8 +4,8 @@
 // 64 B frames to guest B, whose RX ring is full of empty buffers; split rings, one flow, flow
 // counting on and room for MAX_PORTS ports as the switch runs it). The script starts itself
 // under callgrind, lets V8 optimise the loop, zeroes the counts, runs `--bursts` bursts of 32
-// frames, dumps the counts and divides (other threads, e.g. V8's compiler, count too: expect a
-// few percent of noise between runs).
+// frames, dumps the counts and divides (other threads count too: expect a few percent of noise
+// between runs).
 //   deno run --allow-all bench/datapath_icount.ts [--in-order] [--packed] [--size 64] [--bursts 2000]
 // Needs valgrind (Debian package `valgrind`); takes a few minutes.
 import { parseArgs } from "node:util";
@@ -87,6 +87,10 @@ async function parent(): Promise<void> {
       Deno.execPath(),
       "run",
       "--allow-all",
+      // Optimised code compiled on the running thread, at the same point of every run: compiled
+      // concurrently, under valgrind (which runs one thread at a time) it landed at a different
+      // point each run and the count of one commit moved between 2100 and 4600.
+      "--v8-flags=--no-concurrent-recompilation",
       new URL(import.meta.url).pathname,
       "--child",
       ...args,
