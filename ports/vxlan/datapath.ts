@@ -276,7 +276,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
   #cutRemote = -1;
   /** Each transmit slot's frame area (behind its VXLAN header), where segments are cut into. */
   readonly #slotFrames: Uint8Array[] = [];
-  /** The buffer segments' payloads were last sent from in place, and its address. */
+  /** The buffer payloads were last sent from in place, and its address (see #addressOf). */
   #payloadView: Uint8Array | null = null;
   #payloadAddress = 0;
   #runFirst = -1;
@@ -656,12 +656,17 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     if (seg !== this.#slotFrames[s]) {
       copyMemory(tx.bytes, tx.slots + s * SLOT + VXLAN_HLEN, seg, 0, headerLen);
     }
+    this.#setSlotIovs(s, VXLAN_HLEN + headerLen, this.#addressOf(src) + at, n);
+    return true;
+  }
+
+  /** The address of `src`'s first byte, for an iovec that sends from where the bytes lie. */
+  #addressOf(src: Uint8Array): number {
     if (src !== this.#payloadView) {
       this.#payloadView = src;
       this.#payloadAddress = Number(Deno.UnsafePointer.value(pointerOf(src)));
     }
-    this.#setSlotIovs(s, VXLAN_HLEN + headerLen, this.#payloadAddress + at, n);
-    return true;
+    return this.#payloadAddress;
   }
 
   /** Slot s's iovecs: `slotBytes` of its own, then `n` payload bytes at address `payload`. */
@@ -789,16 +794,12 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     writeU16(b, OUTER_IP + 2, len + OUTER_LEN - ETH_HLEN);
     writeU16(b, OUTER_UDP + 4, len + 8 + VXLAN_HLEN);
     b.set(f.head.subarray(0, f.headLength), TUNNEL_INNER);
-    if (src !== this.#payloadView) {
-      this.#payloadView = src;
-      this.#payloadAddress = Number(Deno.UnsafePointer.value(pointerOf(src)));
-    }
     const w = this.#tunnelWords;
     w[(TUNNEL_IOVS + IOV_LEN) >> 2] = TUNNEL_INNER + f.headLength;
     setIovec(
       w,
       TUNNEL_IOVS + IOVEC_SIZE,
-      this.#payloadAddress + f.tailStart,
+      this.#addressOf(src) + f.tailStart,
       f.tailEnd - f.tailStart,
     );
     const segments = Math.ceil((len - end) / mss);
