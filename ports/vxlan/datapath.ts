@@ -577,11 +577,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     // The destination as decided on, not guest memory read again.
     const k = this.#cutting ? this.#cutRemote : this.#remoteFor(f.head);
     const first = k < 0 ? 0 : k;
-    const count = k < 0 ? r[REMOTES_FLOOD] : 1;
-    if (count === 0) {
-      c[DROP_VTEP_UNREACHABLE]++;
-      return false;
-    }
+    const count = this.#vtepCount(k);
+    if (count === 0) return false;
     if (this.#cutting) {
       const s = this.#runSlot(VXLAN_HLEN + len, first, count);
       // A segment cut into the slot segmentBuffer() handed out is already in place, unless a
@@ -616,6 +613,16 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     writeIpv4Address(this.#tx.bytes, this.#tx.names + i * SOCKADDR_IN_SIZE + SIN_ADDR, a);
   }
 
+  /**
+   * How many VTEPs a frame for remote `k` (-1: flood, from the first) goes to; 0, counted as
+   * unreachable, when it floods to an empty list.
+   */
+  #vtepCount(k: number): number {
+    const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
+    if (count === 0) this.counters[DROP_VTEP_UNREACHABLE]++;
+    return count;
+  }
+
   /** The remote list index of the VTEP the destination MAC at h[0] was learned on; -1: flood. */
   #remoteFor(h: Uint8Array): number {
     if ((h[0] & 1) !== 0) return -1;
@@ -646,11 +653,8 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     }
     const k = this.#cutRemote;
     const first = k < 0 ? 0 : k;
-    const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
-    if (count === 0) {
-      c[DROP_VTEP_UNREACHABLE]++;
-      return false;
-    }
+    const count = this.#vtepCount(k);
+    if (count === 0) return false;
     const s = this.#runSlot(VXLAN_HLEN + len, first, count);
     const tx = this.#tx;
     if (seg !== this.#slotFrames[s]) {
@@ -771,12 +775,9 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     if (l4 < l3 + 20 || end < l4 + 20 || end >= len || mss <= 0) return false;
     const k = this.#remoteFor(f.head);
     const first = k < 0 ? 0 : k;
-    const count = k < 0 ? this.#remotes[REMOTES_FLOOD] : 1;
+    const count = this.#vtepCount(k);
+    if (count === 0) return true; // dropped, counted
     const c = this.counters;
-    if (count === 0) {
-      c[DROP_VTEP_UNREACHABLE]++;
-      return true;
-    }
     // Frames queued for sendmmsg before this one leave first: a flow's order is kept.
     if (this.#txMsgs > 0) this.#send();
     const b = this.#tunnelBytes;
