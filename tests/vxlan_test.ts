@@ -369,12 +369,7 @@ Deno.test("vxlan: checksum-partial and GSO frames are finished before encapsulat
 
   const payload = 4000; // a TSO super-frame: 3 segments of at most 1450 - 40 payload bytes
   const big = tcpFrame(null, payload);
-  const g = new EgressFrame().setWhole(big, 0, big.length);
-  g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
-  g.csumStart = 34;
-  g.csumOffset = 16;
-  g.gsoSize = 1400;
-  assert.ok(r.dp.transmit(big, g));
+  assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
   r.dp.flush();
   await peer.waitFor(4);
   const segments = peer.got.slice(1).map((d) => d.data.subarray(8));
@@ -393,12 +388,7 @@ Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many d
   // UDP payload at most), so two sends.
   const payload = 64000;
   const big = tcpFrame(null, payload);
-  const g = new EgressFrame().setWhole(big, 0, big.length);
-  g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
-  g.csumStart = 34;
-  g.csumOffset = 16;
-  g.gsoSize = 1400;
-  assert.ok(r.dp.transmit(big, g));
+  assert.ok(r.dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
   r.dp.flush();
   const count = Math.ceil(payload / 1400);
   await peer.waitFor(count);
@@ -425,6 +415,20 @@ Deno.test("vxlan: a super-frame's segments leave as UDP_SEGMENT sends, as many d
 const TAP_MAC = [0x02, 0, 0, 0, 0x7a, 0x01];
 
 /** A transmit-only datapath of the rig's port whose tunnel GSO tap is `fd` (a pipe, say). */
+/** What precedes each frame the tap gets: its virtio-net header (24) and the outer headers (50). */
+const TAP_PREFIX = 24 + 50;
+
+/**
+ * Reads what `count` tap writes of a `frameLen`-byte frame put in the pipe standing in for the
+ * tap: exactly those bytes must be there, nothing more.
+ */
+function readTapWrites(fd: number, frameLen: number, count = 1): Uint8Array {
+  const want = count * (TAP_PREFIX + frameLen);
+  const got = new Uint8Array(want + 1);
+  assert.equal(Number(libc.read(fd, got, BigInt(got.length))), want, "the tap's writes");
+  return got.subarray(0, want);
+}
+
 function tunnelDatapath(r: Rig, fd: number): VxlanDatapath {
   const spec = { ...r.port.spec, tapFd: fd, tapMac: TAP_MAC };
   return new VxlanDatapath(spec, r.c, Fdb.attach(r.table.buffer), false);
@@ -440,9 +444,8 @@ Deno.test("vxlan: tunnel GSO writes a super-frame whole, once per VTEP, behind i
     const big = tcpFrame(null, payload);
     assert.ok(dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16)));
     dp.flush();
-    const wrote = 24 + 50 + big.length;
-    const got = new Uint8Array(2 * wrote + 1);
-    assert.equal(Number(libc.read(readFd, got, BigInt(got.length))), 2 * wrote);
+    const wrote = TAP_PREFIX + big.length;
+    const got = readTapWrites(readFd, big.length, 2);
     const segments = Math.ceil(payload / 1400);
     assert.equal(r.c[TX_TUNNEL_GSO], 2); // flooded: one per VTEP
     assert.equal(r.c[TX_PACKETS], 2 * segments);
@@ -496,15 +499,9 @@ Deno.test("vxlan: tunnel GSO of an 802.1Q-tagged super-frame: offsets past the t
     big.set(plain.subarray(0, 12));
     big.set([0x81, 0x00, 0x00, 0x0a], 12); // VLAN 10
     big.set(plain.subarray(12), 16);
-    const g = new EgressFrame().setWhole(big, 0, big.length);
-    g.offload = OFFLOAD_TSO4 | OFFLOAD_CSUM;
-    g.csumStart = 38;
-    g.csumOffset = 16;
-    g.gsoSize = 1400;
-    assert.ok(dp.transmit(big, g));
+    assert.ok(dp.transmit(big, superFrame(big, OFFLOAD_TSO4, 16, 38)));
     dp.flush();
-    const w = new Uint8Array(24 + 50 + big.length + 1);
-    assert.equal(Number(libc.read(readFd, w, BigInt(w.length))), w.length - 1);
+    const w = readTapWrites(readFd, big.length);
     const le16 = (at: number) => w[at] | (w[at + 1] << 8);
     // Headers end after TCP (58 bytes in), the checksum and inner IP header sit 4 bytes later,
     // and a segment may carry 1400 bytes: 1450 + 14 + 4 - 58 = 1410 would fit.
@@ -512,7 +509,7 @@ Deno.test("vxlan: tunnel GSO of an 802.1Q-tagged super-frame: offsets past the t
       [le16(2), le16(4), le16(6), le16(22)],
       [50 + 58, 1400, 50 + 38, 50 + 18],
     );
-    assert.equal(firstDifference(w.subarray(24 + 50, w.length - 1), big), -1);
+    assert.equal(firstDifference(w.subarray(TAP_PREFIX), big), -1);
   } finally {
     dp.close();
     closeFd(readFd);
@@ -546,8 +543,7 @@ Deno.test("vxlan: a super-frame the tap's kernel refuses, or with a lying TCP he
     const good = tcpFrame(null, payload);
     assert.ok(dp.transmit(good, superFrame(good, OFFLOAD_TSO4, 16)));
     dp.flush();
-    const w = new Uint8Array(24 + 50 + good.length + 1);
-    assert.equal(Number(libc.read(readFd, w, BigInt(w.length))), w.length - 1, "through the tap");
+    readTapWrites(readFd, good.length); // through the tap
     assert.equal(r.c[TX_TUNNEL_GSO], 1);
     assert.equal(r.peers[0].got.length, count, "nothing else reached the peer");
   } finally {
@@ -796,11 +792,19 @@ function sendSuperFrame(r: Rig, big: Uint8Array, offload: number, csumOffset: nu
   r.dp.flush();
 }
 
-/** `big` (IPv4 at 14) as a GSO super-frame with segments of 1400 payload bytes. */
-function superFrame(big: Uint8Array, offload: number, csumOffset: number): EgressFrame {
+/**
+ * `big` as a GSO super-frame with segments of 1400 payload bytes, its checksum partial at
+ * `csumStart` (34: after Ethernet and IPv4 at 14; 38 behind an 802.1Q tag).
+ */
+function superFrame(
+  big: Uint8Array,
+  offload: number,
+  csumOffset: number,
+  csumStart = 34,
+): EgressFrame {
   const g = new EgressFrame().setWhole(big, 0, big.length);
   g.offload = offload | OFFLOAD_CSUM;
-  g.csumStart = 34;
+  g.csumStart = csumStart;
   g.csumOffset = csumOffset;
   g.gsoSize = 1400;
   return g;
