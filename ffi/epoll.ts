@@ -55,16 +55,19 @@ export function epollWait(epfd: number, events: Uint8Array, timeoutMs: number): 
   return n < 0 ? 0 : n; // EINTR: treat as a timeout, callers loop anyway
 }
 
-/** The events (EPOLLIN, EPOLLERR, ...) that fired for event `i`. */
-export function eventMask(events: Uint8Array, i: number): number {
-  return (events[i * 12] | (events[i * 12 + 1] << 8) | (events[i * 12 + 2] << 16) |
-    (events[i * 12 + 3] << 24)) >>> 0;
+/** The little-endian 32-bit word at b[at, at + 4), as a signed integer. */
+function i32At(b: Uint8Array, at: number): number {
+  return b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24);
 }
 
-/** The fd stored in the data field of event `i`. */
+/** The events (EPOLLIN, EPOLLERR, ...) that fired for event `i` (struct epoll_event.events). */
+export function eventMask(events: Uint8Array, i: number): number {
+  return i32At(events, i * EPOLL_EVENT_SIZE) >>> 0;
+}
+
+/** The fd stored in the data field of event `i` (packed struct: data at byte 4). */
 export function eventFd(events: Uint8Array, i: number): number {
-  return events[i * 12 + 4] | (events[i * 12 + 5] << 8) | (events[i * 12 + 6] << 16) |
-    (events[i * 12 + 7] << 24);
+  return i32At(events, i * EPOLL_EVENT_SIZE + 4);
 }
 
 type Handler = (events: number) => void;
@@ -113,7 +116,7 @@ export class Reactor {
       if (this.#closed) break;
       for (let i = 0; i < n; i++) {
         const fd = eventFd(ev, i);
-        const events = ev[i * 12] | (ev[i * 12 + 1] << 8);
+        const events = eventMask(ev, i);
         if (fd === this.#wakeFd) {
           eventfdRead(fd);
           continue;
