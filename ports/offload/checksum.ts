@@ -97,6 +97,12 @@ export function writeU16(b: Uint8Array, at: number, v: number): void {
   b[at + 1] = v & 0xff;
 }
 
+/** Fills in the header checksum of the option-less IPv4 header at b[ip, ip + 20). */
+export function setIpv4HeaderChecksum(b: Uint8Array, ip: number): void {
+  writeU16(b, ip + 10, 0);
+  writeU16(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
+}
+
 /**
  * Completes a checksum left to offload (virtio NEEDS_CSUM, the kernel's CHECKSUM_PARTIAL) in
  * b[0, len): the field at csumStart + csumOffset holds the pseudo-header sum, and the checksum

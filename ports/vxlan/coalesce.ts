@@ -13,7 +13,7 @@
 // partial by the sending kernel, which vouches for it). Its header is dropped and its payload
 // appended to the first one in place: a receive slot holds a whole super-frame.
 import { OFFLOAD_CSUM, OFFLOAD_TSO4, OFFLOAD_TSO6 } from "../offload/virtio_net_hdr.ts";
-import { checksumOf, fold, onesSum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
+import { fold, onesSum, setIpv4HeaderChecksum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
 import { ETH_HLEN, ETH_P_8021Q, VLAN_HLEN } from "../ethernet.ts";
 import type { FrameBatch } from "../port.ts";
 import { copyMemory } from "../../ffi/native_copy.ts";
@@ -196,8 +196,7 @@ export class TcpCoalescer {
       pseudo = onesSum(b, ip + 8, ip + IPV6_HLEN, IPPROTO_TCP + len - h.l4);
     } else {
       writeU16(b, ip + 2, len - h.l3);
-      writeU16(b, ip + 10, 0);
-      writeU16(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
+      setIpv4HeaderChecksum(b, ip);
       pseudo = onesSum(b, ip + 12, ip + 20, IPPROTO_TCP + len - h.l4);
     }
     writeU16(b, f + h.l4 + TCP_CHECK, fold(pseudo));

@@ -73,7 +73,7 @@ import { completePartialChecksum } from "./inner_checksum.ts";
 import { TcpCoalescer } from "./coalesce.ts";
 import { OffloadFallback, type PlainTransmit } from "../offload/fallback.ts";
 import { FrameHeaders, parseHeaders } from "../offload/gso.ts";
-import { checksumOf, onesSum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
+import { setIpv4HeaderChecksum, TCP_CHECK, writeU16 } from "../offload/checksum.ts";
 import {
   HDR_GSO_TYPE,
   HDR_INNER_NH_OFFSET,
@@ -808,8 +808,7 @@ export class VxlanDatapath implements DatapathPort, PlainTransmit {
     for (let x = first; x < first + count; x++) {
       const ip = OUTER_IP;
       writeIpv4Address(b, ip + 16, r[REMOTES_BASE + x]);
-      writeU16(b, ip + 10, 0);
-      writeU16(b, ip + 10, checksumOf(onesSum(b, ip, ip + 20, 0)));
+      setIpv4HeaderChecksum(b, ip);
       if (Number(libc.writev(this.#tapFd, this.#tunnelIovs, 2)) >= 0) {
         c[TX_PACKETS] += segments;
         c[TX_BYTES] += len + (segments - 1) * end;
