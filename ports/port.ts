@@ -104,4 +104,10 @@ export interface DatapathPort {
   transmit(src: Uint8Array, frame: EgressFrame): boolean;
   /** Makes what was transmitted visible to the peer and notifies it, once per burst. */
   flush(): void;
+  /**
+   * Sends frames [from, to) of `batch`, each as f.head ++ its bytes after the first `skip`
+   * (the header the bridge decided on, the same for the whole run); returns the frames sent.
+   * Optional: the forwarder sends frame by frame through transmit() to a port without it.
+   */
+  transmitRun?(batch: FrameBatch, from: number, to: number, f: EgressFrame, skip: number): number;
 }

@@ -170,6 +170,8 @@ export class Decision {
   now = -1;
   version = -1;
   epoch = -1;
+  /** Where a repeat counts: the index of the ingress port's unicast counter in this writer's row. */
+  unicastCounter = 0;
 
   constructor(portCount: number) {
     this.ports = new Int32Array(portCount);
@@ -417,7 +419,7 @@ export class Bridge {
     d.offset = offset;
     d.length = length;
     d.repeated = true;
-    this.counters[this.counterBase + ingressPort * PORT_COUNTERS + CNT_UNICAST]++;
+    this.counters[d.unicastCounter]++;
     return true;
   }
 
@@ -536,6 +538,7 @@ export class Bridge {
         d.now = now;
         d.version = version;
         d.epoch = this.#epoch;
+        d.unicastCounter = cb + CNT_UNICAST;
         return 1;
       }
     }

@@ -95,6 +95,15 @@ export class FlowCounter {
     this.#bytes += length;
   }
 
+  /**
+   * One more frame of the flow counted last (the caller knows: the same decision, repeated in
+   * the same burst): extends the run without comparing.
+   */
+  again(length: number): void {
+    this.#packets++;
+    this.#bytes += length;
+  }
+
   #start(d: Decision): void {
     if (this.#packets > 0) this.#flush();
     const h = d.headerWords;

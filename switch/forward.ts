@@ -116,6 +116,12 @@ export class Forwarder {
     }
   }
 
+  #sendRun(batch: FrameBatch, dst: number, from: number, to: number, skip: number): void {
+    this.sending = dst;
+    this.targets[dst]!.transmitRun!(batch, from, to, this.#egress, skip);
+    this.sending = -1;
+  }
+
   /** One pass over every polled port; returns the frames moved. */
   poll(now: number): number {
     let moved = 0;
@@ -146,6 +152,11 @@ export class Forwarder {
       // The port whose frame `egress` holds for the current decision (-1: none): a frame that
       // repeats the decision goes there with only its tail moved.
       let built = -1;
+      // The run of frames [runFrom, runTo) waiting to go to runDst as `egress` (-1: none).
+      let runDst = -1;
+      let runFrom = 0;
+      let runTo = 0;
+      let runSkip = 0;
       if (flows !== null) flows.begin(index, now);
       for (let i = 0; i < n; i++) {
         let bytes = batch.bytes[i];
@@ -158,13 +169,42 @@ export class Forwarder {
           // here on the frame is a private copy, or a guest could rewrite it after the check.
           off = this.#copyPrivate(i, bytes, off, len);
           bytes = this.#privateCopies!;
+          // A run sends from the batch: it holds the copy too.
+          batch.bytes[i] = bytes;
+          batch.offset[i] = off;
         }
         // The guard runs before the bridge learns: a spoofed source never reaches the FDB.
         if (guard !== null && !guard.admit(bytes, off, len)) continue;
         const k = bridge.decide(index, bytes, off, len, now, decision);
         if (!decision.repeated) built = -1;
         if (guard !== null && k > 0 && decision.flooded && !guard.admitFlood(bytes, off)) continue;
-        if (flows !== null) flows.count(decision, len);
+        // The decision of the frame before, again, to the same port (in this burst).
+        const again = k === 1 && out[0] === built;
+        if (flows !== null) {
+          if (again) flows.again(len);
+          else flows.count(decision, len);
+        }
+        if (again && offload === 0) {
+          // The frame joins the run going there, or starts one if that port sends runs and no
+          // capture watches it.
+          if (runDst !== -1 && runTo === i) {
+            runTo = i + 1;
+            continue;
+          }
+          if (runDst !== -1) this.#sendRun(batch, runDst, runFrom, runTo, runSkip);
+          const target = targets[built];
+          runDst = -1;
+          if (target !== null && target.transmitRun !== undefined && taps[built].length === 0) {
+            runDst = built;
+            runFrom = i;
+            runTo = i + 1;
+            runSkip = decision.headerLength;
+            continue;
+          }
+        } else if (runDst !== -1) {
+          this.#sendRun(batch, runDst, runFrom, runTo, runSkip);
+          runDst = -1;
+        }
         for (let j = 0; j < k; j++) {
           const dst = out[j];
           const target = targets[dst];
@@ -195,6 +235,10 @@ export class Forwarder {
           const txTaps = taps[dst];
           for (let t = 0; t < txTaps.length; t++) txTaps[t].writeEgress(bytes, frame);
         }
+      }
+      if (runDst !== -1) {
+        this.#sendRun(batch, runDst, runFrom, runTo, runSkip);
+        runDst = -1;
       }
       moved += n;
       if (flows !== null) flows.end();

@@ -239,3 +239,40 @@ Deno.test("guest RX: no buffer, or buffers too small, drop the frame and keep th
   r.dp.flush();
   assert.equal(g.usedIdx, 1);
 });
+
+for (const mergeable of [false, true]) {
+  Deno.test(`guest RX, a run (mergeable ${mergeable}): each frame is the head and its own tail`, () => {
+    // Six frames that share one head, as the forwarder hands a repeated decision on: the small
+    // aligned ones go through the run's word loop, the 61-byte one (a tail not whole words) and
+    // the 1514-byte one (longer than the loop takes) frame by frame; the ring holds five buffers,
+    // so the last frame finds none and is dropped, counted, like any other.
+    using g = new SplitRingDriver(16);
+    using r = rxRing(g, 5, 2048, mergeable);
+    const lens = [60, 64, 61, 1514, 72, 60];
+    const src = new Uint8Array(lens.length * 2048);
+    const batch = new FrameBatch();
+    lens.forEach((len, i) => {
+      src.set(frame(len, i + 1), i * 2048);
+      batch.bytes[i] = src;
+      batch.offset[i] = i * 2048;
+      batch.length[i] = len;
+    });
+    const head = new Uint8Array(16).fill(0xab);
+    const f = new EgressFrame().setWhole(head, 0, 16);
+    assert.equal(r.dp.transmitRun(batch, 0, lens.length, f, 16), 5);
+    assert.equal(r.c[DROP_NO_BUFFER], 1);
+    r.dp.flush();
+    assert.equal(g.usedIdx, 5);
+    lens.slice(0, 5).forEach((len, i) => {
+      const [id, used] = g.usedElem(i);
+      assert.equal(used, HDR + len, `frame ${i}`);
+      const at = r.addrs[id];
+      assert.deepEqual(
+        [...g.bytes.slice(at, at + HDR + len)],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, ...head, ...src.slice(i * 2048 + 16, i * 2048 + len)],
+        `frame ${i}`,
+      );
+    });
+    assert.equal(r.c[TX_PACKETS], 5);
+  });
+}
