@@ -55,6 +55,8 @@ const HDR_UNREAD = 0x80;
 
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
+/** VIRTIO_NET_HDR_LEN for the per-frame path (an exported const is read through its cell). */
+const HDR_LEN = VIRTIO_NET_HDR_LEN;
 
 /**
  * The ring ops for one ring, by the layout negotiated (fixed for the ring's life), and marking
@@ -369,7 +371,7 @@ export class VirtioNetDatapath implements DatapathPort {
     let i = from;
     if (
       q !== null && q.shared === null && !this.#hdrSet && f.offload === 0 &&
-      this.hdrLen === VIRTIO_NET_HDR_LEN && ((hl | skip) & 3) === 0
+      this.hdrLen === HDR_LEN && ((hl | skip) & 3) === 0
     ) {
       i = this.#fillRun(q, batch, from, to, f, skip);
     }
@@ -386,10 +388,10 @@ export class VirtioNetDatapath implements DatapathPort {
   }
 
   /**
-   * #fillFirst for frames [from, to) of a run, as long as each is small and whole words at
-   * offsets below 4 GiB and fits the first buffer of the next chain: the head (whole words, the
-   * same for every frame) and each tail copied a word at a time. Returns the first frame it did
-   * not send; the ring is as that frame found it.
+   * #fillFirst for frames [from, to) of a run, as long as each fits the first buffer of the next
+   * chain, a buffer of whole words below 4 GiB: the header and the head (the same for every
+   * frame) go in as words, each tail a word at a time when it is small and whole words, else
+   * through copyBytes. Returns the first frame it did not send; the ring is as that frame found it.
    */
   #fillRun(
     q: VirtQueue,
@@ -409,6 +411,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const segLength = q.segLength;
     const segOffset = q.segOffset;
     const segRegion = q.segRegion;
+    const regionBytes = q.regionBytes;
     const regionWords = q.regionWords;
     let avail = q.availCount();
     let bytes = 0;
@@ -417,11 +420,8 @@ export class VirtioNetDatapath implements DatapathPort {
       const ts = offsets[i] + skip;
       const tailLen = lengths[i] - skip;
       const frameLen = hl + tailLen;
-      if (
-        frameLen > maxFrame || tailLen > WORDS_UP_TO || ts >= WORD_INDEX_LIMIT ||
-        ((ts | tailLen) & 3) !== 0
-      ) break;
-      const total = VIRTIO_NET_HDR_LEN + frameLen;
+      if (frameLen > maxFrame) break;
+      const total = HDR_LEN + frameLen;
       q.mark();
       const head = q.popAvail();
       if (q.walkChain(head, true) < 0 || segLength[0] < total) {
@@ -433,8 +433,15 @@ export class VirtioNetDatapath implements DatapathPort {
         q.rewind();
         break;
       }
-      const sw = this.#wordsOf(frames[i]);
-      writeSmallFrame(regionWords[segRegion[0]], o >>> 2, hw, hlw, sw, ts >>> 2, tailLen >>> 2);
+      const r = segRegion[0];
+      const src = frames[i];
+      const sw = this.#wordsOf(src);
+      if (tailLen <= WORDS_UP_TO && ts < WORD_INDEX_LIMIT && ((ts | tailLen) & 3) === 0) {
+        writeSmallFrame(regionWords[r], o >>> 2, hw, hlw, sw, ts >>> 2, tailLen >>> 2);
+      } else {
+        writeSmallFrame(regionWords[r], o >>> 2, hw, hlw, sw, 0, 0);
+        copyBytes(regionBytes[r], regionWords[r], o + HDR_LEN + hl, src, sw, ts, tailLen);
+      }
       q.putUsed(head, total);
       bytes += frameLen;
     }
@@ -471,7 +478,7 @@ export class VirtioNetDatapath implements DatapathPort {
     const tailLen = f.tailEnd - ts;
     if (
       o < WORD_INDEX_LIMIT && ts < WORD_INDEX_LIMIT &&
-      ((o | ts | f.headLength | tailLen) & 3) === 0 && hdr === VIRTIO_NET_HDR_LEN &&
+      ((o | ts | f.headLength | tailLen) & 3) === 0 && hdr === HDR_LEN &&
       tailLen <= WORDS_UP_TO
     ) {
       const sw = this.#wordsOf(src);
@@ -582,7 +589,7 @@ export class VirtioNetDatapath implements DatapathPort {
       q.putUsed(head, put);
     }
     // num_buffers sits in the last two bytes of the 12-byte header.
-    if (hdr === VIRTIO_NET_HDR_LEN) {
+    if (hdr === HDR_LEN) {
       firstBytes![firstOffset + 10] = buffers & 0xff;
       firstBytes![firstOffset + 11] = buffers >>> 8;
       q.wroteLate(firstRegion, firstOffset + 10, 2);
@@ -640,17 +647,17 @@ export class VirtioNetDatapath implements DatapathPort {
     const hdr = this.hdrLen;
     if (this.#hdrSet) {
       for (let k = 0; k < VNET_HDR_LEN; k++) dst[o + k] = this.#hdr[k];
-      if (hdr === VIRTIO_NET_HDR_LEN) {
+      if (hdr === HDR_LEN) {
         dst[o + 10] = 1;
         dst[o + 11] = 0;
       }
-    } else if (hdr === VIRTIO_NET_HDR_LEN && (o & 3) === 0) {
+    } else if (hdr === HDR_LEN && (o & 3) === 0) {
       const d = o / 4; // exact beyond 4 GiB, where `>>> 2` wraps
       dw[d] = dw[d + 1] = 0;
       dw[d + 2] = 1 << 16; // csum fields 0, num_buffers (bytes 10-11) = 1
     } else {
       dst.fill(0, o, o + hdr);
-      if (hdr === VIRTIO_NET_HDR_LEN) dst[o + 10] = 1;
+      if (hdr === HDR_LEN) dst[o + 10] = 1;
     }
     const at = o + hdr;
     const hl = f.headLength;
@@ -687,7 +694,7 @@ export class VirtioNetDatapath implements DatapathPort {
       return n;
     }
     if (pos < hdr) {
-      if (pos === 0 && hdr === VIRTIO_NET_HDR_LEN && room >= hdr && (dOff & 3) === 0) {
+      if (pos === 0 && hdr === HDR_LEN && room >= hdr && (dOff & 3) === 0) {
         const d = dOff / 4;
         dw[d] = dw[d + 1] = dw[d + 2] = 0;
         return hdr;

@@ -244,8 +244,8 @@ for (const mergeable of [false, true]) {
   Deno.test(`guest RX, a run (mergeable ${mergeable}): each frame is the head and its own tail`, () => {
     // Six frames that share one head, as the forwarder hands a repeated decision on: the small
     // aligned ones go through the run's word loop, the 61-byte one (a tail not whole words) and
-    // the 1514-byte one (longer than the loop takes) frame by frame; the ring holds five buffers,
-    // so the last frame finds none and is dropped, counted, like any other.
+    // the 1514-byte one (longer than the word loop takes) through copyBytes; the ring holds five
+    // buffers, so the last frame finds none and goes frame by frame, dropped and counted.
     using g = new SplitRingDriver(16);
     using r = rxRing(g, 5, 2048, mergeable);
     const lens = [60, 64, 61, 1514, 72, 60];
@@ -276,3 +276,32 @@ for (const mergeable of [false, true]) {
     assert.equal(r.c[TX_PACKETS], 5);
   });
 }
+
+Deno.test("guest RX, a run: a frame its buffer cannot hold goes the usual way, the rest follow", () => {
+  // 128-byte buffers: the 200-byte frame leaves the run's loop. Without MRG_RXBUF it is dropped
+  // (too big, counted) and its buffer kept for the next frame; with it, it spreads over two.
+  for (const mergeable of [false, true]) {
+    using g = new SplitRingDriver(16);
+    using r = rxRing(g, 4, 128, mergeable);
+    const lens = [60, 200, 64];
+    const src = new Uint8Array(lens.length * 256);
+    const batch = new FrameBatch();
+    lens.forEach((len, i) => {
+      src.set(frame(len, i + 1), i * 256);
+      batch.bytes[i] = src;
+      batch.offset[i] = i * 256;
+      batch.length[i] = len;
+    });
+    const f = new EgressFrame().setWhole(src, 0, 16);
+    assert.equal(r.dp.transmitRun(batch, 0, 3, f, 16), mergeable ? 3 : 2);
+    r.dp.flush();
+    const used = Array.from({ length: g.usedIdx }, (_, i) => g.usedElem(i)[1]);
+    if (mergeable) assert.deepEqual(used, [HDR + 60, 128, HDR + 200 - 128, HDR + 64]);
+    else {
+      assert.deepEqual(used, [HDR + 60, HDR + 64]);
+      assert.equal(r.c[DROP_TOO_BIG], 1);
+    }
+    const last = r.addrs[g.usedElem(used.length - 1)[0]];
+    assert.deepEqual(g.bytes.slice(last + HDR, last + HDR + 64), src.slice(512, 576));
+  }
+});
